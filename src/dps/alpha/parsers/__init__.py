@@ -1,0 +1,1 @@
+"""Parsers: raw bytes to payload dicts, one file per ``parsing.format``."""

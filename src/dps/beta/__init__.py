@@ -1,0 +1,1 @@
+"""Module Beta: apply rules, enrich, score quality; feed the delivery queue."""

@@ -1,0 +1,66 @@
+"""The transform contract.
+
+A transform is built once per rule from the rule's ``transform.config`` (validated by its
+``Config`` model) and the rule's target field: the transform's own ``field`` setting when it has
+one, else the field the rule's ``match`` tests (B.1's E.164 rule names its field only in
+``match``). ``apply`` changes ``record.payload`` in place — the record belongs to the stage for
+the duration of the batch — and returns ``DROP`` to drop the record, ``None`` otherwise.
+
+Raise :class:`~dps.core.errors.TerminalError` when the record cannot be transformed (a value of
+the wrong type, say); the rule's ``on_failure`` decides what happens then (skip the rule, fail
+the record to the DLQ).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar, Final
+
+from pydantic import BaseModel
+
+from dps.core.record import Record
+
+DROP: Final = "drop"
+
+
+class Transform(abc.ABC):
+    """One rule's transformation (see the module docstring)."""
+
+    Config: ClassVar[type[BaseModel]]
+
+    def __init__(self, config: Any, target_field: str | None) -> None:
+        self.config = config
+        self.target_field = target_field
+
+    @abc.abstractmethod
+    def apply(self, record: Record) -> str | None:
+        """Transform ``record`` in place; return ``DROP`` to drop it."""
+
+
+def split_path(path: str) -> list[str]:
+    return path.split(".")
+
+
+def set_path(payload: dict[str, Any], path: str, value: Any) -> None:
+    """Set a dotted path, creating the dicts on the way."""
+    node = payload
+    *parents, last = split_path(path)
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[last] = value
+
+
+def pop_path(payload: dict[str, Any], path: str) -> tuple[bool, Any]:
+    """Remove a dotted path; ``(found, value)``."""
+    node: Any = payload
+    *parents, last = split_path(path)
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            return False, None
+    if isinstance(node, dict) and last in node:
+        return True, node.pop(last)
+    return False, None

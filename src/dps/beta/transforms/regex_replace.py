@@ -1,0 +1,78 @@
+"""``regex_replace``: replace what a regular expression matches in a string field.
+
+The replacement uses ``$1``-style group references, as in the manual's E.164 rule
+(``"+1$1$2$3"``); ``\\1`` and ``\\g<name>`` work too.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from dps.beta.transforms.base import Transform
+from dps.core.errors import TerminalError
+from dps.core.model import StrictModel
+from dps.core.record import Record, get_path
+from dps.core.registry import register
+from dps.beta.transforms.base import set_path
+
+_DOLLAR_GROUP = re.compile(r"\$(\d+|\{\w+\})")
+
+
+class RegexReplaceConfig(StrictModel):
+    """``transform.config`` of ``regex_replace``."""
+
+    pattern: str = Field(description="Regular expression (Python syntax) searched in the field.")
+    replacement: str = Field(description="Replacement; $1 or \\1 refer to groups.")
+    field: str | None = Field(
+        default=None, description="Field to change; default: the field the rule's match tests."
+    )
+    count: int = Field(default=0, ge=0, description="Replace at most this many matches; 0 = all.")
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"{value!r} is not a valid regular expression: {exc}") from None
+        return value
+
+
+def python_replacement(replacement: str) -> str:
+    """``$1`` / ``${name}`` to Python's ``\\g<1>`` / ``\\g<name>``."""
+    return _DOLLAR_GROUP.sub(lambda m: f"\\g<{m.group(1).strip('{}')}>", replacement)
+
+
+@register("transforms", "regex_replace")
+class RegexReplace(Transform):
+    """Regex substitution on one string field; non-string values are left alone."""
+
+    Config = RegexReplaceConfig
+    config: RegexReplaceConfig
+
+    def __init__(self, config: Any, target_field: str | None) -> None:
+        super().__init__(config, config.field or target_field)
+        if not self.target_field:
+            raise ValueError("regex_replace needs a field: set config.field or match a field.")
+        self._pattern = re.compile(self.config.pattern)
+        self._replacement = python_replacement(self.config.replacement)
+
+    def apply(self, record: Record) -> str | None:
+        field = str(self.target_field)
+        value = get_path(record.payload, field)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise TerminalError(
+                "transform_failed", f"{field} is a {type(value).__name__}; expected a string.",
+                field=field,
+            )
+        try:
+            new = self._pattern.sub(self._replacement, value, count=self.config.count)
+        except (re.error, IndexError) as exc:
+            raise TerminalError("transform_failed", f"Replacement failed: {exc}.", field=field) from None
+        set_path(record.payload, field, new)
+        return None

@@ -1,0 +1,72 @@
+"""Metrics every process exports, whatever module it runs.
+
+Each module's own metrics live in ``dps/<module>/metrics.py`` so that a process registers only the
+metrics of the code it imports (a gamma process shows no ``alpha_*`` series). All are registered
+in prometheus-client's default registry, which ``/metrics`` on the admin API exposes.
+
+Names, types and histogram buckets follow the manual's "Metric Types" tables and alert rules; the
+tests parse the manual and fail when a name it uses is missing here or has another type.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import Final
+
+from prometheus_client import Gauge, Histogram, Info, disable_created_metrics
+
+__all__ = [
+    "DPS_MODULE_INFO",
+    "DPS_QUEUE_DEPTH",
+    "LATENCY_BUCKETS",
+    "MODULE_LATENCY_SECONDS",
+    "PIPELINE_END_TO_END_LATENCY_SECONDS",
+    "package_version",
+    "set_module_info",
+]
+
+# The ``*_created`` series (one per counter and histogram) are not used by any dashboard or alert
+# in the manual and would double the size of every scrape.
+disable_created_metrics()
+
+#: Buckets for latencies judged against the manual's thresholds: end-to-end P99 is normal under
+#: 0.5 s, a warning to 2 s and critical above (alert ``pipeline_latency_sla_breach``), so both
+#: edges are bucket bounds and the quantiles around them are exact.
+LATENCY_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+
+PIPELINE_END_TO_END_LATENCY_SECONDS: Final = Histogram(
+    "pipeline_end_to_end_latency_seconds",
+    "Seconds from a record's ingestion to its acknowledgement by a destination.",
+    buckets=LATENCY_BUCKETS,
+)
+
+MODULE_LATENCY_SECONDS: Final = Histogram(
+    "module_latency_seconds",
+    "Seconds a record spends in one module, from dequeue (or source) to enqueue (or destination).",
+    ["module"],
+    buckets=LATENCY_BUCKETS,
+)
+
+DPS_MODULE_INFO: Final = Info(
+    "dps_module",
+    "The module this process runs and the dps version (exported as dps_module_info).",
+)
+
+DPS_QUEUE_DEPTH: Final = Gauge(
+    "dps_queue_depth",
+    "Messages waiting in a queue between modules (transform, delivery, DLQ).",
+    ["queue"],
+)
+
+
+def package_version() -> str:
+    """The installed ``dps`` version, or ``0.0.0`` when running from an uninstalled tree."""
+    try:
+        return version("dps")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def set_module_info(module: str) -> None:
+    """Set ``dps_module_info{module=..., version=...} 1`` for this process."""
+    DPS_MODULE_INFO.info({"module": module, "version": package_version()})

@@ -1,0 +1,1 @@
+"""Destination types: one file each, named after the system they write to."""

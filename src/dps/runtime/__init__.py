@@ -1,0 +1,1 @@
+"""Processes: one module's lifecycle, and the supervisor that runs all four."""

@@ -1,0 +1,268 @@
+"""The state-store contract, shared by the SQLite (embedded) and PostgreSQL (scale-out) backends.
+
+Every write here is idempotent on a natural key, because every caller is at-least-once: a stage
+that crashes after writing and before acknowledging its input will write the same thing again
+after the restart. Replays must not double-count. The natural keys:
+
+- dedupe cache: ``(key)``; the first ``origin`` (source position) that claimed a key owns it, so
+  a replay of the same position is not a duplicate, a different position is;
+- duplicates: ``(source_id, origin)``;
+- validation failures and DLQ entries: ``(module, record_id, origin)``;
+- delivery log: ``(record_id, destination_id)``;
+- source offsets: ``(source_id, position_key)``, committed with the number of records read, so
+  the ingest count moves only with the committed offset.
+
+Methods are synchronous and thread-safe; modules call them from worker threads.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dps.core import registry
+
+
+@dataclass(frozen=True, slots=True)
+class DedupeCandidate:
+    """A record asking to be remembered: its dedupe ``key`` and the ``origin`` it came from."""
+
+    key: str
+    origin: str
+    record_id: str
+    source_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationFailure:
+    """One record that failed validation in Alpha (the manual's validation_failures table)."""
+
+    source_id: str
+    record_id: str
+    origin: str
+    error_code: str
+    field: str | None
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class DlqEntry:
+    """A record that left the flow: which module, why, and the bytes needed to replay it.
+
+    ``body`` is the encoded record (or the raw input bytes when it never became a record,
+    e.g. a parse error). ``error_class`` is ``terminal`` or ``transient`` (transient entries are
+    ``retry_eligible``).
+    """
+
+    module: str
+    record_id: str
+    source_id: str
+    origin: str
+    reason: str
+    error: str
+    body: bytes
+    error_class: str = "terminal"
+    destination_id: str | None = None
+    attempts: int = 0
+
+    @property
+    def retry_eligible(self) -> bool:
+        return self.error_class != "terminal"
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryOutcome:
+    """The result of delivering one record to one destination (``delivered`` or ``failed``)."""
+
+    record_id: str
+    destination_id: str
+    status: str
+    attempts: int = 1
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class StoredDlqEntry:
+    """A DLQ entry as listed back, with its id and timestamps."""
+
+    entry_id: str
+    module: str
+    record_id: str
+    source_id: str
+    origin: str
+    reason: str
+    error: str
+    error_class: str
+    retry_eligible: bool
+    destination_id: str | None
+    attempts: int
+    created_at: float
+    status: str
+    body: bytes = field(repr=False, default=b"")
+
+
+class StateStore(abc.ABC):
+    """Durable state shared by the modules (see the module docstring for idempotency keys)."""
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def migrate(self) -> int:
+        """Create or upgrade the schema to the newest version; returns that version."""
+
+    @abc.abstractmethod
+    def schema_version(self) -> int:
+        """The schema version the database is at (0 when empty)."""
+
+    def close(self) -> None:  # noqa: B027 - optional
+        """Release connections."""
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+    # -- alpha: dedupe, duplicates, validation failures, offsets ------------------------------
+    @abc.abstractmethod
+    def claim_dedupe_keys(
+        self, candidates: Sequence[DedupeCandidate], ttl_seconds: float
+    ) -> list[bool]:
+        """For each candidate, True when it is a duplicate.
+
+        A duplicate is a key already claimed (and not expired) by a *different* origin. A key
+        claimed by the same origin (a replay after a crash) is not a duplicate. Unclaimed or
+        expired keys are claimed by this candidate. Within one call, a later candidate with the
+        same key as an earlier one (different origin) is a duplicate of it.
+        """
+
+    @abc.abstractmethod
+    def record_duplicates(self, candidates: Sequence[DedupeCandidate]) -> None:
+        """Count records dropped as duplicates (idempotent on ``(source_id, origin)``)."""
+
+    @abc.abstractmethod
+    def add_validation_failures(self, failures: Sequence[ValidationFailure]) -> None:
+        """Record validation failures (idempotent on ``(record_id, origin, error_code)``)."""
+
+    @abc.abstractmethod
+    def get_offset(self, source_id: str, position_key: str) -> int:
+        """The committed offset of one position (a file) of a source; 0 if none."""
+
+    @abc.abstractmethod
+    def commit_offset(
+        self, source_id: str, position_key: str, offset: int, records_read: int
+    ) -> None:
+        """Move a position's offset forward and add ``records_read`` to the source's count."""
+
+    @abc.abstractmethod
+    def offsets(self, source_id: str | None = None) -> dict[tuple[str, str], int]:
+        """All committed offsets, keyed by ``(source_id, position_key)``."""
+
+    # -- DLQ -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def add_dlq_entries(self, entries: Sequence[DlqEntry]) -> None:
+        """Store DLQ entries (idempotent on ``(module, record_id, origin, destination_id)``)."""
+
+    @abc.abstractmethod
+    def list_dlq(
+        self, module: str | None = None, *, limit: int = 100, offset: int = 0, status: str = "open"
+    ) -> list[StoredDlqEntry]:
+        """DLQ entries, oldest first."""
+
+    @abc.abstractmethod
+    def get_dlq_entries(self, entry_ids: Sequence[str]) -> list[StoredDlqEntry]:
+        """The entries with these ids (unknown ids are left out)."""
+
+    @abc.abstractmethod
+    def set_dlq_status(self, entry_ids: Sequence[str], status: str) -> int:
+        """Mark entries ``replayed`` or ``purged``; returns how many changed."""
+
+    @abc.abstractmethod
+    def dlq_counts(self, status: str = "open") -> dict[str, int]:
+        """Open DLQ entries per module."""
+
+    @abc.abstractmethod
+    def dlq_reasons(self, module: str | None = None) -> dict[str, int]:
+        """Open DLQ entries per reason."""
+
+    # -- gamma: delivery tracking -----------------------------------------------------------
+    @abc.abstractmethod
+    def record_deliveries(self, outcomes: Sequence[DeliveryOutcome]) -> None:
+        """Upsert outcomes on ``(record_id, destination_id)``; ``delivered`` is never downgraded."""
+
+    @abc.abstractmethod
+    def delivered_records(self, record_ids: Sequence[str], destination_id: str) -> set[str]:
+        """Which of these records are already delivered to the destination."""
+
+    @abc.abstractmethod
+    def delivery_counts(self) -> dict[str, dict[str, int]]:
+        """``{destination_id: {status: count}}``."""
+
+    # -- control: audit, lineage, jobs, config versions ------------------------------------
+    @abc.abstractmethod
+    def append_audit(
+        self, actor: str, action: str, target: str, details: dict[str, Any] | None = None
+    ) -> None:
+        """Append one audit log entry (never updated or deleted)."""
+
+    @abc.abstractmethod
+    def list_audit(self, *, limit: int = 100, since: float | None = None) -> list[dict[str, Any]]:
+        """Audit entries, newest first."""
+
+    @abc.abstractmethod
+    def add_lineage(self, events: Sequence[tuple[str, str, str, dict[str, Any]]]) -> None:
+        """Append lineage events ``(record_id, stage, action, details)``."""
+
+    @abc.abstractmethod
+    def lineage_of(self, record_id: str) -> list[dict[str, Any]]:
+        """A record's lineage events in time order."""
+
+    @abc.abstractmethod
+    def start_job_run(self, job_name: str, trigger: str) -> str:
+        """Record a job run starting; returns its run id."""
+
+    @abc.abstractmethod
+    def finish_job_run(
+        self, run_id: str, status: str, records: int = 0, message: str = ""
+    ) -> None:
+        """Record a job run's end: ``SUCCESS`` or ``FAILED`` and what it did."""
+
+    @abc.abstractmethod
+    def list_job_runs(self, job_name: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Job runs, newest first."""
+
+    @abc.abstractmethod
+    def save_config_version(self, module: str, checksum: str, content: str, actor: str) -> int:
+        """Store a configuration snapshot unless the newest one has this checksum; its version."""
+
+    @abc.abstractmethod
+    def list_config_versions(self, module: str | None = None) -> list[dict[str, Any]]:
+        """Stored configuration versions, newest first (without content)."""
+
+    # -- accounting -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def accounting(self) -> dict[str, Any]:
+        """Durable counts for the run summary.
+
+        ``{"ingested": int, "ingested_by_source": {...}, "duplicates": int,
+        "dlq": {"alpha": n, "beta": n, "gamma": n}, "delivered": {destination: n},
+        "delivered_records": distinct records delivered anywhere}``.
+        """
+
+
+class StateBackend(abc.ABC):
+    """A state backend plugin, built from ``pipeline.yaml``'s ``state`` section."""
+
+    @abc.abstractmethod
+    def __init__(self, settings: dict[str, Any], data_dir: Path) -> None: ...
+
+    @abc.abstractmethod
+    def open(self) -> StateStore: ...
+
+
+def open_state(backend: str, settings: dict[str, Any], data_dir: Path) -> StateStore:
+    """Open the state store on the named backend (``sqlite`` or ``postgresql``), migrated."""
+    backend_cls = registry.get("states", backend)
+    instance: StateBackend = backend_cls(settings, data_dir)
+    store = instance.open()
+    store.migrate()
+    return store
