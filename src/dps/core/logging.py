@@ -34,9 +34,12 @@ import msgspec
 __all__ = ["ComponentLogger", "JsonFormatter", "configure_logging", "get_logger"]
 
 #: Attributes every ``LogRecord`` has; anything else on a record came from ``extra=``.
-_STANDARD_ATTRS: Final = frozenset(
-    logging.LogRecord("", 0, "", 0, "", (), None).__dict__
-) | {"message", "asctime", "taskName", "color_message"}
+_STANDARD_ATTRS: Final = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
 
 #: Top-level fields that may come from ``extra=``; they never go to ``details``.
 _TOP_LEVEL: Final = frozenset({"component", "correlation_id", "source_id", "details"})

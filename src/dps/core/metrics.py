@@ -27,7 +27,7 @@ __all__ = [
 
 # The ``*_created`` series (one per counter and histogram) are not used by any dashboard or alert
 # in the manual and would double the size of every scrape.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 #: Buckets for latencies judged against the manual's thresholds: end-to-end P99 is normal under
 #: 0.5 s, a warning to 2 s and critical above (alert ``pipeline_latency_sla_breach``), so both

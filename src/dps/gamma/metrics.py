@@ -35,7 +35,7 @@ RENDER_BUCKETS: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5)
 #: Not in the manual's table: ACK_WAIT_TIMEOUT_MS is seconds to tens of seconds.
 ACK_WAIT_BUCKETS: Final = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
 
-#: Values of ``gamma_circuit_breaker_state``; the alert ``gamma_circuit_breaker_open`` tests ``== 1``.
+#: Values of ``gamma_circuit_breaker_state``; alert ``gamma_circuit_breaker_open`` tests ``== 1``.
 BREAKER_CLOSED: Final = 0
 BREAKER_OPEN: Final = 1
 BREAKER_HALF_OPEN: Final = 2

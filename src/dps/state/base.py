@@ -221,9 +221,7 @@ class StateStore(abc.ABC):
         """Record a job run starting; returns its run id."""
 
     @abc.abstractmethod
-    def finish_job_run(
-        self, run_id: str, status: str, records: int = 0, message: str = ""
-    ) -> None:
+    def finish_job_run(self, run_id: str, status: str, records: int = 0, message: str = "") -> None:
         """Record a job run's end: ``SUCCESS`` or ``FAILED`` and what it did."""
 
     @abc.abstractmethod

@@ -1,0 +1,1 @@
+"""The ``dps`` command line: one file per command group."""

@@ -1,0 +1,1 @@
+"""The control service: the operations plane around the three stages."""

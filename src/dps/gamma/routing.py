@@ -1,0 +1,78 @@
+"""Routing: which destinations a record goes to.
+
+Every enabled rule whose ``match`` holds sends the record to its destination(s) (fan-out);
+rules are evaluated in priority order and the destinations keep that order. A record that no
+rule matches goes to ``default_destination`` when one is set, else to the DLQ as ``no_route``.
+Authorization is checked per record too: a destination whose ``allowed_sources`` does not list
+the record's source never receives it (``unauthorized`` in the DLQ), whatever the rules say.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from dps.config.models import DestinationConfig, RoutingRule
+from dps.core.conditions import Predicate, compile_condition
+from dps.core.record import Record
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    rule_id: str
+    matches: Predicate
+    destinations: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class Decision:
+    """Where one record goes: destinations, or a DLQ reason."""
+
+    destinations: list[str]
+    reason: str | None = None
+    detail: str = ""
+
+
+class Router:
+    """Compiled routing rules for one configuration."""
+
+    def __init__(
+        self,
+        rules: Sequence[RoutingRule],
+        destinations: dict[str, DestinationConfig],
+        default_destination: str | None,
+    ) -> None:
+        self.routes = [
+            Route(rule.rule_id, compile_condition(rule.match), tuple(rule.destinations))
+            for rule in rules
+            if rule.enabled
+        ]
+        self.allowed = {
+            dest_id: frozenset(d.authorization.allowed_sources)
+            for dest_id, d in destinations.items()
+            if d.authorization.allowed_sources is not None
+        }
+        self.enabled = {dest_id for dest_id, d in destinations.items() if d.enabled}
+        self.default = default_destination
+
+    def route(self, record: Record) -> Decision:
+        chosen: list[str] = []
+        for route in self.routes:
+            if route.matches(record):
+                for dest in route.destinations:
+                    if dest not in chosen:
+                        chosen.append(dest)
+        if not chosen:
+            if self.default is None:
+                return Decision([], "no_route", "No routing rule matched the record.")
+            chosen = [self.default]
+        refused = [d for d in chosen if d in self.allowed and record.source_id not in self.allowed[d]]
+        if refused:
+            return Decision(
+                [], "unauthorized",
+                f"Source {record.source_id} is not allowed to deliver to {', '.join(refused)}.",
+            )
+        disabled = [d for d in chosen if d not in self.enabled]
+        if disabled:
+            return Decision([], "destination_disabled", f"Destination {', '.join(disabled)} is disabled.")
+        return Decision(chosen)

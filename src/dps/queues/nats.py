@@ -1,0 +1,753 @@
+"""The scale-out queue backend: one NATS JetStream stream per queue, one durable pull consumer.
+
+Mapping of the queue contract (``dps.queues.base``) onto JetStream:
+
+- queue ``transform`` -> stream ``DPS_TRANSFORM`` on subject ``dps.transform`` (the prefix is
+  ``stream_prefix``), work-queue retention (an acked message is removed from the stream), file
+  storage, ``max_msgs = capacity`` with discard ``new``: a full stream refuses publishes, and
+  ``put`` retries until its timeout, then raises ``QueueFullError``.
+- idempotent put: every message is published with ``Nats-Msg-Id: <msg_id>``; the server drops
+  an id it has seen within ``duplicate_window`` seconds, even when that message was acked since.
+- lease: a durable pull consumer named ``spec.consumer`` with explicit acks and
+  ``ack_wait = visibility_timeout``; a message not acked in time is redelivered. ``attempts``
+  is the server's delivery count; ``max_deliver`` is unlimited because we dead-letter ourselves
+  with the same rules as the ``sqlite`` backend (the server would otherwise drop the message
+  silently instead of giving it to the stage's DLQ).
+- ack waits for the server's confirmation (``ack_sync``), so a returned ``ack`` is recorded.
+
+Durability: JetStream writes each message to its file store before the PubAck, but fsyncs
+lazily, every ``sync_interval`` (two minutes by default), unless the server runs with
+``jetstream { sync_interval: always }``. With the default, a kill -9 of the *server* process
+loses nothing (the OS has the data), a power loss or kernel crash of the server host can lose up
+to ``sync_interval`` of acknowledged messages. ``describe()`` reports the server's setting when
+``monitor_url`` points at its monitoring port. See DESIGN.md section 3 and ``docs/queues.md``.
+
+The queue interface is synchronous and nats-py is asyncio: each backend instance runs one event
+loop in a daemon thread and calls into it with ``run_coroutine_threadsafe``. The first ``open``
+connects; closing the last queue of the instance drains the connection and stops the thread.
+
+Why the pull loop is by hand: nats-py's ``PullSubscription.fetch`` refuses a zero wait, and for
+a batch it keeps waiting for the whole batch until the request expires once a first message has
+arrived, so ``lease(100, wait=5)`` on a trickle would take 5 s. ``lease`` here sends a
+``no_wait`` request for what is there now and, only when nothing is, one lingering request for
+a single message followed by another ``no_wait`` for the rest. The server ends every request
+(status 404/408, or the batch is complete), so no request is left open to capture messages.
+
+``nats`` is imported inside functions (house rule 13): the registry imports this module in every
+process, including those that run on the ``sqlite`` backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import json
+import logging
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from dps.core.errors import ConfigError, ConfigIssue, DpsError, QueueFullError, TransientError
+from dps.core.registry import register
+from dps.queues.base import Lease, Message, Queue, QueueBackend, QueueSpec
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+#: Reason given to the dead-letter sink for a message delivered once more after its last attempt.
+REASON_MAX_ATTEMPTS = "max_attempts_exceeded"
+
+#: JetStream error code of a publish refused because the stream holds ``max_msgs``.
+ERR_MAX_MSGS = 10077
+#: JetStream error code of a create for a stream that exists with another configuration.
+ERR_STREAM_EXISTS = 10058
+
+_POLL_FIRST = 0.005
+_POLL_MAX = 0.1
+
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+DURABILITY_NOTE = (
+    "JetStream stores each message before acknowledging it but fsyncs lazily (every "
+    "sync_interval, 2 minutes by default) unless the server runs with "
+    "'jetstream { sync_interval: always }': a power loss of the server host can lose "
+    "acknowledged messages of the last sync_interval; a process crash loses none."
+)
+
+
+class NatsQueueSettings(BaseModel):
+    """The ``transport`` section of ``pipeline.yaml`` when ``backend: nats``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["nats"] | None = Field(
+        default=None,
+        description="The backend name; accepted so the whole `transport` section can be passed.",
+    )
+    url: str = Field(
+        default="nats://127.0.0.1:4222",
+        description="NATS server URL; several may be given separated by commas (a cluster).",
+    )
+    stream_prefix: str = Field(
+        default="DPS",
+        pattern=r"^[A-Za-z0-9_-]{1,32}$",
+        description="Streams are named `<PREFIX>_<QUEUE>` on subjects `<prefix>.<queue>`.",
+    )
+    connect_timeout: float = Field(
+        default=5.0, gt=0, description="Seconds to reach the server before giving up on open."
+    )
+    request_timeout: float = Field(
+        default=5.0, gt=0, description="Seconds to wait for the server's answer to one request."
+    )
+    duplicate_window: float = Field(
+        default=120.0,
+        gt=0,
+        description="Seconds the server remembers a message id to drop a re-published duplicate.",
+    )
+    replicas: int = Field(
+        default=1, ge=1, le=5, description="Stream replicas (JetStream clustering)."
+    )
+    monitor_url: str | None = Field(
+        default=None,
+        description=(
+            "The server's HTTP monitoring endpoint (e.g. http://127.0.0.1:8222); when set, "
+            "`describe()` reports the server's JetStream sync setting from `/varz`."
+        ),
+    )
+
+
+def _settings(settings: dict[str, Any]) -> NatsQueueSettings:
+    try:
+        return NatsQueueSettings.model_validate(settings)
+    except ValidationError as exc:
+        raise ConfigError(
+            ConfigIssue(
+                file="pipeline.yaml",
+                key="transport." + ".".join(str(part) for part in err["loc"]),
+                message=f"{err['msg']} (got {err.get('input')!r}); the queues are not opened.",
+            )
+            for err in exc.errors()
+        ) from None
+
+
+def _check_name(name: str) -> str:
+    if not name or len(name) > 64 or not set(name) <= _NAME_CHARS:
+        raise ValueError(
+            f"Queue name {name!r} is not valid; expected 1 to 64 letters, digits, '_' or '-'."
+        )
+    return name
+
+
+def _redact(url: str) -> str:
+    """The URL(s) without user names, passwords or tokens, for logs and ``describe()``."""
+    parts = []
+    for one in url.split(","):
+        parsed = urllib.parse.urlsplit(one.strip())
+        host = parsed.hostname or ""
+        netloc = f"{host}:{parsed.port}" if parsed.port else host
+        parts.append(urllib.parse.urlunsplit((parsed.scheme, netloc, parsed.path, "", "")))
+    return ",".join(parts)
+
+
+def _api_code(exc: BaseException) -> int | None:
+    code = getattr(exc, "err_code", None)
+    return code if isinstance(code, int) else None
+
+
+class _LoopThread:
+    """An asyncio event loop running in a daemon thread; coroutines are submitted from others."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self.thread.start()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def stop(self) -> None:
+        """Cancel what is still running on the loop, stop it and join the thread."""
+
+        async def cancel_all() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        if self.loop.is_running():
+            try:
+                self.submit(cancel_all()).result(timeout=5.0)
+            except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
+                log.warning("NATS event loop tasks did not stop in time.")
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5.0)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+
+@dataclass(slots=True)
+class _Delivery:
+    """One message delivered to our inbox, and when (the server's ack_wait runs from then)."""
+
+    arrived: float
+    msg: Any
+
+
+@dataclass(slots=True)
+class _Handle:
+    """What a lease remembers: the server message of each id and when its lease runs out."""
+
+    msgs: dict[str, Any] = field(default_factory=dict)
+    expires: dict[str, float] = field(default_factory=dict)
+
+
+@register("queues", "nats")
+class NatsBackend(QueueBackend):
+    """Queues as JetStream streams on a NATS server; the scale-out backend."""
+
+    Config = NatsQueueSettings
+
+    def __init__(self, settings: dict[str, Any], data_dir: Path) -> None:
+        self.config = _settings(settings)
+        self.url = _redact(self.config.url)
+        self._lock = threading.RLock()
+        self._runner: _LoopThread | None = None
+        self._nc: Any = None
+        self._js: Any = None
+        self._queues: set[NatsQueue] = set()
+
+    # ------------------------------------------------------------ plumbing
+
+    def stream_name(self, queue: str) -> str:
+        """The stream that holds queue ``queue``: ``<PREFIX>_<QUEUE>``."""
+        return f"{self.config.stream_prefix}_{_check_name(queue)}".upper()
+
+    def subject(self, queue: str) -> str:
+        """The subject messages of queue ``queue`` are published on: ``<prefix>.<queue>``."""
+        return f"{self.config.stream_prefix}.{_check_name(queue)}".lower()
+
+    @property
+    def js(self) -> Any:
+        """The JetStream context (valid while connected)."""
+        return self._js
+
+    @property
+    def nc(self) -> Any:
+        """The NATS connection (valid while connected)."""
+        return self._nc
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None, what: str) -> T:
+        """Run ``coro`` on the backend's loop; report NATS and network failures as transient."""
+        import nats.errors
+
+        runner = self._runner
+        if runner is None:
+            coro.close()
+            raise TransientError(f"NATS queue backend ({self.url}) is closed; cannot {what}.")
+        future = runner.submit(coro)
+        try:
+            return future.result(timeout)
+        except DpsError:
+            raise
+        except (TimeoutError, concurrent.futures.CancelledError) as exc:
+            future.cancel()
+            raise TransientError(
+                f"NATS at {self.url} did not answer in time; could not {what}."
+            ) from exc
+        except (nats.errors.Error, OSError) as exc:
+            raise TransientError(f"NATS at {self.url}: could not {what}: {exc}") from exc
+
+    def _connect(self) -> None:
+        """Start the loop thread and connect (under ``self._lock``)."""
+        if self._nc is not None:
+            return
+        self._runner = _LoopThread(name=f"dps-nats-{id(self):x}")
+        try:
+            self._nc = self.call(
+                self._open_connection(), self.config.connect_timeout + 1.0, "connect"
+            )
+        except BaseException:
+            self._shutdown()
+            raise
+        self._js = self._nc.jetstream(timeout=self.config.request_timeout)
+
+    async def _open_connection(self) -> Any:
+        import nats
+
+        url = self.url
+
+        async def on_error(exc: Exception) -> None:
+            log.warning("NATS connection error.", extra={"url": url, "error": str(exc)})
+
+        async def on_disconnected() -> None:
+            log.warning("NATS connection lost; reconnecting.", extra={"url": url})
+
+        async def on_reconnected() -> None:
+            log.info("NATS connection re-established.", extra={"url": url})
+
+        servers = [one.strip() for one in self.config.url.split(",")]
+        # Reconnect forever once connected: a server restart must not end a long-running
+        # module; meanwhile each call fails with TransientError after request_timeout. The
+        # first connect is bounded by wait_for instead.
+        return await asyncio.wait_for(
+            nats.connect(
+                servers=servers,
+                name="dps-queues",
+                connect_timeout=self.config.connect_timeout,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=1.0,
+                drain_timeout=int(max(self.config.request_timeout, 1)),
+                error_cb=on_error,
+                disconnected_cb=on_disconnected,
+                reconnected_cb=on_reconnected,
+            ),
+            timeout=self.config.connect_timeout,
+        )
+
+    def _shutdown(self) -> None:
+        """Drain the connection and stop the loop thread (under ``self._lock``)."""
+        runner, nc = self._runner, self._nc
+        self._runner = self._nc = self._js = None
+        if runner is None:
+            return
+        if nc is not None:
+            try:
+                runner.submit(nc.drain()).result(self.config.request_timeout + 1.0)
+            except Exception as exc:  # closing anyway; nothing left to retry
+                log.warning("NATS connection did not drain cleanly.", extra={"error": str(exc)})
+        runner.stop()
+
+    def _release(self, queue: NatsQueue) -> None:
+        with self._lock:
+            self._queues.discard(queue)
+            if not self._queues:
+                self._shutdown()
+
+    # ------------------------------------------------------------ contract
+
+    def open(self, spec: QueueSpec) -> NatsQueue:
+        """Create or update the queue's stream and durable consumer, then subscribe."""
+        with self._lock:
+            self._connect()
+            queue = NatsQueue(self, spec)
+            try:
+                timeout = 3 * self.config.request_timeout + 1.0
+                self.call(queue._setup(), timeout, f"open queue {spec.name!r}")
+            except BaseException:
+                if not self._queues:
+                    self._shutdown()
+                raise
+            self._queues.add(queue)
+            return queue
+
+    def close(self) -> None:
+        """Close every queue opened through this instance and the connection."""
+        with self._lock:
+            for queue in list(self._queues):
+                queue.close()
+            self._shutdown()
+
+    def describe(self) -> dict[str, Any]:
+        """URL, streams under the prefix with their depth, server version and sync setting."""
+        with self._lock:
+            self._connect()
+            try:
+                streams = self.call(self._list_streams(), self.config.request_timeout + 1.0, "list")
+                version = str(self._nc.connected_server_version)
+            finally:
+                if not self._queues:
+                    self._shutdown()
+        return {
+            "backend": "nats",
+            "url": self.url,
+            "stream_prefix": self.config.stream_prefix,
+            "server_version": version,
+            "streams": streams,
+            "sync_interval": self._sync_interval(),
+            "durability": DURABILITY_NOTE,
+        }
+
+    async def _list_streams(self) -> list[dict[str, Any]]:
+        prefix = f"{self.config.stream_prefix.upper()}_"
+        found = []
+        for info in await self._js.streams_info():
+            if info.config.name.startswith(prefix):
+                found.append(
+                    {
+                        "name": info.config.name,
+                        "subjects": info.config.subjects,
+                        "messages": info.state.messages,
+                        "max_msgs": info.config.max_msgs,
+                        "consumers": info.state.consumer_count,
+                    }
+                )
+        return found
+
+    def _sync_interval(self) -> str:
+        """The server's JetStream sync setting, read from its monitoring endpoint's ``/varz``."""
+        if not self.config.monitor_url:
+            return "unknown (set transport.monitor_url to read it from the server)"
+        url = self.config.monitor_url.rstrip("/") + "/varz"
+        try:
+            with urllib.request.urlopen(url, timeout=2.0) as response:  # noqa: S310 - operator URL
+                varz = json.load(response)
+        except (OSError, ValueError) as exc:
+            return f"unknown ({url} could not be read: {exc})"
+        config = (varz.get("jetstream") or {}).get("config") or {}
+        if config.get("sync_always"):
+            return "always"
+        if "sync_interval" in config:
+            return f"{config['sync_interval']} ns"
+        return "default (2 min); this server version does not report it"
+
+
+class NatsQueue(Queue):
+    """One queue: a JetStream stream plus this instance's pull subscription on its consumer."""
+
+    def __init__(self, backend: NatsBackend, spec: QueueSpec) -> None:
+        self.spec = spec
+        self._backend = backend
+        self._config = backend.config
+        self.stream = backend.stream_name(spec.name)
+        self.subject = backend.subject(spec.name)
+        self._next = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{spec.consumer}"
+        self._inbox = ""
+        self._sub: Any = None
+        self._deliveries: asyncio.Queue[_Delivery] | None = None
+        self._tokens = itertools.count(1)
+        self._closed = False
+        # The server starts ack_wait when it sends; we see the message a little later. Treat
+        # a lease as over a bit early so that we never nack a message someone else now holds.
+        self._lease_span = spec.visibility_timeout - min(1.0, spec.visibility_timeout * 0.1)
+
+    def _call(self, coro: Coroutine[Any, Any, T], what: str, extra: float = 0.0) -> T:
+        if self._closed:
+            coro.close()
+            raise TransientError(f"Queue {self.spec.name!r} is closed; cannot {what}.")
+        return self._backend.call(coro, self._config.request_timeout + 1.0 + extra, what)
+
+    # --------------------------------------------------------------- setup
+
+    async def _setup(self) -> None:
+        from nats.js.api import (
+            AckPolicy,
+            ConsumerConfig,
+            DeliverPolicy,
+            DiscardPolicy,
+            RetentionPolicy,
+            StorageType,
+            StreamConfig,
+        )
+        from nats.js.errors import APIError
+
+        js = self._backend.js
+        stream = StreamConfig(
+            name=self.stream,
+            subjects=[self.subject],
+            retention=RetentionPolicy.WORK_QUEUE,
+            max_msgs=self.spec.capacity,
+            discard=DiscardPolicy.NEW,
+            storage=StorageType.FILE,
+            num_replicas=self._config.replicas,
+            duplicate_window=self._config.duplicate_window,
+        )
+        try:
+            await js.add_stream(stream)
+        except APIError as exc:
+            if _api_code(exc) != ERR_STREAM_EXISTS:
+                raise
+            # Same name, other settings (say a new capacity): update in place, keeping messages.
+            try:
+                await js.update_stream(stream)
+            except APIError as update_exc:
+                raise ConfigError(
+                    f"NATS stream {self.stream} exists with settings that cannot be changed to "
+                    f"the ones of queue {self.spec.name!r}: {update_exc.description}. Delete or "
+                    "migrate the stream, or use another transport.stream_prefix."
+                ) from update_exc
+        await js.add_consumer(
+            self.stream,
+            ConsumerConfig(
+                durable_name=self.spec.consumer,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=self.spec.visibility_timeout,
+                deliver_policy=DeliverPolicy.ALL,
+                # We dead-letter ourselves (see the module docstring), so no server limit.
+                max_deliver=-1,
+                max_ack_pending=-1,
+            ),
+        )
+        nc = self._backend.nc
+        deliveries: asyncio.Queue[_Delivery] = asyncio.Queue()
+
+        async def on_message(msg: Any) -> None:
+            deliveries.put_nowait(_Delivery(time.monotonic(), msg))
+
+        self._deliveries = deliveries
+        self._inbox = nc.new_inbox()
+        self._sub = await nc.subscribe(f"{self._inbox}.*", cb=on_message)
+
+    # ----------------------------------------------------------------- put
+
+    def put(self, messages: Sequence[tuple[str, bytes]], timeout: float | None = None) -> None:
+        """Publish the batch with dedupe ids and wait for every PubAck; wait for room first.
+
+        Room is checked before publishing so that a batch is normally stored whole; a stream
+        filled meanwhile by another producer refuses part of it, and the whole batch is retried
+        (the duplicate window drops the part already stored).
+        """
+        batch = list(messages)
+        if not batch:
+            return
+        capacity = self.spec.capacity
+        if len(batch) > capacity:
+            raise QueueFullError(
+                f"Queue {self.spec.name!r}: a batch of {len(batch)} messages can never fit its "
+                f"capacity of {capacity}; put smaller batches."
+            )
+        deadline = None if timeout is None else time.monotonic() + timeout
+        step = _POLL_FIRST
+        while True:
+            if self.depth() + len(batch) <= capacity:
+                refused = self._call(self._publish(batch), f"put {len(batch)} messages")
+                if not refused:
+                    return
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise QueueFullError(
+                    f"Queue {self.spec.name!r} is full ({capacity} messages) and no room was "
+                    f"made within {timeout:g} s; the batch of {len(batch)} was not added."
+                )
+            time.sleep(step if remaining is None else min(step, remaining))
+            step = min(step * 2, _POLL_MAX)
+
+    async def _publish(self, batch: list[tuple[str, bytes]]) -> int:
+        """Publish without waiting in between, then gather the PubAcks; return how many the
+        stream refused for being full."""
+        js = self._backend.js
+        futures = [
+            await js.publish_async(
+                self.subject, body, headers={"Nats-Msg-Id": msg_id}, stream=self.stream
+            )
+            for msg_id, body in batch
+        ]
+        results = await asyncio.wait_for(
+            asyncio.gather(*futures, return_exceptions=True), self._config.request_timeout
+        )
+        refused = 0
+        for result in results:
+            if isinstance(result, BaseException):
+                if _api_code(result) != ERR_MAX_MSGS:
+                    raise result
+                refused += 1
+        return refused
+
+    # --------------------------------------------------------------- lease
+
+    def lease(self, max_messages: int, wait: float = 0.0) -> Lease:
+        """Take up to ``max_messages`` messages, waiting up to ``wait`` s for the first.
+
+        Messages delivered more than ``max_attempts`` times go to the dead-letter sink with
+        reason ``max_attempts_exceeded`` and are removed instead of handed out.
+        """
+        if max_messages < 1:
+            raise ValueError(f"max_messages is {max_messages}; expected at least 1.")
+        deadline = time.monotonic() + max(wait, 0.0)
+        while True:
+            remaining = max(deadline - time.monotonic(), 0.0)
+            deliveries = self._call(
+                self._lease(max_messages, remaining), "lease messages", extra=remaining
+            )
+            lease, dead = self._build_lease(deliveries)
+            if lease or not dead or time.monotonic() >= deadline:
+                return lease
+
+    def _build_lease(self, deliveries: list[_Delivery]) -> tuple[Lease, int]:
+        handle = _Handle()
+        messages: dict[str, Message] = {}
+        over: list[tuple[Message, Any]] = []
+        for delivery in deliveries:
+            msg = delivery.msg
+            msg_id = (msg.headers or {}).get("Nats-Msg-Id") or f"{self.stream}:{msg.metadata.sequence.stream}"
+            attempts = int(msg.metadata.num_delivered)
+            message = Message(msg_id=msg_id, body=msg.data, attempts=attempts)
+            if self.spec.dead_letter is not None and attempts > self.spec.max_attempts:
+                over.append((message, msg))
+                continue
+            known = messages.get(msg_id)
+            if known is not None and known.attempts >= attempts:
+                continue  # an older delivery of the same message; keep the newest
+            messages[msg_id] = message
+            handle.msgs[msg_id] = msg
+            handle.expires[msg_id] = delivery.arrived + self._lease_span
+        if over:
+            self._dead_letter(over, REASON_MAX_ATTEMPTS)
+        return Lease(messages=list(messages.values()), handle=handle), len(over)
+
+    async def _lease(self, max_messages: int, wait: float) -> list[_Delivery]:
+        got = await self._pull(max_messages, None)
+        if not got and wait > 0:
+            got = await self._pull(1, wait)
+            if got and max_messages > 1:
+                got += await self._pull(max_messages - 1, None)
+        # A message that waited in our inbox for half its lease (left by a request we stopped
+        # listening to) may be redelivered to someone else soon: let the server do that.
+        oldest = time.monotonic() - self.spec.visibility_timeout / 2
+        return [d for d in got if d.arrived >= oldest]
+
+    async def _pull(self, batch: int, linger: float | None) -> list[_Delivery]:
+        """One pull request: ``no_wait`` when ``linger`` is None, else wait up to ``linger`` s.
+
+        Returns when ``batch`` messages arrived or the server ended the request (404/408).
+        """
+        nc = self._backend.nc
+        deliveries = self._deliveries
+        assert deliveries is not None
+        reply = f"{self._inbox}.{next(self._tokens)}"
+        request: dict[str, Any] = {"batch": batch}
+        if linger is None:
+            request["no_wait"] = True
+            budget = self._config.request_timeout
+        else:
+            request["expires"] = int(linger * 1e9)
+            budget = linger + self._config.request_timeout
+        await nc.publish(self._next, json.dumps(request).encode(), reply=reply)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        got: list[_Delivery] = []
+        while len(got) < batch:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                delivery = await asyncio.wait_for(deliveries.get(), remaining)
+            except TimeoutError:
+                break
+            status = (delivery.msg.headers or {}).get("Status")
+            if not status:
+                got.append(delivery)
+            elif delivery.msg.subject == reply:
+                if status not in ("404", "408"):
+                    log.warning(
+                        "NATS pull request ended with an unexpected status.",
+                        extra={"stream": self.stream, "status": status},
+                    )
+                break
+            # else: the end of an earlier request we stopped waiting for; nothing to do.
+        return got
+
+    # ----------------------------------------------------------- ack, nack
+
+    def _chosen(self, lease: Lease, msg_ids: Sequence[str] | None) -> tuple[_Handle, list[str]]:
+        handle = lease.handle
+        if not isinstance(handle, _Handle):
+            raise ValueError("This lease was not handed out by a NATS queue.")
+        ids = list(handle.msgs) if msg_ids is None else list(msg_ids)
+        unknown = [msg_id for msg_id in ids if msg_id not in handle.msgs]
+        if unknown:
+            raise ValueError(f"Message ids {unknown[:5]} are not part of this lease.")
+        return handle, ids
+
+    def ack(self, lease: Lease, msg_ids: Sequence[str] | None = None) -> None:
+        """Acknowledge and wait for the server's confirmation; the stream then drops them.
+
+        Unlike the sqlite backend, an ack after the lease expired still removes the message
+        (the server does not tell deliveries apart): the work was done, so at worst the new
+        holder repeats it, which at-least-once allows.
+        """
+        handle, ids = self._chosen(lease, msg_ids)
+        if ids:
+            self._call(self._ack([handle.msgs[i] for i in ids]), f"ack {len(ids)} messages")
+
+    async def _ack(self, msgs: list[Any]) -> None:
+        from nats.errors import MsgAlreadyAckdError
+
+        timeout = self._config.request_timeout
+        results = await asyncio.gather(
+            *(msg.ack_sync(timeout=timeout) for msg in msgs), return_exceptions=True
+        )
+        for result in results:
+            # Acking twice through the same lease is a no-op, as on the sqlite backend.
+            if isinstance(result, BaseException) and not isinstance(result, MsgAlreadyAckdError):
+                raise result
+
+    def nack(
+        self, lease: Lease, msg_ids: Sequence[str] | None = None, *, reason: str, delay: float = 0.0
+    ) -> list[Message]:
+        """Ask for redelivery after ``delay`` s; dead-letter messages out of attempts.
+
+        Messages whose lease has already run out are left alone: the server redelivers them
+        anyway, maybe already to another consumer, which a nack must not disturb.
+        """
+        handle, ids = self._chosen(lease, msg_ids)
+        now = time.monotonic()
+        redeliver: list[Any] = []
+        over: list[tuple[Message, Any]] = []
+        for msg_id in ids:
+            if handle.expires[msg_id] <= now:
+                continue
+            msg = handle.msgs[msg_id]
+            attempts = int(msg.metadata.num_delivered)
+            if self.spec.dead_letter is not None and attempts >= self.spec.max_attempts:
+                over.append((Message(msg_id=msg_id, body=msg.data, attempts=attempts), msg))
+            else:
+                redeliver.append(msg)
+        if redeliver:
+            self._call(self._nak(redeliver, delay), f"nack {len(redeliver)} messages")
+        if over:
+            self._dead_letter(over, reason)
+        return [message for message, _ in over]
+
+    async def _nak(self, msgs: list[Any], delay: float) -> None:
+        for msg in msgs:
+            await msg.nak(delay=delay if delay > 0 else None)
+        # A nak gets no reply; the flush round trip makes sure the server has them all before
+        # nack returns, so a lease right after sees the redelivery.
+        await self._backend.nc.flush(timeout=int(max(self._config.request_timeout, 1)))
+
+    def _dead_letter(self, over: list[tuple[Message, Any]], reason: str) -> None:
+        """Hand spent messages to the sink first, then ack them away (a crash between redelivers).
+
+        The sink runs in the caller's thread, not on the event loop.
+        """
+        sink = self.spec.dead_letter
+        assert sink is not None
+        sink([message for message, _ in over], reason)
+        self._call(self._ack([msg for _, msg in over]), f"remove {len(over)} dead-lettered")
+
+    # --------------------------------------------------------------- other
+
+    def depth(self) -> int:
+        """Messages in the stream: work-queue retention removes acked ones."""
+        return self._call(self._depth(), "read the queue depth")
+
+    async def _depth(self) -> int:
+        info = await self._backend.js.stream_info(self.stream)
+        return int(info.state.messages)
+
+    def close(self) -> None:
+        """Stop this instance's subscription; the last queue closed closes the connection.
+
+        Messages leased and not acked are redelivered by the server after the visibility
+        timeout.
+        """
+        if self._closed:
+            return
+        sub = self._sub
+        if sub is not None:
+            try:
+                self._call(sub.unsubscribe(), "unsubscribe")
+            except TransientError as exc:
+                log.warning("NATS unsubscribe failed on close.", extra={"error": str(exc)})
+        self._closed = True
+        self._backend._release(self)

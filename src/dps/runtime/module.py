@@ -1,0 +1,262 @@
+"""What the four modules share: configuration, state, admin API, a worker loop, and signals.
+
+A module process (``dps alpha CONFIG_DIR`` ...) builds one :class:`ModuleHost` subclass and calls
+:meth:`ModuleHost.run`. The worker loop runs :meth:`ModuleHost.step` in its own thread, one batch
+per call, while the admin API serves from uvicorn's thread. Pausing makes the loop idle between
+batches; SIGTERM finishes the current batch, closes queues and state, and exits 0 — nothing is
+acknowledged that is not durable, so stopping at any point loses nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from starlette.routing import BaseRoute
+
+from dps.config import PipelineConfig, load_config
+from dps.core.errors import ConfigError
+from dps.core.logging import configure_logging, get_logger
+from dps.core.record import decode
+from dps.queues import Message, Queue, QueueSpec, open_queue
+from dps.queues.base import DeadLetterSink
+from dps.runtime.lifecycle import Health, HealthReport, RunState
+from dps.state import DlqEntry, StateStore, open_state
+
+#: The queues between stages: alpha -> TRANSFORM -> beta -> DELIVERY -> gamma.
+TRANSFORM_QUEUE = "transform"
+DELIVERY_QUEUE = "delivery"
+
+
+def resolve_data_dir(config: PipelineConfig, override: str | Path | None = None) -> Path:
+    """``--data-dir`` > ``DPS_DATA_DIR`` > ``pipeline.yaml data_dir`` > ``./data``."""
+    chosen = override or os.environ.get("DPS_DATA_DIR") or config.pipeline.resolved_data_dir(
+        config.root
+    )
+    return Path(chosen or "data").resolve()
+
+
+class ModuleHost:
+    """Base of the alpha, beta, gamma and control processes (see the module docstring)."""
+
+    name = "module"
+    #: Seconds the loop sleeps after a step that found nothing to do.
+    idle_sleep = 0.2
+
+    def __init__(self, config_dir: Path, *, data_dir: Path | None = None) -> None:
+        self.config_dir = Path(config_dir)
+        if data_dir is not None:
+            os.environ["DPS_DATA_DIR"] = str(Path(data_dir).resolve())
+        self.config = load_config(self.config_dir)
+        self.data_dir = resolve_data_dir(self.config, data_dir)
+        os.environ.setdefault("DPS_DATA_DIR", str(self.data_dir))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        configure_logging(self.name, self.config.pipeline.logging.level)
+        self.log = get_logger("runtime")
+        self.state_store: StateStore = open_state(
+            self.config.pipeline.state.backend,
+            self.config.pipeline.state.backend_settings(),
+            self.data_dir,
+        )
+        self.run_state = RunState.STARTING
+        self.started_at = time.time()
+        self.last_step_at: float | None = None
+        self.last_error: str | None = None
+        self.idle = False
+        self._stop = threading.Event()
+        self._resume = threading.Event()
+        self._resume.set()
+        self._lock = threading.RLock()
+        self._queues: list[Queue] = []
+        self._worker: threading.Thread | None = None
+
+    # -- queues -------------------------------------------------------------------------------
+    def open_queue(self, name: str, *, dead_letter: DeadLetterSink | None = None) -> Queue:
+        """Open one of the stage queues with the transport settings of ``pipeline.yaml``."""
+        transport = self.config.pipeline.transport
+        spec = QueueSpec(
+            name=name,
+            capacity=transport.capacity,
+            visibility_timeout=transport.visibility_timeout_seconds,
+            max_attempts=transport.max_attempts,
+            dead_letter=dead_letter,
+            consumer=f"{name}-workers",
+        )
+        queue = open_queue(transport.backend, transport.backend_settings(), self.data_dir, spec)
+        self._queues.append(queue)
+        return queue
+
+    # -- the work loop --------------------------------------------------------------------------
+    def step(self) -> bool:
+        """Process one batch; return False when there was nothing to do."""
+        return False
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            if not self._resume.is_set():
+                self._resume.wait(0.2)
+                continue
+            try:
+                with self._lock:
+                    worked = self.step()
+                self.last_step_at = time.time()
+                self.idle = not worked
+                if self.last_error:
+                    self.last_error = None
+            except Exception as exc:  # noqa: BLE001 - the loop must survive to report it
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.log.error("Batch failed; retrying after a pause.", error=self.last_error)
+                self._stop.wait(1.0)
+                continue
+            if not worked:
+                self._stop.wait(self.idle_sleep)
+
+    def start_worker(self) -> None:
+        self.run_state = RunState.RUNNING
+        self._worker = threading.Thread(target=self._loop, name=f"{self.name}-worker", daemon=True)
+        self._worker.start()
+
+    def stop_worker(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._resume.set()
+        if self._worker is not None:
+            self._worker.join(timeout)
+        self.run_state = RunState.STOPPED
+
+    def close(self) -> None:
+        for queue in self._queues:
+            queue.close()
+        self.state_store.close()
+
+    # -- ModuleTarget (the admin API) -----------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        return {
+            "module": self.name,
+            "state": self.run_state.value,
+            "pid": os.getpid(),
+            "uptime_seconds": round(time.time() - self.started_at, 3),
+            "idle": self.idle,
+            "last_error": self.last_error,
+            "queues": self.queue_depths(),
+        }
+
+    def health(self) -> HealthReport:
+        checks: dict[str, dict[str, Any]] = {}
+        status = Health.HEALTHY
+        worker_alive = self._worker is None or self._worker.is_alive()
+        checks["worker"] = {"ok": worker_alive, "state": self.run_state.value}
+        if not worker_alive and self.run_state == RunState.RUNNING:
+            status = Health.UNHEALTHY
+        if self.last_error:
+            checks["last_batch"] = {"ok": False, "error": self.last_error}
+            status = max(status, Health.DEGRADED, key=_severity)
+        return HealthReport(status, checks)
+
+    def export_config(self) -> dict[str, Any]:
+        return self.config.export()
+
+    def reload_config(self) -> dict[str, Any]:
+        new = load_config(self.config_dir)  # raises ConfigError: the running config is kept
+        with self._lock:
+            self.apply_config(new)
+            self.config = new
+        self.log.info("Configuration reloaded.", checksum=new.checksum())
+        return {"status": "reloaded", "checksum": new.checksum()}
+
+    def apply_config(self, new: PipelineConfig) -> None:
+        """Swap in a validated configuration (subclasses rebuild what depends on it)."""
+
+    def pause(self) -> None:
+        self._resume.clear()
+        self.run_state = RunState.PAUSED
+        self.log.info("Processing paused.")
+
+    def resume(self) -> None:
+        self._resume.set()
+        self.run_state = RunState.RUNNING
+        self.log.info("Processing resumed.")
+
+    def start(self) -> None:
+        self.resume()
+
+    def emergency_stop(self) -> None:
+        self.pause()
+        self.run_state = RunState.STOPPED
+        self.log.warning("Emergency stop: processing halted; in-flight batches stay queued.")
+
+    def drain(self) -> dict[str, Any]:
+        return {"module": self.name, "queues": self.queue_depths()}
+
+    def queue_depths(self) -> dict[str, int]:
+        return {}
+
+    def routes(self) -> list[BaseRoute]:
+        return []
+
+    # -- process ------------------------------------------------------------------------------
+    def run(self, *, host: str | None = None, port: int | None = None, worker: bool = True) -> int:
+        """Serve the admin API and run the worker until SIGTERM/SIGINT; returns the exit code."""
+        from dps.admin.app import build_app
+        from dps.admin.server import AdminServer
+
+        admin = self.config.pipeline.admin
+        token = admin.auth_token_ref.resolve() if admin.auth_token_ref else None
+        bind_host = host or admin.bind
+        bind_port = port if port is not None else 8080
+        server = AdminServer(build_app(self, auth_token=token), bind_host, bind_port)
+        stop = threading.Event()
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            self.log.info("Stopping.", signal=signal.Signals(signum).name)
+            stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        server.start()
+        self.log.info("Admin API listening.", host=bind_host, port=bind_port)
+        if worker:
+            self.start_worker()
+        else:
+            self.run_state = RunState.RUNNING
+        try:
+            while not stop.wait(0.5):
+                pass
+        finally:
+            self.run_state = RunState.DRAINING
+            self.stop_worker()
+            server.stop()
+            self.close()
+            self.log.info("Stopped.")
+        return 0
+
+
+def _severity(h: Health) -> int:
+    return {Health.HEALTHY: 0, Health.DEGRADED: 1, Health.UNHEALTHY: 2}[h]
+
+
+def dlq_from_message(module: str, msg: Message, reason: str) -> DlqEntry:
+    """A DLQ entry for a queue message that ran out of attempts (its record, if it decodes)."""
+    try:
+        record = decode(msg.body)
+        return DlqEntry(
+            module, record.record_id, record.source_id, record.origin, reason,
+            f"Delivered {msg.attempts} times without success.", msg.body, error_class="transient",
+            attempts=msg.attempts,
+        )
+    except msgspec.DecodeError:
+        return DlqEntry(module, msg.msg_id, "", "", reason, "Undecodable message.", msg.body)
+
+
+__all__ = [
+    "DELIVERY_QUEUE",
+    "TRANSFORM_QUEUE",
+    "ConfigError",
+    "ModuleHost",
+    "dlq_from_message",
+    "resolve_data_dir",
+]

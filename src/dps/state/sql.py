@@ -1,0 +1,1115 @@
+"""The state store in SQL: one implementation, written with SQLAlchemy Core, for both dialects.
+
+The ``sqlite`` (embedded) and ``postgresql`` (scale-out) backends only build an
+:class:`~sqlalchemy.Engine` and hand it to :class:`SqlStateStore`; every query lives here, so the
+two backends cannot drift apart. The dialects differ in three places only, each kept in one
+helper: the upsert construct (``INSERT ... ON CONFLICT``, see :meth:`SqlStateStore._insert`),
+``IN`` over a batch of keys (:meth:`SqlStateStore._select_in`) and the lock that serialises
+migrations and config snapshots (a PostgreSQL advisory lock; on SQLite every write transaction is
+``BEGIN IMMEDIATE``, set up by the backend, see :data:`WRITE_OPTION`).
+
+Idempotency (see :mod:`dps.state.base` for why): every write is an upsert on its natural key, so a
+replayed batch changes nothing it already changed:
+
+- ``validation_cache``: ``INSERT ... ON CONFLICT (key) DO UPDATE ... WHERE expires_at <= now``;
+  one statement inserts a new key or takes over an expired one, and on PostgreSQL the conflicting
+  row is locked and the guard re-checked, so of two instances racing for a key exactly one wins.
+  The owners are then read back and compared with each candidate's origin.
+- ``duplicates``, ``validation_failures``, ``lineage``: ``ON CONFLICT DO NOTHING``.
+- ``delivery_log``: upsert guarded by ``status <> 'delivered'`` (never downgraded).
+- ``source_offsets``: upsert guarded by ``excluded.offset > offset``; the records read are added
+  only when the offset moves, so a replayed commit adds nothing.
+- ``dlq_entries``: the entry id is a hash of the natural key, so the primary key *is* the natural
+  key (including a NULL ``destination_id``, which a composite unique constraint would not catch).
+
+Migrations: :data:`MIGRATIONS` is the ordered list of versioned steps. A fresh database gets
+``metadata.create_all`` (the metadata always describes the newest schema) and is stamped with every
+step; an existing one runs the steps after its version through alembic's ``Operations`` API. So a
+new step changes :data:`metadata` *and* appends a step that makes the same change to an existing
+database. ``migrate`` runs in one transaction under a lock, so two processes starting at once are
+safe, and it is a no-op when the database is current.
+
+All timestamps are computed in Python (UTC), never by the server, so SQLite and PostgreSQL behave
+the same and tests can move the clock (:func:`_utcnow`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+
+from dps.core.errors import ConfigError, TransientError
+from dps.state.base import (
+    DedupeCandidate,
+    DeliveryOutcome,
+    DlqEntry,
+    StateStore,
+    StoredDlqEntry,
+    ValidationFailure,
+)
+
+if TYPE_CHECKING:
+    from alembic.operations import Operations
+
+_T = TypeVar("_T")
+#: A result row of any width.
+_Row = sa.Row[*tuple[Any, ...]]
+
+#: Execution option set on write transactions; the SQLite backend's ``begin`` listener turns it
+#: into ``BEGIN IMMEDIATE`` so that a writer takes the file's write lock up front (waiting up to
+#: ``busy_timeout``) instead of failing when a read transaction has to be upgraded.
+WRITE_OPTION = "dps_write"
+
+#: DLQ entry statuses.
+DLQ_STATUSES = ("open", "replayed", "purged")
+
+#: The first key of PostgreSQL advisory locks taken by the state store ("DPS" in ASCII).
+_LOCK_CLASS = 0x445053
+
+#: SQLite's limit on bound parameters is 32766; stay far below it per ``IN`` chunk.
+_SQLITE_IN_CHUNK = 500
+
+#: PostgreSQL deadlock and serialization failures: the transaction is retried this many times.
+_MAX_ATTEMPTS = 4
+_RETRY_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+def _utcnow() -> datetime:
+    """The current time; the one clock of the state store (tests replace it)."""
+    return datetime.now(UTC)
+
+
+def _from_epoch(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def _epoch(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def json_dumps(value: Any) -> str:
+    """The JSON serializer the backends give the engine: details may hold datetimes or paths."""
+    return json.dumps(value, default=str, separators=(",", ":"), ensure_ascii=False)
+
+
+class UtcDateTime(sa.TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on both dialects.
+
+    PostgreSQL stores ``timestamp with time zone`` (so the manual's ``timestamp > now() -
+    interval '1 hour'`` works); SQLite has no time zones, so values are stored as naive UTC text
+    (which sorts and compares correctly) and read back as aware UTC datetimes.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+# SQLite only makes a column an alias of the rowid (auto-increment) when it is INTEGER, not BIGINT.
+_BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+# JSONB on PostgreSQL so operators can query details (``details->>'rule'``) with indexes.
+_Json = sa.JSON().with_variant(pg.JSONB(), "postgresql")
+
+metadata = sa.MetaData()
+
+schema_version_table = sa.Table(
+    "schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("applied_at", UtcDateTime, nullable=False),
+)
+
+# Alpha's dedupe cache. The constraint and index names are the ones the manual's "Database
+# Maintenance" section re-indexes (REINDEX INDEX idx_validation_cache_key / _timestamp).
+validation_cache = sa.Table(
+    "validation_cache",
+    metadata,
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("origin", sa.Text, nullable=False),
+    sa.Column("record_id", sa.Text, nullable=False),
+    sa.Column("source_id", sa.Text, nullable=False),
+    sa.Column("timestamp", UtcDateTime, nullable=False),
+    sa.Column("expires_at", UtcDateTime, nullable=False),
+    sa.PrimaryKeyConstraint("key", name="idx_validation_cache_key"),
+    # On expires_at, not timestamp: it is what purging expired keys scans.
+    sa.Index("idx_validation_cache_timestamp", "expires_at"),
+)
+
+duplicates = sa.Table(
+    "duplicates",
+    metadata,
+    sa.Column("source_id", sa.Text, nullable=False),
+    sa.Column("origin", sa.Text, nullable=False),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("record_id", sa.Text, nullable=False),
+    sa.Column("timestamp", UtcDateTime, nullable=False),
+    sa.PrimaryKeyConstraint("source_id", "origin", name="pk_duplicates"),
+)
+
+validation_failures = sa.Table(
+    "validation_failures",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("source_id", sa.Text, nullable=False),
+    sa.Column("record_id", sa.Text, nullable=False),
+    sa.Column("origin", sa.Text, nullable=False),
+    sa.Column("error_code", sa.Text, nullable=False),
+    sa.Column("field", sa.Text, nullable=True),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("timestamp", UtcDateTime, nullable=False),
+    sa.Index("idx_validation_failures_timestamp", "timestamp"),
+)
+# One row per failed check of one record read at one position; ``field`` is part of the key
+# (a record missing two required fields fails twice) and NULL-safe through coalesce, because a
+# unique constraint never sees two NULLs as equal.
+sa.Index(
+    "uq_validation_failures_natural",
+    validation_failures.c.record_id,
+    validation_failures.c.origin,
+    validation_failures.c.error_code,
+    sa.func.coalesce(validation_failures.c.field, ""),
+    unique=True,
+)
+
+dlq_entries = sa.Table(
+    "dlq_entries",
+    metadata,
+    sa.Column("entry_id", sa.String(32), primary_key=True),
+    sa.Column("module", sa.String(16), nullable=False),
+    sa.Column("record_id", sa.Text, nullable=False),
+    sa.Column("source_id", sa.Text, nullable=False),
+    sa.Column("origin", sa.Text, nullable=False),
+    sa.Column("destination_id", sa.Text, nullable=True),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("error_class", sa.String(16), nullable=False),
+    sa.Column("retry_eligible", sa.Boolean, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Index("idx_dlq_entries_status", "status", "module", "created_at"),
+)
+
+# Gamma's delivery tracking; idx_delivery_record_id / idx_delivery_destination are the manual's
+# index names (its "Index Maintenance" REINDEX commands).
+delivery_log = sa.Table(
+    "delivery_log",
+    metadata,
+    sa.Column("record_id", sa.Text, nullable=False),
+    sa.Column("destination_id", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("timestamp", UtcDateTime, nullable=False),
+    sa.PrimaryKeyConstraint("record_id", "destination_id", name="idx_delivery_record_id"),
+    sa.Index("idx_delivery_destination", "destination_id", "status"),
+)
+
+source_offsets = sa.Table(
+    "source_offsets",
+    metadata,
+    sa.Column("source_id", sa.Text, nullable=False),
+    sa.Column("position_key", sa.Text, nullable=False),
+    sa.Column("offset", sa.BigInteger, nullable=False),
+    sa.Column("records_read", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.PrimaryKeyConstraint("source_id", "position_key", name="pk_source_offsets"),
+)
+
+
+def _audit_columns(*, autoincrement: bool) -> list[sa.Column[Any]]:
+    # audit_log_archive has the same columns in the same order, so the manual's
+    # ``INSERT INTO audit_log_archive SELECT * FROM audit_log WHERE ...`` works verbatim.
+    return [
+        sa.Column("id", _BigId, primary_key=True, autoincrement=autoincrement),
+        sa.Column("timestamp", UtcDateTime, nullable=False),
+        sa.Column("actor", sa.Text, nullable=False),
+        sa.Column("action", sa.Text, nullable=False),
+        sa.Column("target", sa.Text, nullable=False),
+        sa.Column("details", _Json, nullable=True),
+    ]
+
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    *_audit_columns(autoincrement=True),
+    sa.Index("idx_audit_log_timestamp", "timestamp"),
+)
+audit_log_archive = sa.Table("audit_log_archive", metadata, *_audit_columns(autoincrement=False))
+
+lineage = sa.Table(
+    "lineage",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("record_id", sa.Text, nullable=False),
+    sa.Column("stage", sa.String(32), nullable=False),
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("details", _Json, nullable=True),
+    # A hash of (stage, action, details): the same event written twice by a replay is kept once.
+    sa.Column("event_key", sa.String(32), nullable=False),
+    sa.Column("timestamp", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("record_id", "event_key", name="uq_lineage_event"),
+)
+
+job_runs = sa.Table(
+    "job_runs",
+    metadata,
+    sa.Column("run_id", sa.String(32), primary_key=True),
+    sa.Column("job_name", sa.Text, nullable=False),
+    sa.Column("trigger", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("started_at", UtcDateTime, nullable=False),
+    sa.Column("finished_at", UtcDateTime, nullable=True),
+    sa.Column("records", sa.BigInteger, nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Index("idx_job_runs_job_name", "job_name", "started_at"),
+)
+
+config_versions = sa.Table(
+    "config_versions",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("module", sa.String(32), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("checksum", sa.String(128), nullable=False),
+    sa.Column("content", sa.Text, nullable=False),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("module", "version", name="uq_config_versions_module_version"),
+)
+
+
+# -- migrations -----------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One schema step: ``upgrade`` brings a database at ``version - 1`` to ``version``."""
+
+    version: int
+    description: str
+    upgrade: Callable[[Operations], None]
+
+
+def _v1_initial(op: Operations) -> None:
+    # Only reached by a database with no version, which migrate() builds with create_all anyway;
+    # kept so the list reads as the schema's history.
+    metadata.create_all(op.get_bind())
+
+
+#: The schema's history, oldest first. Append a step (and change ``metadata``) to evolve it.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1, "Initial schema: dedupe cache, DLQ, delivery log, offsets, control tables.", _v1_initial
+    ),
+)
+LATEST_VERSION = MIGRATIONS[-1].version
+
+
+# -- the store --------------------------------------------------------------------------------
+class SqlStateStore(StateStore):
+    """The :class:`~dps.state.base.StateStore` over an SQLAlchemy engine (SQLite or PostgreSQL).
+
+    Thread-safe: the engine's pool hands each call its own connection, and the store keeps no
+    other mutable state. Each public write is one transaction (one ``executemany`` per table for
+    a batch), retried on a PostgreSQL deadlock; a lost connection or a lock that could not be
+    had is raised as :class:`~dps.core.errors.TransientError` so callers retry the batch.
+    """
+
+    def __init__(self, engine: sa.Engine, *, backend: str | None = None) -> None:
+        dialect = engine.dialect.name
+        if dialect not in ("sqlite", "postgresql"):
+            raise ValueError(f"The state store supports sqlite and postgresql, not {dialect!r}.")
+        self._engine = engine
+        self._pg = dialect == "postgresql"
+        self._backend = backend or dialect
+        self._writer = engine.execution_options(**{WRITE_OPTION: True})
+        self._build_statements()
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _insert(self, table: sa.Table) -> Any:
+        """``INSERT`` with the dialect's ``ON CONFLICT`` support (same API on both)."""
+        return pg.insert(table) if self._pg else sqlite_dialect.insert(table)
+
+    def _in(self, column: sa.ColumnElement[Any], name: str) -> sa.ColumnElement[bool]:
+        """``column IN (:name...)``: one array parameter on PostgreSQL, expanded on SQLite."""
+        if self._pg:
+            return column == sa.any_(sa.bindparam(name, type_=pg.ARRAY(sa.Text)))
+        return column.in_(sa.bindparam(name, expanding=True))
+
+    def _select_in(
+        self,
+        conn: sa.Connection,
+        stmt: sa.Executable,
+        name: str,
+        values: Sequence[str],
+        **params: Any,
+    ) -> list[_Row]:
+        """Run a statement built with :meth:`_in` over ``values``, chunked on SQLite."""
+        if not values:
+            return []
+        if self._pg:
+            return list(conn.execute(stmt, {name: list(values), **params}))
+        rows: list[_Row] = []
+        for start in range(0, len(values), _SQLITE_IN_CHUNK):
+            chunk = list(values[start : start + _SQLITE_IN_CHUNK])
+            rows.extend(conn.execute(stmt, {name: chunk, **params}))
+        return rows
+
+    def _build_statements(self) -> None:
+        # Built once: these run per batch, and a prebuilt construct skips the statement
+        # construction on every call (SQLAlchemy still caches the compiled SQL by structure).
+        vc = validation_cache
+        ins = self._insert(vc)
+        self._claim = ins.on_conflict_do_update(
+            index_elements=[vc.c["key"]],
+            set_={
+                "origin": ins.excluded.origin,
+                "record_id": ins.excluded.record_id,
+                "source_id": ins.excluded.source_id,
+                "timestamp": ins.excluded.timestamp,
+                "expires_at": ins.excluded.expires_at,
+            },
+            # An expired claim is taken over; ``excluded.timestamp`` is this batch's "now".
+            where=vc.c.expires_at <= ins.excluded.timestamp,
+        )
+        self._owners = sa.select(vc.c["key"], vc.c.origin).where(self._in(vc.c["key"], "keys"))
+
+        self._add_duplicates = self._insert(duplicates).on_conflict_do_nothing(
+            index_elements=[duplicates.c.source_id, duplicates.c.origin]
+        )
+        # No conflict target: the natural key is an expression index (coalesce on field).
+        self._add_failures = self._insert(validation_failures).on_conflict_do_nothing()
+
+        ins = self._insert(source_offsets)
+        so = source_offsets.c
+        self._commit_offset = ins.on_conflict_do_update(
+            index_elements=[so.source_id, so.position_key],
+            set_={
+                "offset": ins.excluded["offset"],
+                "records_read": so.records_read + ins.excluded.records_read,
+                "updated_at": ins.excluded.updated_at,
+            },
+            where=ins.excluded["offset"] > so["offset"],
+        )
+
+        ins = self._insert(dlq_entries)
+        self._add_dlq = ins.on_conflict_do_update(
+            index_elements=[dlq_entries.c.entry_id],
+            # A record that fails again after a replay (or a purge) reopens its entry with the
+            # new error; a replay of the same write while the entry is open changes nothing.
+            set_={
+                name: ins.excluded[name]
+                for name in (
+                    "reason",
+                    "error",
+                    "error_class",
+                    "retry_eligible",
+                    "attempts",
+                    "body",
+                    "status",
+                    "updated_at",
+                )
+            },
+            where=dlq_entries.c.status != "open",
+        )
+
+        ins = self._insert(delivery_log)
+        dl = delivery_log.c
+        self._record_deliveries = ins.on_conflict_do_update(
+            index_elements=[dl.record_id, dl.destination_id],
+            set_={
+                "status": ins.excluded.status,
+                "attempts": ins.excluded.attempts,
+                "error": ins.excluded.error,
+                "timestamp": ins.excluded.timestamp,
+            },
+            where=dl.status != "delivered",
+        )
+        self._delivered = sa.select(dl.record_id).where(
+            dl.destination_id == sa.bindparam("destination_id"),
+            dl.status == "delivered",
+            self._in(dl.record_id, "record_ids"),
+        )
+
+        self._add_lineage = self._insert(lineage).on_conflict_do_nothing(
+            index_elements=[lineage.c.record_id, lineage.c.event_key]
+        )
+
+    def _write(self, work: Callable[[sa.Connection], _T]) -> _T:
+        """Run ``work`` in one write transaction, retrying deadlocks; classify failures."""
+        attempt = 1
+        while True:
+            try:
+                with self._writer.begin() as conn:
+                    return work(conn)
+            except sa_exc.DBAPIError as exc:
+                sqlstate = getattr(exc.orig, "sqlstate", None)
+                if sqlstate in _RETRY_SQLSTATES and attempt < _MAX_ATTEMPTS:
+                    # Another instance holds rows this batch needs; back off briefly and retry.
+                    time.sleep(0.005 * attempt)
+                    attempt += 1
+                    continue
+                transient = self._transient(exc)
+                if transient is None:
+                    raise
+                raise transient from exc
+
+    @contextmanager
+    def _reading(self) -> Iterator[sa.Connection]:
+        """A read transaction (one snapshot on SQLite; READ COMMITTED on PostgreSQL)."""
+        try:
+            with self._engine.connect() as conn:
+                yield conn
+        except sa_exc.DBAPIError as exc:
+            transient = self._transient(exc)
+            if transient is None:
+                raise
+            raise transient from exc
+
+    def _transient(self, exc: sa_exc.DBAPIError) -> TransientError | None:
+        # The database being away (connection refused or lost, SQLite lock held past
+        # busy_timeout) is transient: the batch is retried. Anything else is a bug: re-raised.
+        if exc.connection_invalidated or isinstance(
+            exc, sa_exc.OperationalError | sa_exc.InterfaceError
+        ):
+            return TransientError(f"The {self._backend} state store is unavailable: {exc.orig}")
+        return None
+
+    def _advisory_lock(self, conn: sa.Connection, name: str) -> None:
+        """Serialise with other processes on ``name`` until the transaction ends (PostgreSQL)."""
+        if self._pg:
+            conn.execute(
+                sa.text("SELECT pg_advisory_xact_lock(:cls, hashtext(:name))"),
+                {"cls": _LOCK_CLASS, "name": name},
+            )
+        # SQLite: the write transaction already holds the database's write lock.
+
+    # -- lifecycle --------------------------------------------------------------------------
+    @property
+    def engine(self) -> sa.Engine:
+        """The engine (for tests and for operators' tools; modules use the methods)."""
+        return self._engine
+
+    def migrate(self) -> int:
+        """Create or upgrade the schema to :data:`LATEST_VERSION`; a no-op when it is current."""
+        # One schema per PostgreSQL schema name: two pipelines in one database don't wait.
+        return self._write(self._migrate)
+
+    def _migrate(self, conn: sa.Connection) -> int:
+        if self._pg:
+            conn.execute(
+                sa.text(
+                    "SELECT pg_advisory_xact_lock(:cls, hashtext(coalesce(current_schema(), '')))"
+                ),
+                {"cls": _LOCK_CLASS},
+            )
+        current = self._read_version(conn)
+        if current > LATEST_VERSION:
+            raise ConfigError(
+                f"state: the database schema is at version {current}, newer than this dps "
+                f"supports ({LATEST_VERSION}); upgrade dps before starting it on this database."
+            )
+        if current == LATEST_VERSION:
+            return current
+        now = _utcnow()
+        if current == 0:
+            metadata.create_all(conn)
+            pending = MIGRATIONS
+        else:
+            from alembic.operations import Operations
+            from alembic.runtime.migration import MigrationContext
+
+            pending = tuple(m for m in MIGRATIONS if m.version > current)
+            op = Operations(MigrationContext.configure(conn))
+            for step in pending:
+                step.upgrade(op)
+        conn.execute(
+            schema_version_table.insert(),
+            [
+                {"version": m.version, "description": m.description, "applied_at": now}
+                for m in pending
+            ],
+        )
+        return LATEST_VERSION
+
+    def _read_version(self, conn: sa.Connection) -> int:
+        if not sa.inspect(conn).has_table(schema_version_table.name):
+            return 0
+        version = conn.scalar(sa.select(sa.func.max(schema_version_table.c.version)))
+        return int(version or 0)
+
+    def schema_version(self) -> int:
+        """The schema version the database is at (0 when empty)."""
+        with self._reading() as conn:
+            return self._read_version(conn)
+
+    def close(self) -> None:
+        """Close the pooled connections."""
+        self._engine.dispose()
+
+    def describe(self) -> dict[str, Any]:
+        """Backend, URL (password hidden) and schema version, for ``dps status``."""
+        info: dict[str, Any] = {
+            "backend": self._backend,
+            "url": self._engine.url.render_as_string(hide_password=True),
+        }
+        try:
+            info["schema_version"] = self.schema_version()
+        except TransientError as exc:
+            info["error"] = str(exc)
+        return info
+
+    # -- alpha --------------------------------------------------------------------------------
+    def claim_dedupe_keys(
+        self, candidates: Sequence[DedupeCandidate], ttl_seconds: float
+    ) -> list[bool]:
+        """For each candidate, True when it is a duplicate (see the base class)."""
+        if not candidates:
+            return []
+        now = _utcnow()
+        expires_at = now + timedelta(seconds=ttl_seconds)
+        # The first candidate of a key is the batch's claimant; later ones with another origin
+        # are then duplicates of it because they compare against the owner read back below.
+        first: dict[str, DedupeCandidate] = {}
+        for candidate in candidates:
+            first.setdefault(candidate.key, candidate)
+        # Sorted so that two instances lock overlapping keys in the same order (no deadlock).
+        keys = sorted(first)
+        rows = [
+            {
+                "key": key,
+                "origin": first[key].origin,
+                "record_id": first[key].record_id,
+                "source_id": first[key].source_id,
+                "timestamp": now,
+                "expires_at": expires_at,
+            }
+            for key in keys
+        ]
+
+        def work(conn: sa.Connection) -> dict[str, str]:
+            conn.execute(self._claim, rows)
+            return {row[0]: row[1] for row in self._select_in(conn, self._owners, "keys", keys)}
+
+        owners = self._write(work)
+        return [owners.get(c.key, c.origin) != c.origin for c in candidates]
+
+    def purge_expired_dedupe_keys(self) -> int:
+        """Delete expired dedupe keys (they are otherwise only replaced when seen again)."""
+        now = _utcnow()
+
+        def work(conn: sa.Connection) -> int:
+            result = conn.execute(
+                sa.delete(validation_cache).where(validation_cache.c.expires_at <= now)
+            )
+            return int(result.rowcount)
+
+        return self._write(work)
+
+    def record_duplicates(self, candidates: Sequence[DedupeCandidate]) -> None:
+        """Count records dropped as duplicates (idempotent on ``(source_id, origin)``)."""
+        if not candidates:
+            return
+        now = _utcnow()
+        rows = [
+            {
+                "source_id": c.source_id,
+                "origin": c.origin,
+                "key": c.key,
+                "record_id": c.record_id,
+                "timestamp": now,
+            }
+            for c in candidates
+        ]
+        self._write(lambda conn: conn.execute(self._add_duplicates, rows))
+
+    def add_validation_failures(self, failures: Sequence[ValidationFailure]) -> None:
+        """Record failures (idempotent on ``(record_id, origin, error_code, field)``)."""
+        if not failures:
+            return
+        now = _utcnow()
+        rows = [
+            {
+                "source_id": f.source_id,
+                "record_id": f.record_id,
+                "origin": f.origin,
+                "error_code": f.error_code,
+                "field": f.field,
+                "message": f.message,
+                "timestamp": now,
+            }
+            for f in failures
+        ]
+        self._write(lambda conn: conn.execute(self._add_failures, rows))
+
+    def get_offset(self, source_id: str, position_key: str) -> int:
+        """The committed offset of one position of a source; 0 if none."""
+        so = source_offsets.c
+        stmt = sa.select(so["offset"]).where(
+            so.source_id == source_id, so.position_key == position_key
+        )
+        with self._reading() as conn:
+            value = conn.scalar(stmt)
+        return int(value or 0)
+
+    def commit_offset(
+        self, source_id: str, position_key: str, offset: int, records_read: int
+    ) -> None:
+        """Move the offset forward and add ``records_read``; a replayed commit changes nothing.
+
+        Offsets only move forward: a commit at or behind the stored offset is ignored, so a
+        source that starts a position over (a rotated file) must use a new ``position_key``.
+        """
+        row = {
+            "source_id": source_id,
+            "position_key": position_key,
+            "offset": offset,
+            "records_read": records_read,
+            "updated_at": _utcnow(),
+        }
+        self._write(lambda conn: conn.execute(self._commit_offset, row))
+
+    def offsets(self, source_id: str | None = None) -> dict[tuple[str, str], int]:
+        """All committed offsets, keyed by ``(source_id, position_key)``."""
+        so = source_offsets.c
+        stmt = sa.select(so.source_id, so.position_key, so["offset"])
+        if source_id is not None:
+            stmt = stmt.where(so.source_id == source_id)
+        with self._reading() as conn:
+            return {(row[0], row[1]): int(row[2]) for row in conn.execute(stmt)}
+
+    # -- DLQ ----------------------------------------------------------------------------------
+    @staticmethod
+    def dlq_entry_id(module: str, record_id: str, origin: str, destination_id: str | None) -> str:
+        """The entry id: a short hash of the natural key, the same in every process."""
+        natural = "\x1f".join((module, record_id, origin, destination_id or ""))
+        return hashlib.blake2b(natural.encode(), digest_size=10).hexdigest()
+
+    def add_dlq_entries(self, entries: Sequence[DlqEntry]) -> None:
+        """Store entries (idempotent on ``(module, record_id, origin, destination_id)``).
+
+        Writing an entry that exists and is ``open`` changes nothing; one that was ``replayed``
+        or ``purged`` is reopened with the new reason, error, attempts and body (the record
+        failed again).
+        """
+        if not entries:
+            return
+        now = _utcnow()
+        rows: dict[str, dict[str, Any]] = {}
+        for e in entries:
+            entry_id = self.dlq_entry_id(e.module, e.record_id, e.origin, e.destination_id)
+            # Keyed by id: on PostgreSQL an upsert may not touch one row twice in a statement.
+            rows[entry_id] = {
+                "entry_id": entry_id,
+                "module": e.module,
+                "record_id": e.record_id,
+                "source_id": e.source_id,
+                "origin": e.origin,
+                "destination_id": e.destination_id,
+                "reason": e.reason,
+                "error": e.error,
+                "error_class": e.error_class,
+                "retry_eligible": e.retry_eligible,
+                "attempts": e.attempts,
+                "body": e.body,
+                "status": "open",
+                "created_at": now,
+                "updated_at": now,
+            }
+        batch = list(rows.values())
+        self._write(lambda conn: conn.execute(self._add_dlq, batch))
+
+    @staticmethod
+    def _stored(row: _Row) -> StoredDlqEntry:
+        m = row._mapping
+        return StoredDlqEntry(
+            entry_id=m["entry_id"],
+            module=m["module"],
+            record_id=m["record_id"],
+            source_id=m["source_id"],
+            origin=m["origin"],
+            reason=m["reason"],
+            error=m["error"],
+            error_class=m["error_class"],
+            retry_eligible=bool(m["retry_eligible"]),
+            destination_id=m["destination_id"],
+            attempts=int(m["attempts"]),
+            created_at=m["created_at"].timestamp(),
+            status=m["status"],
+            body=bytes(m["body"]),
+        )
+
+    def list_dlq(
+        self, module: str | None = None, *, limit: int = 100, offset: int = 0, status: str = "open"
+    ) -> list[StoredDlqEntry]:
+        """DLQ entries, oldest first; ``status="all"`` lists every status."""
+        d = dlq_entries.c
+        stmt = sa.select(dlq_entries)
+        if status != "all":
+            stmt = stmt.where(d.status == status)
+        if module is not None:
+            stmt = stmt.where(d.module == module)
+        stmt = stmt.order_by(d.created_at, d.entry_id).limit(limit).offset(offset)
+        with self._reading() as conn:
+            return [self._stored(row) for row in conn.execute(stmt)]
+
+    def get_dlq_entries(self, entry_ids: Sequence[str]) -> list[StoredDlqEntry]:
+        """The entries with these ids, in the order asked (unknown ids are left out)."""
+        ids = list(dict.fromkeys(entry_ids))
+        stmt = sa.select(dlq_entries).where(self._in(dlq_entries.c.entry_id, "ids"))
+        with self._reading() as conn:
+            found = {
+                row.entry_id: self._stored(row) for row in self._select_in(conn, stmt, "ids", ids)
+            }
+        return [found[i] for i in ids if i in found]
+
+    def set_dlq_status(self, entry_ids: Sequence[str], status: str) -> int:
+        """Mark entries ``open``, ``replayed`` or ``purged``; returns how many changed."""
+        if status not in DLQ_STATUSES:
+            raise ValueError(f"DLQ status {status!r} is not valid; expected one of {DLQ_STATUSES}.")
+        ids = list(dict.fromkeys(entry_ids))
+        if not ids:
+            return 0
+        d = dlq_entries.c
+        stmt = (
+            sa.update(dlq_entries)
+            .where(self._in(d.entry_id, "ids"), d.status != status)
+            .values(status=status, updated_at=sa.bindparam("now"))
+        )
+
+        def work(conn: sa.Connection) -> int:
+            changed = 0
+            if self._pg:
+                return int(conn.execute(stmt, {"ids": ids, "now": _utcnow()}).rowcount)
+            for start in range(0, len(ids), _SQLITE_IN_CHUNK):
+                chunk = ids[start : start + _SQLITE_IN_CHUNK]
+                changed += int(conn.execute(stmt, {"ids": chunk, "now": _utcnow()}).rowcount)
+            return changed
+
+        return self._write(work)
+
+    def dlq_counts(self, status: str = "open") -> dict[str, int]:
+        """Entries per module with this status (``"all"``: any status)."""
+        d = dlq_entries.c
+        stmt = sa.select(d.module, sa.func.count()).group_by(d.module)
+        if status != "all":
+            stmt = stmt.where(d.status == status)
+        with self._reading() as conn:
+            return {row[0]: int(row[1]) for row in conn.execute(stmt)}
+
+    def dlq_reasons(self, module: str | None = None) -> dict[str, int]:
+        """Open entries per reason, optionally of one module."""
+        d = dlq_entries.c
+        stmt = sa.select(d.reason, sa.func.count()).where(d.status == "open").group_by(d.reason)
+        if module is not None:
+            stmt = stmt.where(d.module == module)
+        with self._reading() as conn:
+            return {row[0]: int(row[1]) for row in conn.execute(stmt)}
+
+    # -- gamma --------------------------------------------------------------------------------
+    def record_deliveries(self, outcomes: Sequence[DeliveryOutcome]) -> None:
+        """Upsert outcomes on ``(record_id, destination_id)``; ``delivered`` is never downgraded.
+
+        ``attempts`` and ``error`` are those of the latest outcome written (summing would count
+        a replayed write twice).
+        """
+        if not outcomes:
+            return
+        now = _utcnow()
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        for o in outcomes:
+            key = (o.record_id, o.destination_id)
+            previous = rows.get(key)
+            if previous is not None and previous["status"] == "delivered":
+                continue  # the same rule as in the database, within the batch
+            rows[key] = {
+                "record_id": o.record_id,
+                "destination_id": o.destination_id,
+                "status": o.status,
+                "attempts": o.attempts,
+                "error": o.error,
+                "timestamp": now,
+            }
+        batch = list(rows.values())
+        self._write(lambda conn: conn.execute(self._record_deliveries, batch))
+
+    def delivered_records(self, record_ids: Sequence[str], destination_id: str) -> set[str]:
+        """Which of these records are already delivered to the destination."""
+        ids = list(dict.fromkeys(record_ids))
+        with self._reading() as conn:
+            rows = self._select_in(
+                conn, self._delivered, "record_ids", ids, destination_id=destination_id
+            )
+        return {row[0] for row in rows}
+
+    def delivery_counts(self) -> dict[str, dict[str, int]]:
+        """``{destination_id: {status: count}}``."""
+        dl = delivery_log.c
+        stmt = sa.select(dl.destination_id, dl.status, sa.func.count()).group_by(
+            dl.destination_id, dl.status
+        )
+        counts: dict[str, dict[str, int]] = {}
+        with self._reading() as conn:
+            for destination_id, status, count in conn.execute(stmt):
+                counts.setdefault(destination_id, {})[status] = int(count)
+        return counts
+
+    # -- control ------------------------------------------------------------------------------
+    def append_audit(
+        self, actor: str, action: str, target: str, details: dict[str, Any] | None = None
+    ) -> None:
+        """Append one audit log entry (never updated or deleted by the store)."""
+        row = {
+            "timestamp": _utcnow(),
+            "actor": actor,
+            "action": action,
+            "target": target,
+            "details": details,
+        }
+        self._write(lambda conn: conn.execute(audit_log.insert(), row))
+
+    def list_audit(self, *, limit: int = 100, since: float | None = None) -> list[dict[str, Any]]:
+        """Audit entries, newest first; ``since`` is a Unix time."""
+        a = audit_log.c
+        stmt = sa.select(audit_log).order_by(a.id.desc()).limit(limit)
+        if since is not None:
+            stmt = stmt.where(a.timestamp >= _from_epoch(since))
+        with self._reading() as conn:
+            return [
+                {
+                    "id": int(m["id"]),
+                    "timestamp": m["timestamp"].timestamp(),
+                    "actor": m["actor"],
+                    "action": m["action"],
+                    "target": m["target"],
+                    "details": m["details"] or {},
+                }
+                for m in conn.execute(stmt).mappings()
+            ]
+
+    def add_lineage(self, events: Sequence[tuple[str, str, str, dict[str, Any]]]) -> None:
+        """Append lineage events ``(record_id, stage, action, details)``.
+
+        The same event (same record, stage, action and details) written again by a replay is
+        kept once.
+        """
+        if not events:
+            return
+        now = _utcnow()
+        rows = []
+        for record_id, stage, action, details in events:
+            canonical = json.dumps([stage, action, details], sort_keys=True, default=str)
+            rows.append(
+                {
+                    "record_id": record_id,
+                    "stage": stage,
+                    "action": action,
+                    "details": details,
+                    "event_key": hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest(),
+                    "timestamp": now,
+                }
+            )
+        self._write(lambda conn: conn.execute(self._add_lineage, rows))
+
+    def lineage_of(self, record_id: str) -> list[dict[str, Any]]:
+        """A record's lineage events in time order."""
+        li = lineage.c
+        stmt = (
+            sa.select(li.record_id, li.stage, li.action, li.details, li.timestamp)
+            .where(li.record_id == record_id)
+            .order_by(li.timestamp, li.id)
+        )
+        with self._reading() as conn:
+            return [
+                {
+                    "record_id": m["record_id"],
+                    "stage": m["stage"],
+                    "action": m["action"],
+                    "details": m["details"] or {},
+                    "timestamp": m["timestamp"].timestamp(),
+                }
+                for m in conn.execute(stmt).mappings()
+            ]
+
+    def start_job_run(self, job_name: str, trigger: str) -> str:
+        """Record a job run starting (status ``RUNNING``); returns its run id."""
+        run_id = uuid.uuid4().hex[:16]
+        row = {
+            "run_id": run_id,
+            "job_name": job_name,
+            "trigger": trigger,
+            "status": "RUNNING",
+            "started_at": _utcnow(),
+            "finished_at": None,
+            "records": 0,
+            "message": "",
+        }
+        self._write(lambda conn: conn.execute(job_runs.insert(), row))
+        return run_id
+
+    def finish_job_run(self, run_id: str, status: str, records: int = 0, message: str = "") -> None:
+        """Record a run's end; a second call for a finished run changes nothing."""
+        j = job_runs.c
+        stmt = (
+            sa.update(job_runs)
+            .where(j.run_id == run_id, j.finished_at.is_(None))
+            .values(status=status, records=records, message=message, finished_at=_utcnow())
+        )
+        self._write(lambda conn: conn.execute(stmt))
+
+    def list_job_runs(self, job_name: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Job runs, newest first, with start/finish as Unix times and the duration."""
+        j = job_runs.c
+        stmt = sa.select(job_runs).order_by(j.started_at.desc(), j.run_id).limit(limit)
+        if job_name is not None:
+            stmt = stmt.where(j.job_name == job_name)
+        runs = []
+        with self._reading() as conn:
+            for m in conn.execute(stmt).mappings():
+                started = m["started_at"].timestamp()
+                finished = _epoch(m["finished_at"])
+                runs.append(
+                    {
+                        "run_id": m["run_id"],
+                        "job_name": m["job_name"],
+                        "trigger": m["trigger"],
+                        "status": m["status"],
+                        "started_at": started,
+                        "finished_at": finished,
+                        "duration_seconds": None if finished is None else finished - started,
+                        "records": int(m["records"]),
+                        "message": m["message"],
+                    }
+                )
+        return runs
+
+    def save_config_version(self, module: str, checksum: str, content: str, actor: str) -> int:
+        """Store a snapshot unless the newest one of the module has this checksum; its version."""
+        c = config_versions.c
+        newest = (
+            sa.select(c.version, c.checksum)
+            .where(c.module == module)
+            .order_by(c.version.desc())
+            .limit(1)
+        )
+
+        def work(conn: sa.Connection) -> int:
+            # Two processes saving at once would pick the same next version; serialise them.
+            self._advisory_lock(conn, f"config_versions:{module}")
+            row = conn.execute(newest).first()
+            if row is not None and row[1] == checksum:
+                return int(row[0])
+            version = 1 if row is None else int(row[0]) + 1
+            conn.execute(
+                config_versions.insert(),
+                {
+                    "module": module,
+                    "version": version,
+                    "checksum": checksum,
+                    "content": content,
+                    "actor": actor,
+                    "created_at": _utcnow(),
+                },
+            )
+            return version
+
+        return self._write(work)
+
+    def list_config_versions(self, module: str | None = None) -> list[dict[str, Any]]:
+        """Stored configuration versions, newest first (without content)."""
+        c = config_versions.c
+        stmt = sa.select(c.module, c.version, c.checksum, c.actor, c.created_at).order_by(
+            c.created_at.desc(), c.module, c.version.desc()
+        )
+        if module is not None:
+            stmt = stmt.where(c.module == module)
+        with self._reading() as conn:
+            return [
+                {
+                    "module": m["module"],
+                    "version": int(m["version"]),
+                    "checksum": m["checksum"],
+                    "actor": m["actor"],
+                    "created_at": m["created_at"].timestamp(),
+                }
+                for m in conn.execute(stmt).mappings()
+            ]
+
+    def get_config_version(self, module: str, version: int) -> str | None:
+        """The content of one stored configuration version (None if there is none)."""
+        c = config_versions.c
+        stmt = sa.select(c.content).where(c.module == module, c.version == version)
+        with self._reading() as conn:
+            value = conn.scalar(stmt)
+        return None if value is None else str(value)
+
+    # -- accounting ---------------------------------------------------------------------------
+    def accounting(self) -> dict[str, Any]:
+        """Durable counts for the run summary, read from one snapshot.
+
+        ``dlq`` counts entries per module whatever their status: a record that went to a DLQ
+        and was later replayed or purged still *went* there, so the counts stay monotonic and
+        match what the modules reported at the time. A replayed record that is then delivered
+        appears under both ``dlq`` and ``delivered``.
+        """
+        so, d, dl = source_offsets.c, dlq_entries.c, delivery_log.c
+        with self._reading() as conn:
+            if self._pg:
+                # One snapshot for all the queries, as SQLite's read transaction gives.
+                conn.execution_options(isolation_level="REPEATABLE READ")
+            by_source = {
+                row[0]: int(row[1] or 0)
+                for row in conn.execute(
+                    sa.select(so.source_id, sa.func.sum(so.records_read)).group_by(so.source_id)
+                )
+            }
+            duplicate_count = conn.scalar(sa.select(sa.func.count()).select_from(duplicates))
+            dlq = {"alpha": 0, "beta": 0, "gamma": 0}
+            for module, count in conn.execute(
+                sa.select(d.module, sa.func.count()).group_by(d.module)
+            ):
+                dlq[module] = int(count)
+            delivered = {
+                row[0]: int(row[1])
+                for row in conn.execute(
+                    sa.select(dl.destination_id, sa.func.count())
+                    .where(dl.status == "delivered")
+                    .group_by(dl.destination_id)
+                )
+            }
+            delivered_records = conn.scalar(
+                sa.select(sa.func.count(sa.distinct(dl.record_id))).where(dl.status == "delivered")
+            )
+        return {
+            "ingested": sum(by_source.values()),
+            "ingested_by_source": by_source,
+            "duplicates": int(duplicate_count or 0),
+            "dlq": dlq,
+            "delivered": delivered,
+            "delivered_records": int(delivered_records or 0),
+        }
