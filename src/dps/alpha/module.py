@@ -82,7 +82,7 @@ class AlphaModule(ModuleHost):
         for source_id, sc in config.alpha.sources.items():
             runner = SourceRunner(sc, self._make_source(config, sc), self._make_parser(sc))
             self.runners[source_id] = runner
-            m.SOURCE_CONNECTION_STATUS.labels(source=source_id).set(1 if sc.enabled else 0)
+            m.ALPHA_SOURCE_CONNECTION_STATUS.labels(source=source_id).set(1 if sc.enabled else 0)
 
     def _make_source(self, config: PipelineConfig, sc: SourceConfig) -> Source:
         cls = registry.get("sources", sc.source_type)
@@ -126,7 +126,7 @@ class AlphaModule(ModuleHost):
             runner.last_success = time.time()
             runner.status = "enabled"
             runner.last_error = None
-            m.SOURCE_CONNECTION_STATUS.labels(source=runner.source_id).set(1)
+            m.ALPHA_SOURCE_CONNECTION_STATUS.labels(source=runner.source_id).set(1)
         return worked
 
     def _source_failed(self, runner: SourceRunner, exc: Exception) -> None:
@@ -135,7 +135,7 @@ class AlphaModule(ModuleHost):
             self.log.error("Source fetch failed.", source_id=runner.source_id, error=message)
         runner.status = "error"
         runner.last_error = message
-        m.SOURCE_CONNECTION_STATUS.labels(source=runner.source_id).set(0)
+        m.ALPHA_SOURCE_CONNECTION_STATUS.labels(source=runner.source_id).set(0)
 
     def _ingest(self, runner: SourceRunner, fetch: Fetch) -> None:
         sc = runner.config
@@ -176,7 +176,7 @@ class AlphaModule(ModuleHost):
                     continue
                 candidates.append((record, DedupeCandidate(self._dedupe_key(sc, record), origin, record.record_id, sid)))
         parsed_at = time.perf_counter()
-        m.PARSE_DURATION.observe((parsed_at - started) / max(1, len(fetch.items)))
+        m.ALPHA_PARSE_DURATION_SECONDS.observe((parsed_at - started) / max(1, len(fetch.items)))
 
         valid, duplicates = self._dedupe(sc, candidates)
         if valid:
@@ -190,12 +190,12 @@ class AlphaModule(ModuleHost):
         runner.source.commit(fetch, dict(read))
 
         total = sum(read.values())
-        m.RECORDS_INGESTED.labels(source_id=sid).inc(total)
-        m.RECORDS_VALIDATED.labels(source_id=sid).inc(len(valid))
-        m.VALIDATION_FAILURES.labels(source_id=sid).inc(len(failures))
-        m.PARSE_ERRORS.labels(source_id=sid).inc(parse_errors)
-        m.DUPLICATES.labels(source_id=sid).inc(len(duplicates))
-        m.VALIDATION_DURATION.observe((time.perf_counter() - parsed_at) / max(1, total))
+        m.ALPHA_RECORDS_INGESTED_TOTAL.labels(source_id=sid).inc(total)
+        m.ALPHA_RECORDS_VALIDATED_TOTAL.labels(source_id=sid).inc(len(valid))
+        m.ALPHA_VALIDATION_FAILURES_TOTAL.labels(source_id=sid).inc(len(failures))
+        m.ALPHA_PARSE_ERRORS_TOTAL.labels(source_id=sid).inc(parse_errors)
+        m.ALPHA_DUPLICATES_TOTAL.labels(source_id=sid).inc(len(duplicates))
+        m.ALPHA_VALIDATION_DURATION_SECONDS.observe((time.perf_counter() - parsed_at) / max(1, total))
         self._update_buffer_gauge()
         self.log.debug(
             "Batch ingested.", source_id=sid, records=total, valid=len(valid),
@@ -242,7 +242,7 @@ class AlphaModule(ModuleHost):
 
     def _update_buffer_gauge(self) -> None:
         capacity = self.config.pipeline.transport.capacity
-        m.BUFFER_UTILIZATION.set(self.queue.depth() / capacity if capacity else 0.0)
+        m.ALPHA_BUFFER_UTILIZATION.set(self.queue.depth() / capacity if capacity else 0.0)
 
     # -- admin ----------------------------------------------------------------------------------
     def queue_depths(self) -> dict[str, int]:

@@ -49,7 +49,7 @@ class BetaModule(ModuleHost):
         settings = self.config.beta.settings
         lease = self.inbox.lease(settings.TRANSFORM_BATCH_SIZE, wait=0.5)
         if not lease:
-            m.QUEUE_DEPTH.set(self.inbox.depth())
+            m.BETA_QUEUE_DEPTH.set(self.inbox.depth())
             return False
         started = time.perf_counter()
         rules, scorer = self.rules, self.scorer
@@ -64,7 +64,7 @@ class BetaModule(ModuleHost):
             record.attempts = msg.attempts
             outcome = rules.apply(record)
             if outcome.failure is not None:
-                m.TRANSFORM_FAILURES.inc()
+                m.BETA_TRANSFORM_FAILURES_TOTAL.inc()
                 dlq.append(
                     DlqEntry(
                         "beta", record.record_id, record.source_id, record.origin,
@@ -81,7 +81,7 @@ class BetaModule(ModuleHost):
                 )
                 continue
             record.quality = scorer.score(record)
-            m.QUALITY_SCORE_DISTRIBUTION.observe(record.quality.score)
+            m.BETA_QUALITY_SCORE_DISTRIBUTION.observe(record.quality.score)
             out.append(record)
         if out:
             self.outbox.put(encode_many(out))
@@ -89,11 +89,11 @@ class BetaModule(ModuleHost):
             self.state_store.add_dlq_entries(dlq)
         self.inbox.ack(lease)
         elapsed = time.perf_counter() - started
-        m.RECORDS_TRANSFORMED.inc(len(out))
-        m.TRANSFORM_DURATION.observe(elapsed / max(1, len(lease)))
+        m.BETA_RECORDS_TRANSFORMED_TOTAL.inc(len(out))
+        m.BETA_TRANSFORM_DURATION_SECONDS.observe(elapsed / max(1, len(lease)))
         if out:
-            m.QUALITY_SCORE.set(sum(r.quality.score for r in out if r.quality) / len(out))
-        m.QUEUE_DEPTH.set(self.inbox.depth())
+            m.BETA_QUALITY_SCORE.set(sum(r.quality.score for r in out if r.quality) / len(out))
+        m.BETA_QUEUE_DEPTH.set(self.inbox.depth())
         return True
 
     def queue_depths(self) -> dict[str, int]:

@@ -66,3 +66,14 @@ def validate(config_dir: ConfigDir) -> None:
     from dps.cli.validate import validate_command
 
     raise typer.Exit(validate_command(config_dir))
+
+
+@app.command()
+def bench() -> None:
+    """Benchmark the whole pipeline (not built yet: see BENCHMARKS.md)."""
+    typer.echo(
+        "dps bench is not implemented in this version: the benchmark workload and harness "
+        "are planned work (see BENCHMARKS.md).",
+        err=True,
+    )
+    raise typer.Exit(1)

@@ -24,7 +24,7 @@ from dps.config import PipelineConfig
 from dps.config.models import DestinationConfig
 from dps.core import registry
 from dps.core.errors import TransientError
-from dps.core.metrics import END_TO_END_LATENCY
+from dps.core.metrics import PIPELINE_END_TO_END_LATENCY_SECONDS
 from dps.core.record import Record, decode, encode
 from dps.gamma import metrics as m
 from dps.gamma.destinations.base import Destination
@@ -65,7 +65,7 @@ class GammaModule(ModuleHost):
     def _open_destination(dc: DestinationConfig) -> Destination:
         destination: Destination = registry.get("destinations", dc.destination_type)(dc.destination_id, dc.spec)
         destination.open()
-        m.DESTINATION_STATUS.labels(destination=dc.destination_id).set(1)
+        m.GAMMA_DESTINATION_STATUS.labels(destination=dc.destination_id).set(1)
         return destination
 
     def _dead_letter(self, messages: Sequence[Message], reason: str) -> None:
@@ -76,9 +76,9 @@ class GammaModule(ModuleHost):
         settings = self.config.gamma.settings
         lease = self.inbox.lease(settings.OUTPUT_BATCH_SIZE, wait=0.5)
         if not lease:
-            m.PENDING_DELIVERIES.set(0)
+            m.GAMMA_PENDING_DELIVERIES.set(0)
             return False
-        m.PENDING_DELIVERIES.set(len(lease))
+        m.GAMMA_PENDING_DELIVERIES.set(len(lease))
         dlq: list[DlqEntry] = []
         plan: dict[str, list[Record]] = defaultdict(list)
         records: dict[str, Record] = {}
@@ -101,7 +101,7 @@ class GammaModule(ModuleHost):
             for dest in decision.destinations:
                 record.touched("gamma", f"route:{dest}")
                 plan[dest].append(record)
-                m.RECORDS_ROUTED.labels(destination=dest).inc()
+                m.GAMMA_RECORDS_ROUTED_TOTAL.labels(destination=dest).inc()
 
         retry_later: set[str] = set()
         outcomes: list[DeliveryOutcome] = []
@@ -117,13 +117,13 @@ class GammaModule(ModuleHost):
         now = time.time()
         for outcome in outcomes:
             if outcome.status == "delivered":
-                END_TO_END_LATENCY.observe(max(0.0, now - records[outcome.record_id].ingested_at))
+                PIPELINE_END_TO_END_LATENCY_SECONDS.observe(max(0.0, now - records[outcome.record_id].ingested_at))
         if retry_later:
             self.inbox.nack(lease, sorted(retry_later), reason="destination_unavailable", delay=1.0)
             self.inbox.ack(lease, [msg.msg_id for msg in lease.messages if msg.msg_id not in retry_later])
         else:
             self.inbox.ack(lease)
-        m.DLQ_SIZE.set(self.state_store.dlq_counts().get("gamma", 0))
+        m.GAMMA_DLQ_SIZE.set(self.state_store.dlq_counts().get("gamma", 0))
         return True
 
     def _deliver(
@@ -153,9 +153,9 @@ class GammaModule(ModuleHost):
                 outcomes.append(DeliveryOutcome(record.record_id, dest_id, "failed", error=str(error)))
             delivered = [r for r in chunk if r.record_id not in refused]
             outcomes.extend(DeliveryOutcome(r.record_id, dest_id, "delivered") for r in delivered)
-            m.RECORDS_DELIVERED.labels(destination=dest_id).inc(len(delivered))
+            m.GAMMA_RECORDS_DELIVERED_TOTAL.labels(destination=dest_id).inc(len(delivered))
             if refused:
-                m.DELIVERY_FAILURES.labels(destination=dest_id).inc(len(refused))
+                m.GAMMA_DELIVERY_FAILURES_TOTAL.labels(destination=dest_id).inc(len(refused))
         return failed
 
     def _with_retries(
@@ -168,16 +168,16 @@ class GammaModule(ModuleHost):
             try:
                 rejected = destination.deliver(chunk)
             except TransientError as exc:
-                m.DELIVERY_FAILURES.labels(destination=dest_id).inc(len(chunk))
-                m.DESTINATION_STATUS.labels(destination=dest_id).set(0)
+                m.GAMMA_DELIVERY_FAILURES_TOTAL.labels(destination=dest_id).inc(len(chunk))
+                m.GAMMA_DESTINATION_STATUS.labels(destination=dest_id).set(0)
                 self.log.warning(
                     "Delivery failed; will retry.", destination=dest_id, attempt=attempt + 1, error=str(exc)
                 )
                 if attempt < dc.delivery.retry_count:
                     time.sleep(delay * (2**attempt))
                 continue
-            m.DELIVERY_DURATION.labels(destination=dest_id).observe(time.perf_counter() - started)
-            m.DESTINATION_STATUS.labels(destination=dest_id).set(1)
+            m.GAMMA_DELIVERY_DURATION_SECONDS.labels(destination=dest_id).observe(time.perf_counter() - started)
+            m.GAMMA_DESTINATION_STATUS.labels(destination=dest_id).set(1)
             return rejected
         return None
 

@@ -225,6 +225,7 @@ class NatsBackend(QueueBackend):
         self._nc: Any = None
         self._js: Any = None
         self._queues: set[NatsQueue] = set()
+        self._closing = False
 
     # ------------------------------------------------------------ plumbing
 
@@ -271,11 +272,19 @@ class NatsBackend(QueueBackend):
         """Start the loop thread and connect (under ``self._lock``)."""
         if self._nc is not None:
             return
+        self._closing = False
         self._runner = _LoopThread(name=f"dps-nats-{id(self):x}")
         try:
             self._nc = self.call(
                 self._open_connection(), self.config.connect_timeout + 1.0, "connect"
             )
+        except TransientError as exc:
+            self._shutdown()
+            raise TransientError(
+                f"NATS server at {self.url} is not reachable (no connection within "
+                f"{self.config.connect_timeout:g} s); the queue is not opened. Check "
+                "transport.url in pipeline.yaml and that nats-server runs with JetStream (-js)."
+            ) from exc
         except BaseException:
             self._shutdown()
             raise
@@ -290,7 +299,8 @@ class NatsBackend(QueueBackend):
             log.warning("NATS connection error.", extra={"url": url, "error": str(exc)})
 
         async def on_disconnected() -> None:
-            log.warning("NATS connection lost; reconnecting.", extra={"url": url})
+            if not self._closing:
+                log.warning("NATS connection lost; reconnecting.", extra={"url": url})
 
         async def on_reconnected() -> None:
             log.info("NATS connection re-established.", extra={"url": url})
@@ -320,6 +330,7 @@ class NatsBackend(QueueBackend):
         self._runner = self._nc = self._js = None
         if runner is None:
             return
+        self._closing = True
         if nc is not None:
             try:
                 runner.submit(nc.drain()).result(self.config.request_timeout + 1.0)
@@ -363,7 +374,8 @@ class NatsBackend(QueueBackend):
             self._connect()
             try:
                 streams = self.call(self._list_streams(), self.config.request_timeout + 1.0, "list")
-                version = str(self._nc.connected_server_version)
+                server = self._nc.connected_server_version
+                version = f"{server.major}.{server.minor}.{server.patch}"
             finally:
                 if not self._queues:
                     self._shutdown()
@@ -399,7 +411,7 @@ class NatsBackend(QueueBackend):
             return "unknown (set transport.monitor_url to read it from the server)"
         url = self.config.monitor_url.rstrip("/") + "/varz"
         try:
-            with urllib.request.urlopen(url, timeout=2.0) as response:  # noqa: S310 - operator URL
+            with urllib.request.urlopen(url, timeout=2.0) as response:
                 varz = json.load(response)
         except (OSError, ValueError) as exc:
             return f"unknown ({url} could not be read: {exc})"
@@ -578,7 +590,9 @@ class NatsQueue(Queue):
         over: list[tuple[Message, Any]] = []
         for delivery in deliveries:
             msg = delivery.msg
-            msg_id = (msg.headers or {}).get("Nats-Msg-Id") or f"{self.stream}:{msg.metadata.sequence.stream}"
+            msg_id = (msg.headers or {}).get(
+                "Nats-Msg-Id"
+            ) or f"{self.stream}:{msg.metadata.sequence.stream}"
             attempts = int(msg.metadata.num_delivered)
             message = Message(msg_id=msg_id, body=msg.data, attempts=attempts)
             if self.spec.dead_letter is not None and attempts > self.spec.max_attempts:

@@ -289,7 +289,9 @@ class SqliteQueue(Queue):
                     [(msg_id, body, horizon) for msg_id, body in batch],
                 )
             else:
-                cur.executemany("INSERT OR IGNORE INTO messages (msg_id, body) VALUES (?, ?)", batch)
+                cur.executemany(
+                    "INSERT OR IGNORE INTO messages (msg_id, body) VALUES (?, ?)", batch
+                )
             added = max(cur.rowcount, 0)
             if depth + added > self.spec.capacity:
                 # Inserting first and rolling back when over capacity is what lets duplicates
@@ -489,7 +491,9 @@ class SqliteBackend(QueueBackend):
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise TransientError(f"Cannot create the queue directory {self.directory}: {exc}.")
+            raise TransientError(
+                f"Cannot create the queue directory {self.directory}: {exc}."
+            ) from exc
         return SqliteQueue(self.directory / f"{spec.name}.db", spec, self.config)
 
     def describe(self) -> dict[str, Any]:

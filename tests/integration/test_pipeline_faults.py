@@ -1,0 +1,152 @@
+"""Faults against a running ``dps run``: a SIGKILLed stage, a broken reload, the admin API.
+
+These perform what the manual tells operators to do, with the manual's own commands (``curl``
+as pasted, including ``-d '{...}'`` with curl's default form content type).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.integration.pipeline_harness import (
+    copy_quickstart,
+    last_json_line,
+    start_pipeline,
+    wait_until,
+)
+
+
+def add_bulk_orders(config_dir: Path, count: int) -> None:
+    lines = [
+        json.dumps(
+            {
+                "order_id": f"BULK-{n:07d}",
+                "customer_id": f"C{n % 997:05d}",
+                "amount": n % 500 + 0.5,
+                "country": "DE" if n % 3 else "US",
+                "phone_number": f"(555) 010-{n % 10000:04d}",
+                "email": f"bulk{n}@example.com",
+            }
+        )
+        for n in range(count)
+    ]
+    (config_dir / "input" / "orders" / "bulk.ndjson").write_text("\n".join(lines) + "\n")
+
+
+def curl(*args: str) -> tuple[int, str]:
+    done = subprocess.run(
+        ["curl", "-s", "-o", "-", "-w", "\n%{http_code}", *args],
+        capture_output=True, text=True, timeout=30,
+    )
+    body, _, code = done.stdout.rpartition("\n")
+    return int(code), body
+
+
+@pytest.mark.slow
+def test_kill_9_of_beta_mid_run_loses_nothing_and_duplicates_nothing(tmp_path: Path) -> None:
+    config_dir = copy_quickstart(tmp_path / "quickstart")
+    add_bulk_orders(config_dir, 30_000)
+    # A killed consumer's lease comes back after the visibility timeout: keep the test short.
+    pipeline = config_dir / "pipeline.yaml"
+    pipeline.write_text(
+        pipeline.read_text().replace(
+            "transport:\n  backend: sqlite\n",
+            "transport:\n  backend: sqlite\n  visibility_timeout_seconds: 5\n",
+        )
+    )
+    data_dir = tmp_path / "data"
+    run = start_pipeline(config_dir, data_dir, "--once", "--json")
+    try:
+        run.wait_ready()
+        first_pid = run.get("beta", "/admin/status").json()["pid"]
+
+        def beta_has_work_in_hand() -> bool:
+            acc = run.get("control", "/api/accounting").json()
+            return acc["transformed"] > 2000 and acc["in_flight"]["transform"] > 0
+
+        wait_until(beta_has_work_in_hand, 120, "beta never got going")
+        os.kill(first_pid, signal.SIGKILL)
+
+        def restarted() -> bool:
+            try:
+                return run.get("beta", "/admin/status").json()["pid"] != first_pid
+            except Exception:  # noqa: BLE001 - down while restarting
+                return False
+
+        wait_until(restarted, 60, "the supervisor did not restart beta")
+        code, out, err = run.finish(timeout=300)
+    finally:
+        run.stop()
+    assert code == 0, err[-3000:]
+    summary = last_json_line(out)
+    assert summary["adds_up"] is True, summary
+    with sqlite3.connect(data_dir / "warehouse.db") as db:
+        count, distinct = db.execute(
+            "SELECT count(*), count(DISTINCT event_id) FROM pipeline_events"
+        ).fetchone()
+    assert count == distinct == summary["delivered"]["warehouse"]
+    review = (data_dir / "review" / "low_quality.jsonl").read_text().splitlines()
+    ids = [json.loads(line)["record_id"] for line in review]
+    assert len(ids) == len(set(ids)) == summary["delivered"]["review_file"]
+
+
+@pytest.mark.slow
+def test_admin_endpoints_and_a_broken_reload_as_the_manual_does_them(tmp_path: Path) -> None:
+    config_dir = copy_quickstart(tmp_path / "quickstart")
+    run = start_pipeline(config_dir, tmp_path / "data")
+    try:
+        run.wait_ready()
+        for module in ("alpha", "beta", "gamma", "control"):
+            code, body = curl(f"{run.url(module)}/admin/health")
+            assert code == 200 and json.loads(body)["status"] in ("HEALTHY", "DEGRADED"), body
+            code, body = curl(f"{run.url(module)}/admin/status")
+            assert code == 200 and json.loads(body)["module"] == module
+            code, body = curl(f"{run.url(module)}/admin/config/export")
+            assert code == 200 and "gamma" in json.loads(body)
+
+        alpha = run.url("alpha")
+        # A.1 step 5 / A.3 step 2: reload.
+        code, body = curl("-X", "POST", f"{alpha}/admin/config/reload")
+        assert code == 200, body
+
+        # A broken source file: the reload is refused with file and key named; alpha keeps running.
+        broken = config_dir / "alpha" / "sources" / "orders.yaml"
+        good = broken.read_text()
+        broken.write_text(good.replace("batch_size: 500", "batch_size: lots"))
+        code, body = curl("-X", "POST", f"{alpha}/admin/config/reload")
+        assert code == 400, body
+        issues = json.loads(body)["issues"]
+        assert any("orders.yaml" in i["file"] and "polling.batch_size" in i["key"] for i in issues)
+        code, body = curl(f"{alpha}/admin/health")
+        assert code == 200
+        broken.write_text(good)
+
+        # Pause and resume as pasted from the manual (form content type, JSON body).
+        code, body = curl("-X", "POST", f"{alpha}/admin/pause", "-d", '{"reason": "maintenance"}')
+        assert code == 200, body
+        assert json.loads(curl(f"{alpha}/admin/status")[1])["state"] == "paused"
+        code, body = curl("-X", "POST", f"{alpha}/admin/resume")
+        assert code == 200, body
+        assert json.loads(curl(f"{alpha}/admin/status")[1])["state"] == "running"
+
+        # G.1 step 3's loop reads .total from the queue depth.
+        code, body = curl(f"{run.url('beta')}/admin/queue/depth")
+        assert code == 200 and isinstance(json.loads(body)["total"], int)
+
+        # Metrics with the manual's names (A.1 step 8, G.2 step 5).
+        wait_until(
+            lambda: "gamma_records_delivered_total{" in run.get("gamma", "/metrics").text,
+            60, "gamma never delivered",
+        )
+        assert "alpha_records_ingested_total" in curl(f"{alpha}/metrics")[1]
+        assert "beta_records_transformed_total" in curl(f"{run.url('beta')}/metrics")[1]
+    finally:
+        run.stop()
+    assert run.process.returncode == 0

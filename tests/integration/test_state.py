@@ -1,0 +1,732 @@
+"""The state store, on both backends: every method, idempotency under replay, concurrency.
+
+The same tests run on SQLite (a file in ``tmp_path``) and on the real PostgreSQL server at
+127.0.0.1:5432 (database ``test``, user ``postgres``, trust auth; override with
+``DPS_TEST_POSTGRES_DSN``), each test in a fresh schema dropped afterwards. PostgreSQL being
+unreachable fails the tests: a skipped backend would hide a broken scale-out deployment.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.pool import NullPool
+
+from dps.core import registry
+from dps.core.errors import ConfigError, TransientError
+from dps.state import open_state
+from dps.state import sql as state_sql
+from dps.state.base import DedupeCandidate, DeliveryOutcome, DlqEntry, ValidationFailure
+from dps.state.sql import SqlStateStore
+
+PG_DSN = os.environ.get("DPS_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres),
+]
+
+MANUAL_TABLES = {
+    "validation_failures",
+    "delivery_log",
+    "validation_cache",
+    "duplicates",
+    "dlq_entries",
+    "source_offsets",
+    "audit_log",
+    "audit_log_archive",
+    "lineage",
+    "job_runs",
+    "config_versions",
+    "schema_version",
+}
+
+OpenStore = Callable[..., SqlStateStore]
+T = TypeVar("T")
+
+
+def _admin_engine() -> sa.Engine:
+    return sa.create_engine(
+        PG_DSN.replace("postgresql://", "postgresql+psycopg://", 1), poolclass=NullPool
+    )
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def settings(backend: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    if backend == "sqlite":
+        yield {"backend": "sqlite", "path": str(tmp_path / "state.db")}
+        return
+    schema = f"dps_test_{uuid.uuid4().hex[:12]}"
+    yield {"backend": "postgresql", "dsn": PG_DSN, "schema": schema}
+    engine = _admin_engine()
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def open_store(backend: str, settings: dict[str, Any], tmp_path: Path) -> Iterator[OpenStore]:
+    """Opens stores on the test's database (each with its own engine, like another process)."""
+    stores: list[SqlStateStore] = []
+
+    def make(*, migrate: bool = True) -> SqlStateStore:
+        if migrate:
+            store = open_state(backend, settings, tmp_path)
+        else:
+            store = registry.get("states", backend)(settings, tmp_path).open()
+        assert isinstance(store, SqlStateStore)
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+@pytest.fixture
+def store(open_store: OpenStore) -> SqlStateStore:
+    return open_store()
+
+
+class Clock:
+    """Replaces the store's clock so expiry and time windows are tested without sleeping."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now = datetime.now(UTC)
+        monkeypatch.setattr(state_sql, "_utcnow", lambda: self.now)
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    return Clock(monkeypatch)
+
+
+def cand(key: str, origin: str, source: str = "src") -> DedupeCandidate:
+    return DedupeCandidate(key=key, origin=origin, record_id=f"rec-{key}", source_id=source)
+
+
+def dlq(module: str, record_id: str, **kw: Any) -> DlqEntry:
+    fields: dict[str, Any] = {
+        "source_id": "src",
+        "origin": f"file:{record_id}",
+        "reason": "parse_error",
+        "error": "bad json",
+        "body": b"\x00raw\xff" + record_id.encode(),
+    }
+    fields.update(kw)
+    return DlqEntry(module=module, record_id=record_id, **fields)
+
+
+def run_together(*calls: Callable[[], T]) -> list[T]:
+    """Run the calls in threads released at the same moment; re-raise the first error."""
+    barrier = threading.Barrier(len(calls))
+    results: list[Any] = [None] * len(calls)
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = calls[i]()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def count(store: SqlStateStore, table: str) -> int:
+    with store.engine.connect() as conn:
+        return int(conn.scalar(sa.text(f"SELECT count(*) FROM {table}")) or 0)
+
+
+# -- backends and migrations -----------------------------------------------------------------
+def test_migrate_creates_the_tables_and_twice_is_a_noop(open_store: OpenStore) -> None:
+    store = open_store(migrate=False)
+    assert store.schema_version() == 0
+    assert store.migrate() == state_sql.LATEST_VERSION
+    assert store.migrate() == state_sql.LATEST_VERSION
+    assert store.schema_version() == state_sql.LATEST_VERSION
+    assert count(store, "schema_version") == len(state_sql.MIGRATIONS)
+    assert set(sa.inspect(store.engine).get_table_names()) >= MANUAL_TABLES
+    # Another process opening the migrated database changes nothing either.
+    assert open_store().schema_version() == state_sql.LATEST_VERSION
+    assert count(store, "schema_version") == len(state_sql.MIGRATIONS)
+
+
+def test_two_processes_migrating_at_once_both_succeed(open_store: OpenStore) -> None:
+    stores = [open_store(migrate=False) for _ in range(3)]
+    assert run_together(*(s.migrate for s in stores)) == [state_sql.LATEST_VERSION] * 3
+    assert count(stores[0], "schema_version") == len(state_sql.MIGRATIONS)
+
+
+def test_a_database_newer_than_the_code_is_refused(store: SqlStateStore) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(
+            state_sql.schema_version_table.insert(),
+            {"version": 999, "description": "future", "applied_at": datetime.now(UTC)},
+        )
+    with pytest.raises(ConfigError, match="newer than this dps supports"):
+        store.migrate()
+
+
+def test_describe(store: SqlStateStore, backend: str) -> None:
+    info = store.describe()
+    assert info["backend"] == backend
+    assert info["schema_version"] == state_sql.LATEST_VERSION
+
+
+def test_sqlite_connection_settings(tmp_path: Path) -> None:
+    store = open_state("sqlite", {"busy_timeout_ms": 1234}, tmp_path)
+    assert isinstance(store, SqlStateStore)
+    try:
+        assert (tmp_path / "state.db").exists()  # the default path is data_dir/state.db
+        with store.engine.connect() as conn:
+            pragma = {
+                name: conn.exec_driver_sql(f"PRAGMA {name}").scalar()
+                for name in ("journal_mode", "synchronous", "busy_timeout", "foreign_keys")
+            }
+        assert pragma == {
+            "journal_mode": "wal",
+            "synchronous": 2,
+            "busy_timeout": 1234,
+            "foreign_keys": 0,
+        }
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("name", "bad", "key"),
+    [
+        ("sqlite", {"paht": "x.db"}, "state.paht"),
+        ("sqlite", {"busy_timeout_ms": -1}, "state.busy_timeout_ms"),
+        ("postgresql", {"dsn": "mysql://x@y/z"}, "state.dsn"),
+        ("postgresql", {"dsn": PG_DSN, "schema": "Bad-Name"}, "state.schema"),
+        ("postgresql", {"dsn": PG_DSN, "pool_size": 0}, "state.pool_size"),
+        ("postgresql", {}, "state.dsn"),
+    ],
+)
+def test_bad_settings_name_the_key(
+    name: str, bad: dict[str, Any], key: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        registry.get("states", name)(bad, tmp_path)
+    assert f"pipeline.yaml: {key}:" in str(info.value)
+
+
+@pytest.mark.postgres
+def test_postgresql_dsn_forms_and_unreachable_server(tmp_path: Path) -> None:
+    backend_cls = registry.get("states", "postgresql")
+    for dsn in ("postgresql://u@h/db", "postgres://u@h/db", "postgresql+psycopg://u@h/db"):
+        assert backend_cls({"dsn": dsn}, tmp_path).config.url == "postgresql+psycopg://u@h/db"
+    with pytest.raises(TransientError, match="unavailable"):
+        open_state("postgresql", {"dsn": "postgresql://postgres@127.0.0.1:1/test"}, tmp_path)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_postgresql_creates_its_schema_and_sets_search_path(
+    store: SqlStateStore, settings: dict[str, Any]
+) -> None:
+    with store.engine.connect() as conn:
+        assert conn.scalar(sa.text("SELECT current_schema()")) == settings["schema"]
+        # The manual's index maintenance names these indexes.
+        for index in (
+            "idx_validation_cache_key",
+            "idx_validation_cache_timestamp",
+            "idx_delivery_record_id",
+            "idx_delivery_destination",
+        ):
+            conn.execute(sa.text(f"REINDEX INDEX {index}"))
+        for table in ("validation_cache", "delivery_log", "audit_log"):
+            conn.execute(sa.text(f"ANALYZE {table}"))
+
+
+# -- alpha: dedupe ---------------------------------------------------------------------------
+def test_claim_dedupe_semantics(store: SqlStateStore) -> None:
+    assert store.claim_dedupe_keys([], 60) == []
+    assert store.claim_dedupe_keys([cand("a", "f:1"), cand("b", "f:2")], 60) == [False, False]
+    # A replay of the same positions (a restart after a crash) is not a duplicate.
+    assert store.claim_dedupe_keys([cand("a", "f:1"), cand("b", "f:2")], 60) == [False, False]
+    # The same key read at another position is.
+    assert store.claim_dedupe_keys([cand("a", "f:9"), cand("c", "f:3")], 60) == [True, False]
+    # Within one batch: the first claims, a later one from another origin is its duplicate,
+    # the same origin twice is not.
+    batch = [cand("d", "f:4"), cand("d", "f:5"), cand("d", "f:4"), cand("a", "f:1")]
+    assert store.claim_dedupe_keys(batch, 60) == [False, True, False, False]
+    assert store.claim_dedupe_keys(batch, 60) == [False, True, False, False]
+
+
+def test_expired_keys_are_taken_over(store: SqlStateStore, clock: Clock) -> None:
+    assert store.claim_dedupe_keys([cand("k", "f:1")], 10) == [False]
+    clock.advance(9)
+    assert store.claim_dedupe_keys([cand("k", "f:2")], 10) == [True]
+    clock.advance(2)  # the first claim has expired
+    assert store.claim_dedupe_keys([cand("k", "f:2")], 10) == [False]
+    assert store.claim_dedupe_keys([cand("k", "f:1")], 10) == [True]
+    clock.advance(11)
+    assert store.purge_expired_dedupe_keys() == 1
+    assert count(store, "validation_cache") == 0
+
+
+def test_claim_large_batches(store: SqlStateStore) -> None:
+    batch = [cand(f"k{i}", f"f:{i}") for i in range(1500)]
+    assert store.claim_dedupe_keys(batch, 60) == [False] * 1500
+    other = [cand(f"k{i}", f"g:{i}") for i in range(1500)]
+    assert store.claim_dedupe_keys(other, 60) == [True] * 1500
+
+
+@pytest.mark.parametrize("expired", [False, True], ids=["fresh", "expired"])
+def test_concurrent_claims_have_exactly_one_winner(
+    open_store: OpenStore, clock: Clock, expired: bool
+) -> None:
+    """Two instances (own engines, own connections) race for the same keys in random order."""
+    instances = [open_store(), open_store()]
+    keys = [f"key-{i}" for i in range(300)]
+    if expired:
+        instances[0].claim_dedupe_keys([cand(k, "old") for k in keys], 1)
+        clock.advance(5)
+    for round_ in range(3):
+        round_keys = [f"{k}-{round_}" for k in keys] if not expired or round_ else keys
+        verdicts = run_together(
+            *(
+                functools.partial(claim_all, instances[n], f"instance-{n}", round_keys)
+                for n in (0, 1)
+            )
+        )
+        for key in round_keys:
+            winners = [n for n in (0, 1) if not verdicts[n][key]]
+            assert len(winners) == 1, (key, winners)
+
+
+def claim_all(store: SqlStateStore, origin: str, keys: list[str]) -> dict[str, bool]:
+    """Claim ``keys`` in a random order, in several batches so two racers interleave."""
+    order = list(keys)
+    random.Random(origin).shuffle(order)
+    verdict: dict[str, bool] = {}
+    for start in range(0, len(order), 50):
+        chunk = order[start : start + 50]
+        got = store.claim_dedupe_keys([cand(k, origin) for k in chunk], 60)
+        verdict.update(zip(chunk, got, strict=True))
+    return verdict
+
+
+def test_record_duplicates_is_idempotent(store: SqlStateStore) -> None:
+    dups = [cand("a", "f:9"), cand("b", "f:10")]
+    store.record_duplicates(dups)
+    store.record_duplicates(dups)
+    store.record_duplicates([cand("a", "f:11"), cand("a", "f:11")])
+    store.record_duplicates([])
+    assert store.accounting()["duplicates"] == 3
+
+
+def test_validation_failures_are_idempotent(store: SqlStateStore, backend: str) -> None:
+    def vf(
+        record_id: str, code: str, field: str | None, source: str = "orders"
+    ) -> ValidationFailure:
+        return ValidationFailure(
+            source_id=source,
+            record_id=record_id,
+            origin=f"file:{record_id}",
+            error_code=code,
+            field=field,
+            message="nope",
+        )
+
+    failures = [
+        vf("r1", "REQUIRED_FIELD", "id"),
+        vf("r1", "REQUIRED_FIELD", "amount"),  # another field of the same record counts
+        vf("r2", "SCHEMA", None),
+        vf("r3", "SCHEMA", None, source="users"),
+    ]
+    store.add_validation_failures(failures)
+    store.add_validation_failures(failures)  # replay
+    store.add_validation_failures([vf("r2", "SCHEMA", None)])  # NULL field replay
+    store.add_validation_failures([])
+    assert count(store, "validation_failures") == 4
+
+
+# -- offsets -----------------------------------------------------------------------------------
+def test_offsets_move_forward_and_count_once(store: SqlStateStore) -> None:
+    assert store.get_offset("orders", "/in/a.json") == 0
+    store.commit_offset("orders", "/in/a.json", 100, 10)
+    store.commit_offset("orders", "/in/a.json", 100, 10)  # replayed commit
+    store.commit_offset("orders", "/in/a.json", 50, 5)  # stale commit
+    store.commit_offset("orders", "/in/a.json", 250, 15)
+    store.commit_offset("orders", "/in/b.json", 7, 1)
+    store.commit_offset("users", "/in/u.json", 3, 3)
+    assert store.get_offset("orders", "/in/a.json") == 250
+    assert store.offsets("orders") == {("orders", "/in/a.json"): 250, ("orders", "/in/b.json"): 7}
+    assert len(store.offsets()) == 3
+    acc = store.accounting()
+    assert acc["ingested"] == 29
+    assert acc["ingested_by_source"] == {"orders": 26, "users": 3}
+
+
+# -- DLQ -------------------------------------------------------------------------------------
+def test_dlq_entries(store: SqlStateStore, clock: Clock) -> None:
+    entries = [
+        dlq("alpha", "r1"),
+        dlq("beta", "r2", reason="rule_error", error_class="transient", attempts=2),
+        dlq("gamma", "r3", reason="http_500", destination_id="warehouse", error_class="transient"),
+        dlq("gamma", "r3", reason="http_500", destination_id="archive"),  # same record, other dest
+    ]
+    store.add_dlq_entries(entries[:2])
+    clock.advance(1)
+    store.add_dlq_entries(entries[2:])
+    clock.advance(1)
+    store.add_dlq_entries(entries)  # replay: nothing new, nothing changed
+    store.add_dlq_entries([])
+
+    listed = store.list_dlq()
+    # Oldest first (the two gamma entries share a timestamp; their order is the id's).
+    assert [(e.module, e.record_id) for e in listed] == [
+        ("alpha", "r1"),
+        ("beta", "r2"),
+        ("gamma", "r3"),
+        ("gamma", "r3"),
+    ]
+    assert {e.destination_id for e in listed[2:]} == {"warehouse", "archive"}
+    first = listed[0]
+    assert first.body == b"\x00raw\xffr1"
+    assert first.status == "open" and first.error_class == "terminal" and not first.retry_eligible
+    assert abs(first.created_at - (clock.now.timestamp() - 2)) < 0.001
+    beta = store.list_dlq("beta")
+    assert len(beta) == 1 and beta[0].retry_eligible and beta[0].attempts == 2
+    assert [e.record_id for e in store.list_dlq(limit=2, offset=1)] == ["r2", "r3"]
+
+    # Ids are short, deterministic and the same in every process.
+    assert all(len(e.entry_id) <= 32 for e in listed)
+    assert first.entry_id == SqlStateStore.dlq_entry_id("alpha", "r1", "file:r1", None)
+
+    ids = [e.entry_id for e in listed]
+    got = store.get_dlq_entries([ids[2], "nope", ids[0], ids[2]])
+    assert [e.entry_id for e in got] == [ids[2], ids[0]]
+    assert store.get_dlq_entries([]) == []
+
+    assert store.dlq_counts() == {"alpha": 1, "beta": 1, "gamma": 2}
+    assert store.dlq_reasons() == {"parse_error": 1, "rule_error": 1, "http_500": 2}
+    assert store.dlq_reasons("gamma") == {"http_500": 2}
+
+    assert store.set_dlq_status([ids[0], ids[1], "nope"], "replayed") == 2
+    assert store.set_dlq_status([ids[0], ids[1]], "replayed") == 0  # replayed twice: no change
+    assert store.set_dlq_status([ids[2]], "purged") == 1
+    assert store.set_dlq_status([], "purged") == 0
+    with pytest.raises(ValueError, match="not valid"):
+        store.set_dlq_status([ids[3]], "deleted")
+    assert store.dlq_counts() == {"gamma": 1}
+    assert store.dlq_counts("replayed") == {"alpha": 1, "beta": 1}
+    assert store.dlq_counts("all") == {"alpha": 1, "beta": 1, "gamma": 2}
+    assert [e.entry_id for e in store.list_dlq(status="replayed")] == ids[:2]
+    assert len(store.list_dlq(status="all")) == 4
+    assert store.dlq_reasons() == {"http_500": 1}
+
+    # The replayed record fails again: its entry reopens with the new error.
+    store.add_dlq_entries([dlq("alpha", "r1", error="still bad", attempts=3)])
+    reopened = store.get_dlq_entries([ids[0]])[0]
+    assert (reopened.status, reopened.error, reopened.attempts) == ("open", "still bad", 3)
+    assert count(store, "dlq_entries") == 4
+
+    # Accounting counts every entry once, whatever its status.
+    assert store.accounting()["dlq"] == {"alpha": 1, "beta": 1, "gamma": 2}
+
+
+def test_dlq_many_ids(store: SqlStateStore) -> None:
+    store.add_dlq_entries([dlq("gamma", f"r{i}") for i in range(1200)])
+    ids = [e.entry_id for e in store.list_dlq(limit=2000)]
+    assert len(ids) == 1200
+    assert len(store.get_dlq_entries(ids)) == 1200
+    assert store.set_dlq_status(ids, "purged") == 1200
+
+
+# -- gamma: deliveries -------------------------------------------------------------------------
+def test_deliveries_are_never_downgraded(store: SqlStateStore) -> None:
+    store.record_deliveries(
+        [
+            DeliveryOutcome("r1", "warehouse", "failed", attempts=1, error="timeout"),
+            DeliveryOutcome("r2", "warehouse", "delivered"),
+            DeliveryOutcome("r1", "archive", "delivered"),
+        ]
+    )
+    store.record_deliveries([DeliveryOutcome("r1", "warehouse", "delivered", attempts=2)])
+    store.record_deliveries([DeliveryOutcome("r1", "warehouse", "failed", attempts=3, error="x")])
+    # Within one batch too, and a replay of the whole batch.
+    batch = [
+        DeliveryOutcome("r3", "warehouse", "delivered"),
+        DeliveryOutcome("r3", "warehouse", "failed", error="late"),
+        DeliveryOutcome("r4", "warehouse", "failed", error="e1"),
+        DeliveryOutcome("r4", "warehouse", "failed", attempts=2, error="e2"),
+    ]
+    store.record_deliveries(batch)
+    store.record_deliveries(batch)
+    store.record_deliveries([])
+
+    assert store.delivered_records(["r1", "r2", "r3", "r4", "r9"], "warehouse") == {
+        "r1",
+        "r2",
+        "r3",
+    }
+    assert store.delivered_records(["r1", "r2"], "archive") == {"r1"}
+    assert store.delivered_records([], "archive") == set()
+    assert store.delivery_counts() == {
+        "warehouse": {"delivered": 3, "failed": 1},
+        "archive": {"delivered": 1},
+    }
+    with store.engine.connect() as conn:
+        row = conn.execute(
+            sa.text("SELECT status, attempts, error FROM delivery_log WHERE record_id = 'r4'")
+        ).one()
+        assert tuple(row) == ("failed", 2, "e2")
+        row = conn.execute(
+            sa.text(
+                "SELECT status, attempts FROM delivery_log "
+                "WHERE record_id = 'r1' AND destination_id = 'warehouse'"
+            )
+        ).one()
+        assert tuple(row) == ("delivered", 2)
+    acc = store.accounting()
+    assert acc["delivered"] == {"warehouse": 3, "archive": 1}
+    assert acc["delivered_records"] == 3
+
+
+def test_delivered_records_large_batch(store: SqlStateStore) -> None:
+    ids = [f"r{i}" for i in range(1300)]
+    store.record_deliveries([DeliveryOutcome(i, "d", "delivered") for i in ids[::2]])
+    assert store.delivered_records(ids, "d") == set(ids[::2])
+
+
+# -- control -------------------------------------------------------------------------------------
+def test_audit_log(store: SqlStateStore, clock: Clock) -> None:
+    start = clock.now.timestamp()
+    store.append_audit("alice", "config.reload", "alpha", {"version": 3, "at": clock.now})
+    clock.advance(10)
+    store.append_audit("bob", "dlq.purge", "gamma")
+    entries = store.list_audit()
+    assert [(e["actor"], e["action"], e["target"]) for e in entries] == [
+        ("bob", "dlq.purge", "gamma"),
+        ("alice", "config.reload", "alpha"),
+    ]
+    assert entries[1]["details"]["version"] == 3
+    assert isinstance(entries[1]["details"]["at"], str)  # serialised, not refused
+    assert entries[0]["details"] == {}
+    assert abs(entries[1]["timestamp"] - start) < 0.001
+    assert [e["actor"] for e in store.list_audit(since=start + 5)] == ["bob"]
+    assert len(store.list_audit(limit=1)) == 1
+
+
+def test_lineage(store: SqlStateStore, clock: Clock) -> None:
+    events = [
+        ("r1", "alpha", "ingested", {"source_id": "orders", "origin": "file:1"}),
+        ("r1", "beta", "rule_applied", {"rule": "normalize"}),
+        ("r2", "alpha", "ingested", {"source_id": "orders"}),
+    ]
+    store.add_lineage(events[:1])
+    clock.advance(1)
+    store.add_lineage(events[1:])
+    store.add_lineage(events)  # replay
+    clock.advance(1)
+    store.add_lineage([("r1", "gamma", "delivered", {"destination_id": "warehouse"})])
+    store.add_lineage([])
+    history = store.lineage_of("r1")
+    assert [(e["stage"], e["action"]) for e in history] == [
+        ("alpha", "ingested"),
+        ("beta", "rule_applied"),
+        ("gamma", "delivered"),
+    ]
+    assert history[2]["details"] == {"destination_id": "warehouse"}
+    assert store.lineage_of("nope") == []
+    assert count(store, "lineage") == 4
+
+
+def test_job_runs(store: SqlStateStore, clock: Clock) -> None:
+    first = store.start_job_run("gamma_dlq_cleanup", "schedule")
+    clock.advance(5)
+    store.finish_job_run(first, "SUCCESS", records=12, message="12 archived")
+    clock.advance(60)
+    store.finish_job_run(first, "FAILED", message="replayed call")  # already finished: ignored
+    second = store.start_job_run("daily_lineage_index", "manual")
+    assert first != second
+    runs = store.list_job_runs()
+    assert [r["run_id"] for r in runs] == [second, first]
+    assert runs[0]["status"] == "RUNNING" and runs[0]["finished_at"] is None
+    done = runs[1]
+    assert (done["status"], done["records"], done["message"]) == ("SUCCESS", 12, "12 archived")
+    assert done["duration_seconds"] == pytest.approx(5, abs=0.01)
+    assert [r["run_id"] for r in store.list_job_runs("gamma_dlq_cleanup")] == [first]
+    assert len(store.list_job_runs(limit=1)) == 1
+
+
+def test_config_versions(store: SqlStateStore, clock: Clock) -> None:
+    assert store.save_config_version("alpha", "c1", "content 1", "alice") == 1
+    clock.advance(1)
+    assert store.save_config_version("alpha", "c1", "content 1", "alice") == 1  # unchanged
+    assert store.save_config_version("alpha", "c2", "content 2", "bob") == 2
+    clock.advance(1)
+    assert store.save_config_version("beta", "c1", "beta 1", "bob") == 1
+    assert store.save_config_version("alpha", "c1", "content 1", "carol") == 3  # back again
+    versions = store.list_config_versions()
+    assert [(v["module"], v["version"]) for v in versions] == [
+        ("alpha", 3),
+        ("beta", 1),
+        ("alpha", 2),
+        ("alpha", 1),
+    ]
+    assert all("content" not in v for v in versions)
+    assert [v["version"] for v in store.list_config_versions("alpha")] == [3, 2, 1]
+    assert store.get_config_version("alpha", 2) == "content 2"
+    assert store.get_config_version("alpha", 9) is None
+
+
+def test_config_versions_saved_concurrently(open_store: OpenStore) -> None:
+    instances = [open_store() for _ in range(4)]
+
+    def save(n: int) -> None:
+        for i in range(5):
+            instances[n].save_config_version("alpha", f"{n}-{i}", "x", f"p{n}")
+
+    run_together(*(functools.partial(save, n) for n in range(len(instances))))
+    versions = [v["version"] for v in instances[0].list_config_versions("alpha")]
+    assert versions == list(range(20, 0, -1))
+
+
+# -- accounting ----------------------------------------------------------------------------------
+def test_accounting_adds_up(store: SqlStateStore) -> None:
+    assert store.accounting() == {
+        "ingested": 0,
+        "ingested_by_source": {},
+        "duplicates": 0,
+        "dlq": {"alpha": 0, "beta": 0, "gamma": 0},
+        "delivered": {},
+        "delivered_records": 0,
+    }
+    # Ten records read; one duplicate, one alpha DLQ, one gamma DLQ, seven delivered to two
+    # destinations (so fourteen deliveries).
+    store.commit_offset("orders", "f", 10, 10)
+    store.record_duplicates([cand("k", "f:9")])
+    store.add_dlq_entries([dlq("alpha", "r8"), dlq("gamma", "r7", destination_id="warehouse")])
+    outcomes = [DeliveryOutcome(f"r{i}", d, "delivered") for i in range(7) for d in ("a", "b")]
+    store.record_deliveries(outcomes)
+    for _ in range(2):  # every write replayed: the counts do not move
+        store.commit_offset("orders", "f", 10, 10)
+        store.record_duplicates([cand("k", "f:9")])
+        store.add_dlq_entries([dlq("alpha", "r8"), dlq("gamma", "r7", destination_id="warehouse")])
+        store.record_deliveries(outcomes)
+    acc = store.accounting()
+    assert acc == {
+        "ingested": 10,
+        "ingested_by_source": {"orders": 10},
+        "duplicates": 1,
+        "dlq": {"alpha": 1, "beta": 0, "gamma": 1},
+        "delivered": {"a": 7, "b": 7},
+        "delivered_records": 7,
+    }
+    assert (
+        acc["ingested"] == acc["duplicates"] + sum(acc["dlq"].values()) + acc["delivered_records"]
+    )
+
+
+# -- the manual's ad-hoc queries (Runbook D.2, Database Maintenance), verbatim ------------------
+D2_VALIDATION_FAILURES = """
+   SELECT source_id, error_code, count(*)
+   FROM validation_failures
+   WHERE timestamp > now() - interval '1 hour'
+   GROUP BY source_id, error_code
+   ORDER BY count(*) DESC;
+"""
+
+D2_DELIVERY = """
+   SELECT destination_id,
+          count(*) FILTER (WHERE status='delivered') as delivered,
+          count(*) FILTER (WHERE status='failed') as failed,
+          count(*) as total
+   FROM delivery_log
+   WHERE timestamp > now() - interval '1 hour'
+   GROUP BY destination_id;
+"""
+
+AUDIT_ARCHIVE = [
+    """
+   INSERT INTO audit_log_archive
+   SELECT * FROM audit_log
+   WHERE timestamp < NOW() - INTERVAL '90 days';
+""",
+    """
+   DELETE FROM audit_log
+   WHERE timestamp < NOW() - INTERVAL '90 days';
+""",
+]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_runbook_d2_queries_verbatim(store: SqlStateStore, clock: Clock) -> None:
+    def vf(record_id: str, source: str, code: str) -> ValidationFailure:
+        return ValidationFailure(source, record_id, f"o:{record_id}", code, "id", "bad")
+
+    clock.now = datetime.now(UTC) - timedelta(hours=2)  # outside the one-hour window
+    store.add_validation_failures([vf("old1", "orders", "SCHEMA")])
+    store.record_deliveries([DeliveryOutcome("old1", "warehouse", "delivered")])
+    store.append_audit("ops", "old", "x")
+    clock.now = datetime.now(UTC) - timedelta(days=91)
+    store.append_audit("ops", "ancient", "x")
+    clock.now = datetime.now(UTC)
+    store.add_validation_failures(
+        [vf("r1", "orders", "SCHEMA"), vf("r2", "orders", "SCHEMA"), vf("r3", "users", "REQUIRED")]
+    )
+    store.record_deliveries(
+        [
+            DeliveryOutcome("r1", "warehouse", "delivered"),
+            DeliveryOutcome("r2", "warehouse", "failed", error="timeout"),
+            DeliveryOutcome("r3", "warehouse", "delivered"),
+            DeliveryOutcome("r1", "archive", "failed", error="503"),
+        ]
+    )
+    with store.engine.begin() as conn:
+        rows = [tuple(r) for r in conn.execute(sa.text(D2_VALIDATION_FAILURES))]
+        assert rows == [("orders", "SCHEMA", 2), ("users", "REQUIRED", 1)]
+        rows = sorted(tuple(r) for r in conn.execute(sa.text(D2_DELIVERY)))
+        assert rows == [("archive", 0, 1, 1), ("warehouse", 2, 1, 3)]
+        for statement in AUDIT_ARCHIVE:
+            conn.execute(sa.text(statement))
+    assert [e["action"] for e in store.list_audit()] == ["old"]
+    assert count(store, "audit_log_archive") == 1
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_runbook_d2_equivalent_counts_on_sqlite(store: SqlStateStore) -> None:
+    """The same question on SQLite (no FILTER/interval syntax there): what the docs show."""
+    store.record_deliveries(
+        [DeliveryOutcome("r1", "w", "delivered"), DeliveryOutcome("r2", "w", "failed")]
+    )
+    query = (
+        "SELECT destination_id, sum(status = 'delivered'), sum(status = 'failed'), count(*) "
+        "FROM delivery_log WHERE timestamp > datetime('now', '-1 hour') GROUP BY destination_id"
+    )
+    with store.engine.connect() as conn:
+        assert [tuple(r) for r in conn.execute(sa.text(query))] == [("w", 1, 1, 2)]
