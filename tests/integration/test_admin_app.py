@@ -106,9 +106,11 @@ def target() -> FakeTarget:
 
 @pytest.fixture
 def client(target: FakeTarget) -> Iterator[httpx.Client]:
-    with AdminServer(build_app(target), "127.0.0.1", 0) as server:
-        with httpx.Client(base_url=server.url, timeout=5) as client:
-            yield client
+    with (
+        AdminServer(build_app(target), "127.0.0.1", 0) as server,
+        httpx.Client(base_url=server.url, timeout=5) as client,
+    ):
+        yield client
 
 
 @pytest.mark.parametrize(
@@ -173,7 +175,12 @@ def test_reload_refused_lists_the_issues(client: httpx.Client, target: FakeTarge
 
 @pytest.mark.parametrize(
     ("path", "state"),
-    [("pause", "paused"), ("resume", "running"), ("start", "running"), ("emergency-stop", "stopped")],
+    [
+        ("pause", "paused"),
+        ("resume", "running"),
+        ("start", "running"),
+        ("emergency-stop", "stopped"),
+    ],
 )
 def test_lifecycle_actions(client: httpx.Client, target: FakeTarget, path: str, state: str) -> None:
     response = client.post(f"/admin/{path}")
@@ -271,7 +278,7 @@ def test_openapi_lists_every_route(client: httpx.Client) -> None:
     ]:
         assert method in paths.get(path, {}), f"{method.upper()} {path} missing"
     replay = paths["/admin/sources/{source_id}/replay"]["post"]
-    assert replay["summary"] == "Replay DLQ entries given as ``{\"entry_ids\": [...]}``."
+    assert replay["summary"] == 'Replay DLQ entries given as ``{"entry_ids": [...]}``.'
     assert replay["parameters"][0]["name"] == "source_id"
 
 
@@ -288,18 +295,20 @@ def test_slow_target_call_does_not_block_health(client: httpx.Client, target: Fa
 
 
 def test_bearer_token(target: FakeTarget) -> None:
-    with AdminServer(build_app(target, auth_token="s3cret"), "127.0.0.1", 0) as server:
-        with httpx.Client(base_url=server.url, timeout=5) as client:
-            refused = client.post("/admin/pause")
-            assert refused.status_code == 401
-            assert refused.headers["www-authenticate"] == "Bearer"
-            assert "Authorization: Bearer" in refused.json()["error"]
-            wrong = client.get("/admin/status", headers={"Authorization": "Bearer nope"})
-            assert wrong.status_code == 401
-            good = client.get("/admin/status", headers={"Authorization": "Bearer s3cret"})
-            assert good.status_code == 200
-            assert client.get("/admin/health").status_code == 200
-            assert client.get("/metrics").status_code == 200
+    with (
+        AdminServer(build_app(target, auth_token="s3cret"), "127.0.0.1", 0) as server,
+        httpx.Client(base_url=server.url, timeout=5) as client,
+    ):
+        refused = client.post("/admin/pause")
+        assert refused.status_code == 401
+        assert refused.headers["www-authenticate"] == "Bearer"
+        assert "Authorization: Bearer" in refused.json()["error"]
+        wrong = client.get("/admin/status", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        good = client.get("/admin/status", headers={"Authorization": "Bearer s3cret"})
+        assert good.status_code == 200
+        assert client.get("/admin/health").status_code == 200
+        assert client.get("/metrics").status_code == 200
     assert target.calls == []
 
 

@@ -370,10 +370,9 @@ def test_two_consumers_never_get_the_same_message(open_test_queue: OpenQueue) ->
 
 
 def test_bad_settings_are_refused_naming_the_key(backend: str, tmp_path: Path) -> None:
-    bad = {"sqlite": {"synchronous": "sometimes"}, "nats": {"connect_timeout": -1}}[backend]
+    key, value = {"sqlite": ("synchronous", "sometimes"), "nats": ("connect_timeout", -1)}[backend]
     with pytest.raises(ConfigError) as caught:
-        open_queue(backend, bad, tmp_path, QueueSpec(name="q"))
-    key = next(iter(bad))
+        open_queue(backend, {key: value}, tmp_path, QueueSpec(name="q"))
     assert f"transport.{key}" in str(caught.value)
 
 

@@ -9,9 +9,11 @@ unreachable fails the tests: a skipped backend would hide a broken scale-out dep
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import os
 import random
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -185,6 +187,26 @@ def test_two_processes_migrating_at_once_both_succeed(open_store: OpenStore) -> 
     assert count(stores[0], "schema_version") == len(state_sql.MIGRATIONS)
 
 
+def test_upgrade_steps_run_through_alembic_operations(
+    open_store: OpenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database at version 1 gets the later steps only, once."""
+    store = open_store()
+
+    def v2(op: Any) -> None:
+        op.add_column("job_runs", sa.Column("note", sa.Text, nullable=True))
+
+    step = state_sql.Migration(2, "Add job_runs.note.", v2)
+    monkeypatch.setattr(state_sql, "MIGRATIONS", (*state_sql.MIGRATIONS, step))
+    monkeypatch.setattr(state_sql, "LATEST_VERSION", 2)
+    assert store.migrate() == 2
+    assert store.migrate() == 2
+    assert store.schema_version() == 2
+    columns = {c["name"] for c in sa.inspect(store.engine).get_columns("job_runs")}
+    assert "note" in columns
+    assert count(store, "schema_version") == 2
+
+
 def test_a_database_newer_than_the_code_is_refused(store: SqlStateStore) -> None:
     with store.engine.begin() as conn:
         conn.execute(
@@ -323,6 +345,36 @@ def test_concurrent_claims_have_exactly_one_winner(
         for key in round_keys:
             winners = [n for n in (0, 1) if not verdicts[n][key]]
             assert len(winners) == 1, (key, winners)
+
+
+def test_two_processes_claiming_have_exactly_one_winner(
+    backend: str, settings: dict[str, Any], tmp_path: Path, open_store: OpenStore
+) -> None:
+    """Two Alpha instances as real processes, each with its own store, racing for the keys."""
+    open_store()  # migrated before the race, as the supervisor does
+    keys = [f"key-{i}" for i in range(400)]
+    start_at = time.time() + 3  # after both processes have imported and connected
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        verdicts = pool.starmap(
+            claim_in_process,
+            [(backend, settings, str(tmp_path), f"process-{n}", keys, start_at) for n in (0, 1)],
+        )
+    for key in keys:
+        assert [v[key] for v in verdicts].count(False) == 1, key
+
+
+def claim_in_process(
+    backend: str, settings: dict[str, Any], data_dir: str, origin: str, keys: list[str], at: float
+) -> dict[str, bool]:
+    store = open_state(backend, settings, Path(data_dir))
+    assert isinstance(store, SqlStateStore)
+    try:
+        store.schema_version()  # connect now, not in the race
+        time.sleep(max(0.0, at - time.time()))
+        return claim_all(store, origin, keys)
+    finally:
+        store.close()
 
 
 def claim_all(store: SqlStateStore, origin: str, keys: list[str]) -> dict[str, bool]:
@@ -724,9 +776,18 @@ def test_runbook_d2_equivalent_counts_on_sqlite(store: SqlStateStore) -> None:
     store.record_deliveries(
         [DeliveryOutcome("r1", "w", "delivered"), DeliveryOutcome("r2", "w", "failed")]
     )
-    query = (
-        "SELECT destination_id, sum(status = 'delivered'), sum(status = 'failed'), count(*) "
-        "FROM delivery_log WHERE timestamp > datetime('now', '-1 hour') GROUP BY destination_id"
+    store.add_validation_failures([ValidationFailure("orders", "r1", "o:1", "SCHEMA", None, "bad")])
+    deliveries = (
+        "SELECT destination_id,"
+        " sum(status = 'delivered') AS delivered, sum(status = 'failed') AS failed,"
+        " count(*) AS total"
+        " FROM delivery_log WHERE timestamp > datetime('now', '-1 hour') GROUP BY destination_id"
+    )
+    failures = (
+        "SELECT source_id, error_code, count(*) FROM validation_failures"
+        " WHERE timestamp > datetime('now', '-1 hour')"
+        " GROUP BY source_id, error_code ORDER BY count(*) DESC"
     )
     with store.engine.connect() as conn:
-        assert [tuple(r) for r in conn.execute(sa.text(query))] == [("w", 1, 1, 2)]
+        assert [tuple(r) for r in conn.execute(sa.text(deliveries))] == [("w", 1, 1, 2)]
+        assert [tuple(r) for r in conn.execute(sa.text(failures))] == [("orders", "SCHEMA", 1)]

@@ -98,7 +98,9 @@ def test_combine_worst_wins_and_renders_checks() -> None:
         "unit": "ratio",
     }
     assert report.checks["queue"] == {"status": "HEALTHY"}
-    failed = combine({"buffer": evaluate("alpha.buffer_utilization", 0.1), "db": Check.failed("Down.")})
+    failed = combine(
+        {"buffer": evaluate("alpha.buffer_utilization", 0.1), "db": Check.failed("Down.")}
+    )
     assert failed.as_dict()["status"] == "UNHEALTHY"
     assert failed.checks["db"] == {"status": "UNHEALTHY", "message": "Down."}
     assert combine({}).status is H

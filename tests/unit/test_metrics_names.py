@@ -17,6 +17,7 @@ from types import ModuleType
 import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import Metric
 
 import dps.alpha.metrics
 import dps.beta.metrics
@@ -52,14 +53,19 @@ def section(start: str, end: str) -> str:
     return text[begin : text.index(end, begin)]
 
 
+def family(metric: MetricWrapperBase) -> Metric:
+    [described] = metric.describe()
+    return described
+
+
 def exported_name(metric: MetricWrapperBase) -> str:
-    family = metric.describe()[0]
-    suffix = {"counter": "_total", "info": "_info"}.get(family.type, "")
-    return family.name + suffix
+    described = family(metric)
+    suffix = {"counter": "_total", "info": "_info"}.get(described.type, "")
+    return str(described.name) + suffix
 
 
 def metric_type(metric: MetricWrapperBase) -> str:
-    return metric.describe()[0].type
+    return str(family(metric).type)
 
 
 def metrics_of(module: ModuleType) -> Iterator[tuple[str, MetricWrapperBase]]:
@@ -85,7 +91,7 @@ def buckets(metric: MetricWrapperBase) -> tuple[float, ...]:
 
 
 def labels(metric: MetricWrapperBase) -> tuple[str, ...]:
-    return tuple(metric._labelnames)  # type: ignore[attr-defined]
+    return tuple(metric._labelnames)
 
 
 def table_rows() -> Iterator[tuple[str, str, str]]:
@@ -173,7 +179,9 @@ def test_runbook_queries_use_defined_histograms() -> None:
 
 
 def test_runbook_greps_find_a_metric_of_that_module() -> None:
-    greps = re.findall(r"http://(alpha|beta|gamma):8080/metrics\s*\|\s*grep\s+(\S+?)\"?$", manual(), re.M)
+    greps = re.findall(
+        r"http://(alpha|beta|gamma):8080/metrics\s*\|\s*grep\s+(\S+?)\"?$", manual(), re.M
+    )
     assert len(greps) >= 10
     for module, pattern in greps:
         names = [n for n, (key, _) in defined().items() if key == module]
@@ -192,7 +200,7 @@ def test_each_file_defines_its_own_module_metrics_with_help() -> None:
             assert attr == name.upper() or key == "core", f"{attr} should be named {name.upper()}"
             if key != "core":
                 assert name.startswith(f"{key}_"), f"{name} is defined in {key}/metrics.py"
-            assert metric._documentation, f"{name} has no help text"  # type: ignore[attr-defined]
+            assert metric._documentation, f"{name} has no help text"
 
 
 def test_docs_list_every_metric() -> None:

@@ -106,7 +106,7 @@ class AdminServer:
                 self.stop()
                 raise AdminServerError(f"Admin API on {self.url} did not start in {timeout} s.")
             time.sleep(0.01)
-        _log.info("Admin API listening.", url=self.url)
+        _log.debug("Admin API listening.", url=self.url)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting requests, let those in progress finish, and wait for the thread."""
@@ -120,7 +120,7 @@ class AdminServer:
             thread.join(2.0)
         self._server = None
         self._thread = None
-        _log.info("Admin API stopped.", url=self.url)
+        _log.debug("Admin API stopped.", url=self.url)
 
     def __enter__(self) -> AdminServer:
         self.start()

@@ -47,8 +47,8 @@ ALPHA_RECORDS_VALIDATED_TOTAL: Final = Counter(
 )
 ALPHA_VALIDATION_FAILURES_TOTAL: Final = Counter(
     "alpha_validation_failures_total",
-    "Records that failed validation, by the validation rule that refused them.",
-    ["source_id", "rule"],
+    "Records that failed validation.",
+    ["source_id"],
 )
 ALPHA_PARSE_ERRORS_TOTAL: Final = Counter(
     "alpha_parse_errors_total",
@@ -62,8 +62,8 @@ ALPHA_DUPLICATES_TOTAL: Final = Counter(
 )
 ALPHA_DLQ_TOTAL: Final = Counter(
     "alpha_dlq_total",
-    "Records sent to the alpha DLQ, by reason (parse_error, missing_field, ...).",
-    ["source_id", "reason"],
+    "Records sent to the alpha DLQ (parse errors and validation failures).",
+    ["source_id"],
 )
 
 ALPHA_BUFFER_UTILIZATION: Final = Gauge(

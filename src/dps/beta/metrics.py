@@ -44,13 +44,11 @@ BETA_RECORDS_TRANSFORMED_TOTAL: Final = Counter(
 )
 BETA_TRANSFORM_FAILURES_TOTAL: Final = Counter(
     "beta_transform_failures_total",
-    "Records that failed transformation and went to the beta DLQ, by reason.",
-    ["reason"],
+    "Records that failed transformation and went to the beta DLQ.",
 )
 BETA_ENRICHMENT_LOOKUPS_TOTAL: Final = Counter(
     "beta_enrichment_lookups_total",
-    "Enrichment lookups, by enrichment source and result (hit, miss, error).",
-    ["source", "result"],
+    "Enrichment lookups (cache hits and misses).",
 )
 BETA_RULE_APPLICATIONS_TOTAL: Final = Counter(
     "beta_rule_applications_total",

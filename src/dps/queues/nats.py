@@ -419,7 +419,7 @@ class NatsBackend(QueueBackend):
         if config.get("sync_always"):
             return "always"
         if "sync_interval" in config:
-            return f"{config['sync_interval']} ns"
+            return str(config["sync_interval"])
         return "default (2 min); this server version does not report it"
 
 
@@ -578,7 +578,9 @@ class NatsQueue(Queue):
         while True:
             remaining = max(deadline - time.monotonic(), 0.0)
             deliveries = self._call(
-                self._lease(max_messages, remaining), "lease messages", extra=remaining
+                self._lease(max_messages, remaining),
+                "lease messages",
+                extra=remaining + 2 * self._config.request_timeout,
             )
             lease, dead = self._build_lease(deliveries)
             if lease or not dead or time.monotonic() >= deadline:

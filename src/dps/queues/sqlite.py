@@ -218,7 +218,13 @@ class SqliteQueue(Queue):
 
     def _setup(self) -> None:
         conn = self._conn
-        conn.execute("PRAGMA journal_mode=WAL")
+        (mode,) = conn.execute("PRAGMA journal_mode=WAL").fetchone()
+        if str(mode).lower() != "wal":
+            # WAL needs shared memory between processes (no network file systems).
+            raise TransientError(
+                f"SQLite queue {self.path} cannot use WAL mode (got {mode!r}); put data_dir on "
+                "a local file system."
+            )
         conn.execute(f"PRAGMA synchronous={self._config.synchronous.upper()}")
         with self._write() as cur:
             for statement in _SCHEMA.split(";"):

@@ -7,7 +7,8 @@ after the restart. Replays must not double-count. The natural keys:
 - dedupe cache: ``(key)``; the first ``origin`` (source position) that claimed a key owns it, so
   a replay of the same position is not a duplicate, a different position is;
 - duplicates: ``(source_id, origin)``;
-- validation failures and DLQ entries: ``(module, record_id, origin)``;
+- validation failures: ``(record_id, origin, error_code, field)``;
+- DLQ entries: ``(module, record_id, origin, destination_id)``;
 - delivery log: ``(record_id, destination_id)``;
 - source offsets: ``(source_id, position_key)``, committed with the number of records read, so
   the ingest count moves only with the committed offset.
@@ -141,7 +142,7 @@ class StateStore(abc.ABC):
 
     @abc.abstractmethod
     def add_validation_failures(self, failures: Sequence[ValidationFailure]) -> None:
-        """Record validation failures (idempotent on ``(record_id, origin, error_code)``)."""
+        """Record validation failures (idempotent on ``(record_id, origin, error_code, field)``)."""
 
     @abc.abstractmethod
     def get_offset(self, source_id: str, position_key: str) -> int:
@@ -262,5 +263,9 @@ def open_state(backend: str, settings: dict[str, Any], data_dir: Path) -> StateS
     backend_cls = registry.get("states", backend)
     instance: StateBackend = backend_cls(settings, data_dir)
     store = instance.open()
-    store.migrate()
+    try:
+        store.migrate()
+    except BaseException:
+        store.close()
+        raise
     return store

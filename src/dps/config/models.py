@@ -1,0 +1,996 @@
+"""The typed configuration of a pipeline: one model per file of the CONFIG_DIR layout.
+
+Each model is the single source of validation, defaults and the generated reference
+(``docs/configuration-reference.md``): every field has a description. The formats of the
+manual's runbooks (A.1 sources, B.1 rules, B.3 scoring, C.1 destinations and routes, the H
+settings snippets) load verbatim.
+
+Plugin sections (a source's ``connection``, a rule's ``transform.config``, a destination's
+``connection`` and ``format``) are validated by the plugin's own ``Config`` model: validating a
+:class:`SourceConfig`, :class:`TransformSpec` or :class:`DestinationConfig` returns an instance
+of a subclass whose plugin field has that model's type, so pydantic reports a bad plugin setting
+at its own key (``connection.timeout_ms``) like any other.
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import hashlib
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, cast, get_args
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
+from pydantic_core.core_schema import ValidatorFunctionWrapHandler
+
+from dps.config.base import ConfigModel, config_error, plugin_name
+from dps.config.secrets import REDACTED, SecretRef
+from dps.core import registry
+from dps.core.conditions import ConditionError, compile_condition
+
+_IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _identifier(value: str) -> str:
+    if not _IDENTIFIER.match(value) or len(value) > 128:
+        raise config_error(
+            f'"{value}" is not a valid id; expected letters, digits, "_", "-" or "." '
+            "(at most 128, starting with a letter or digit), since ids appear in URLs and metrics."
+        )
+    return value
+
+
+#: An id operators type in URLs and see in metric labels: ``new_api_source``, ``TRX_042``.
+Identifier = Annotated[str, AfterValidator(_identifier)]
+
+
+def _condition(spec: dict[str, Any] | None) -> dict[str, Any] | None:
+    try:
+        compile_condition(spec)
+    except ConditionError as exc:
+        at = exc.key.removeprefix("match").removeprefix(".")
+        raise config_error(str(exc), at=at) from None
+    return spec
+
+
+# --------------------------------------------------------------------------------------------
+# pipeline.yaml
+# --------------------------------------------------------------------------------------------
+
+
+class TransportSettings(ConfigModel):
+    """``transport:`` in pipeline.yaml: the queues between the modules."""
+
+    backend: Literal["sqlite", "nats"] = Field(
+        default="sqlite",
+        description="Queue backend: sqlite (files in data_dir, embedded) or nats (JetStream).",
+    )
+    url: str = Field(default="nats://127.0.0.1:4222", description="NATS server URL (nats only).")
+    stream_prefix: str = Field(
+        default="DPS", description="Prefix of the JetStream stream names (nats only)."
+    )
+    synchronous: Literal["full", "normal"] = Field(
+        default="full",
+        description=(
+            "SQLite synchronous mode (sqlite only): full fsyncs every commit; normal may lose "
+            "the last commits on power loss."
+        ),
+    )
+    capacity: int = Field(
+        default=100000, ge=1, le=100_000_000, description="Messages a queue holds before put waits."
+    )
+    visibility_timeout_seconds: float = Field(
+        default=30, gt=0, le=86400, description="Seconds a leased message stays hidden."
+    )
+    max_attempts: int = Field(
+        default=5, ge=1, le=1000, description="Deliveries of a message before it is dead-lettered."
+    )
+
+    def backend_settings(self) -> dict[str, Any]:
+        """The settings the chosen queue backend is built with (the rest go into QueueSpec)."""
+        if self.backend == "nats":
+            return {"url": self.url, "stream_prefix": self.stream_prefix}
+        return {"synchronous": self.synchronous}
+
+
+class StateSettings(ConfigModel):
+    """``state:`` in pipeline.yaml: where dedupe cache, DLQ, offsets, audit and jobs live."""
+
+    backend: Literal["sqlite", "postgresql"] = Field(
+        default="sqlite", description="State backend: sqlite (embedded) or postgresql."
+    )
+    path: str | None = Field(
+        default=None, description="SQLite database file (sqlite); default: in data_dir."
+    )
+    dsn: str | None = Field(
+        default=None,
+        description="PostgreSQL connection string without a password (use dsn_ref for one).",
+    )
+    dsn_ref: SecretRef | None = Field(
+        default=None, description="PostgreSQL connection string as a secret reference."
+    )
+    schema_name: str = Field(
+        default="public", alias="schema", description="PostgreSQL schema of the state tables."
+    )
+    pool_size: int = Field(default=5, ge=1, le=1000, description="PostgreSQL pooled connections.")
+
+    @model_validator(mode="after")
+    def _postgresql_needs_dsn(self) -> StateSettings:
+        if self.backend == "postgresql" and not self.dsn and not self.dsn_ref:
+            raise config_error(
+                "is required when backend is postgresql: set dsn or dsn_ref "
+                "(for example dsn_ref: env:DPS_STATE_DSN).",
+                at="dsn",
+            )
+        return self
+
+    def backend_settings(self) -> dict[str, Any]:
+        """The settings the state backend is built with; resolves ``dsn_ref`` (may raise)."""
+        if self.backend == "sqlite":
+            return {"path": self.path}
+        dsn = self.dsn_ref.resolve() if self.dsn_ref is not None else self.dsn
+        return {"dsn": dsn, "schema": self.schema_name, "pool_size": self.pool_size}
+
+
+class AdminPorts(ConfigModel):
+    """``admin.ports:``: the admin API port of each module in the all-in-one ``dps run``."""
+
+    control: int = Field(default=8080, ge=1, le=65535, description="Control service port.")
+    alpha: int = Field(default=8081, ge=1, le=65535, description="Alpha admin API port.")
+    beta: int = Field(default=8082, ge=1, le=65535, description="Beta admin API port.")
+    gamma: int = Field(default=8083, ge=1, le=65535, description="Gamma admin API port.")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> AdminPorts:
+        seen: dict[int, str] = {}
+        for name in ("control", "alpha", "beta", "gamma"):
+            port = getattr(self, name)
+            if port in seen:
+                raise config_error(
+                    f"{port} is already the {seen[port]} port; expected a different port for each "
+                    "module.",
+                    at=name,
+                )
+            seen[port] = name
+        return self
+
+
+class AdminSettings(ConfigModel):
+    """``admin:`` in pipeline.yaml: the admin APIs."""
+
+    bind: str = Field(default="127.0.0.1", description="Address the admin APIs listen on.")
+    ports: AdminPorts = Field(default_factory=AdminPorts, description="Port of each module.")
+    auth_token_ref: SecretRef | None = Field(
+        default=None,
+        description="Bearer token required by the admin APIs (none: no authentication).",
+    )
+
+
+class LoggingSettings(ConfigModel):
+    """``logging:`` in pipeline.yaml."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Lowest level written to the JSON logs."
+    )
+
+
+class PipelineSettings(ConfigModel):
+    """pipeline.yaml: settings of the whole pipeline (the file and every key are optional)."""
+
+    name: str = Field(default="pipeline", description="Name shown in status and metrics.")
+    data_dir: str | None = Field(
+        default=None,
+        description="Directory of queues and state files; relative paths are relative to "
+        "CONFIG_DIR.",
+    )
+    transport: TransportSettings = Field(
+        default_factory=TransportSettings, description="Queues between the modules."
+    )
+    state: StateSettings = Field(default_factory=StateSettings, description="State store.")
+    admin: AdminSettings = Field(default_factory=AdminSettings, description="Admin APIs.")
+    logging: LoggingSettings = Field(default_factory=LoggingSettings, description="Logging.")
+
+    def resolved_data_dir(self, root: Path) -> Path | None:
+        """``data_dir`` as an absolute path (relative to ``root``, the CONFIG_DIR), or None."""
+        if self.data_dir is None:
+            return None
+        path = Path(self.data_dir).expanduser()
+        return path if path.is_absolute() else (root / path).resolve()
+
+
+# --------------------------------------------------------------------------------------------
+# alpha/
+# --------------------------------------------------------------------------------------------
+
+
+class AlphaSettings(ConfigModel):
+    """alpha/alpha.yaml: Alpha's operational parameters (the manual's names)."""
+
+    DEFAULT_BATCH_SIZE: int = Field(
+        default=1000, ge=1, le=1_000_000, description="Records read per batch cycle."
+    )
+    MAX_RETRY_COUNT: int = Field(
+        default=3, ge=0, le=100, description="Retries of a failed operation before the DLQ."
+    )
+    CONNECTION_TIMEOUT_MS: int = Field(
+        default=30000, ge=1, le=3_600_000, description="Maximum wait for a source connection."
+    )
+    BUFFER_CAPACITY: int = Field(
+        default=10000, ge=1, le=100_000_000, description="Records buffered before backpressure."
+    )
+    PARSER_THREAD_COUNT: int = Field(default=4, ge=1, le=256, description="Parser threads.")
+    VALIDATION_PARALLEL_RULES: bool = Field(
+        default=False, description="Run a record's validation rules in parallel."
+    )
+    VALIDATION_STRICT_MODE: bool = Field(
+        default=True,
+        description="Refuse records with unknown fields or failed optional checks (else warn).",
+    )
+    CONNECTION_POOL_SIZE: int = Field(
+        default=10, ge=1, le=1000, description="Connections pooled per source."
+    )
+    CONNECTION_IDLE_TIMEOUT_MS: int = Field(
+        default=300000, ge=0, le=86_400_000, description="Idle time before a connection closes."
+    )
+    DEDUPE_WINDOW_SECONDS: int = Field(
+        default=86400, ge=0, le=31_536_000, description="How long a record id is remembered."
+    )
+    POLL_INTERVAL_MS: int = Field(
+        default=500, ge=1, le=3_600_000, description="Pause between fetches of an idle source."
+    )
+
+
+class PollingConfig(ConfigModel):
+    """``polling:`` of a source."""
+
+    interval_seconds: float = Field(
+        default=60, gt=0, le=86400, description="Seconds between polls of the source."
+    )
+    batch_size: int = Field(
+        default=1000, ge=1, le=1_000_000, description="Records fetched per poll at most."
+    )
+
+
+class ParsingConfig(ConfigModel):
+    """``parsing:`` of a source: how fetched bytes become records."""
+
+    format: str = Field(default="json", description="Parser: a registered parser name.")
+    record_path: str | None = Field(
+        default=None, description="JSONPath of the records in a document, e.g. $.data.records."
+    )
+    timestamp_field: str | None = Field(
+        default=None, description="Payload field holding the record's event time."
+    )
+    timestamp_format: str | None = Field(
+        default=None, description="strptime format of timestamp_field (default: ISO 8601)."
+    )
+    id_field: str | None = Field(
+        default="id",
+        description="Payload field giving the record id; records without it get a content hash.",
+    )
+
+    @field_validator("format")
+    @classmethod
+    def _parser(cls, value: str) -> str:
+        return plugin_name("parsers", value)
+
+    @field_validator("record_path")
+    @classmethod
+    def _jsonpath(cls, value: str | None) -> str | None:
+        if value is None or value in ("", "$"):
+            return value
+        import jsonpath
+
+        try:
+            jsonpath.compile(value)
+        except Exception as exc:  # python-jsonpath raises its own JSONPathSyntaxError family
+            raise config_error(f'"{value}" is not a valid JSONPath: {exc}.') from None
+        return value
+
+
+class DedupeConfig(ConfigModel):
+    """``validation.dedupe:`` of a source."""
+
+    enabled: bool = Field(default=True, description="Drop records whose id was seen recently.")
+    key: list[str] | None = Field(
+        default=None,
+        description="Payload fields whose values identify a duplicate (default: the record id).",
+    )
+    window_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=31_536_000,
+        description="How long ids are remembered (default: DEDUPE_WINDOW_SECONDS).",
+    )
+
+
+class SourceValidation(ConfigModel):
+    """``validation:`` of a source."""
+
+    required_fields: list[str] = Field(
+        default_factory=list, description="Payload fields every record must have."
+    )
+    schema_ref: str | None = Field(
+        default=None,
+        description="JSON Schema (draft-07) file, relative to the alpha config directory.",
+    )
+    dedupe: DedupeConfig = Field(default_factory=DedupeConfig, description="Duplicate handling.")
+
+    def schema_path(self, alpha_dir: Path) -> Path | None:
+        """The schema file, resolved against ``alpha_dir`` (CONFIG_DIR/alpha)."""
+        if self.schema_ref is None:
+            return None
+        path = Path(self.schema_ref).expanduser()
+        return path if path.is_absolute() else alpha_dir / path
+
+
+class SourceConfig(ConfigModel):
+    """alpha/sources/*.yaml: one source (the manual's A.1 format)."""
+
+    yaml_hidden_fields = frozenset({"file"})
+
+    source_id: Identifier = Field(description="Unique id of the source (URLs, metrics, records).")
+    source_type: str = Field(description="Source type: a registered source name.")
+    enabled: bool = Field(default=True, description="Disabled sources are loaded but not run.")
+    connection: Any = Field(
+        description="Connection settings of the source type (see the source types below)."
+    )
+    polling: PollingConfig = Field(default_factory=PollingConfig, description="Polling.")
+    parsing: ParsingConfig = Field(default_factory=ParsingConfig, description="Parsing.")
+    validation: SourceValidation = Field(
+        default_factory=SourceValidation, description="Record validation and dedupe."
+    )
+    file: Path = Field(
+        default=Path(), exclude=True, description="The file this source was loaded from."
+    )
+
+    @field_validator("source_type")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        return plugin_name("sources", value)
+
+    @classmethod
+    def specialize(cls, data: Any) -> type[ConfigModel]:
+        name = data.get("source_type") if isinstance(data, Mapping) else None
+        if cls is SourceConfig and isinstance(name, str) and name in registry.names("sources"):
+            return _source_model(registry.get("sources", name).Config)
+        return cls
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _dispatch(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        target = cls.specialize(data)
+        if target is not cls:
+            return target.model_validate(data)
+        return handler(data)
+
+
+@functools.cache
+def _source_model(config: type[BaseModel]) -> type[SourceConfig]:
+    model = create_model(
+        f"SourceConfig[{config.__name__}]",
+        __base__=SourceConfig,
+        __module__=__name__,
+        connection=(config, Field(description=SourceConfig.model_fields["connection"].description)),
+    )
+    return cast(type[SourceConfig], model)
+
+
+class AlphaConfig(ConfigModel):
+    """Everything under CONFIG_DIR/alpha."""
+
+    settings: AlphaSettings = Field(default_factory=AlphaSettings, description="alpha.yaml.")
+    sources: dict[str, SourceConfig] = Field(
+        default_factory=dict, description="sources/*.yaml, by source_id."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# beta/
+# --------------------------------------------------------------------------------------------
+
+
+class EnrichmentSourceSettings(ConfigModel):
+    """``enrichment_sources.<name>:`` in beta.yaml: how one enrichment source degrades."""
+
+    on_unavailable: Literal["FAIL", "STALE_CACHE"] = Field(
+        default="FAIL",
+        description="When the source is down: FAIL the lookup, or serve STALE_CACHE entries.",
+    )
+    stale_ttl_seconds: int = Field(
+        default=300, ge=0, le=31_536_000, description="How stale a served cache entry may be."
+    )
+
+
+class BetaSettings(ConfigModel):
+    """beta/beta.yaml: Beta's operational parameters (the manual's names)."""
+
+    TRANSFORM_PARALLELISM: int = Field(
+        default=8, ge=1, le=1024, description="Concurrent transformation workers."
+    )
+    TRANSFORM_BATCH_SIZE: int = Field(
+        default=500, ge=1, le=1_000_000, description="Records transformed per batch."
+    )
+    ENRICHMENT_CACHE_TTL: int = Field(
+        default=3600, ge=0, le=31_536_000, description="Seconds an enrichment entry stays fresh."
+    )
+    ENRICHMENT_CACHE_MAX_SIZE: int = Field(
+        default=100000, ge=0, le=100_000_000, description="Entries in the enrichment cache."
+    )
+    QUALITY_THRESHOLD_WARN: float = Field(
+        default=0.7, ge=0, le=1, description="Quality score below which Beta warns."
+    )
+    QUALITY_THRESHOLD_ERROR: float = Field(
+        default=0.5, ge=0, le=1, description="Quality score below which Beta reports an error."
+    )
+    enrichment_sources: dict[str, EnrichmentSourceSettings] = Field(
+        default_factory=dict, description="Per enrichment source: what to do when it is down."
+    )
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> BetaSettings:
+        if self.QUALITY_THRESHOLD_ERROR > self.QUALITY_THRESHOLD_WARN:
+            raise config_error(
+                f"{self.QUALITY_THRESHOLD_ERROR} is above QUALITY_THRESHOLD_WARN "
+                f"({self.QUALITY_THRESHOLD_WARN}); expected the error threshold to be the lower.",
+                at="QUALITY_THRESHOLD_ERROR",
+            )
+        return self
+
+
+class TransformSpec(ConfigModel):
+    """``transform:`` of a rule."""
+
+    type: str = Field(description="Transform type: a registered transform name.")
+    config: Any = Field(
+        default_factory=dict,
+        description="Settings of the transform type (see the transform types below).",
+    )
+
+    @field_validator("type")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        return plugin_name("transforms", value)
+
+    @classmethod
+    def specialize(cls, data: Any) -> builtins.type[ConfigModel]:
+        name = data.get("type") if isinstance(data, Mapping) else None
+        if cls is TransformSpec and isinstance(name, str) and name in registry.names("transforms"):
+            return _transform_model(registry.get("transforms", name).Config)
+        return cls
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _dispatch(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        target = cls.specialize(data)
+        if target is not cls:
+            return target.model_validate(data)
+        return handler(data)
+
+
+@functools.cache
+def _transform_model(config: type[BaseModel]) -> type[TransformSpec]:
+    model = create_model(
+        f"TransformSpec[{config.__name__}]",
+        __base__=TransformSpec,
+        __module__=__name__,
+        config=(
+            config,
+            Field(
+                default_factory=dict,
+                description=TransformSpec.model_fields["config"].description,
+            ),
+        ),
+    )
+    return cast(type[TransformSpec], model)
+
+
+class RuleMetrics(ConfigModel):
+    """``metrics:`` of a rule."""
+
+    emit: bool = Field(default=False, description="Emit per-rule metrics labelled with rule_id.")
+    tags: dict[str, str] = Field(default_factory=dict, description="Extra labels (documentation).")
+
+
+def _match_field(match: Any) -> str | None:
+    if isinstance(match, Mapping) and isinstance(match.get("field"), str):
+        return cast(str, match["field"])
+    return None
+
+
+class RuleConfig(ConfigModel):
+    """beta/transforms/rules/*.yaml: one transformation rule (the manual's B.1 format)."""
+
+    yaml_hidden_fields = frozenset({"file"})
+
+    rule_id: Identifier = Field(description="Unique id of the rule (metrics, lineage).")
+    name: str = Field(default="", description="Human-readable name.")
+    description: str = Field(default="", description="What the rule is for.")
+    enabled: bool = Field(default=True, description="Disabled rules are loaded but not applied.")
+    priority: int = Field(default=0, description="Higher priorities run first; ties by rule_id.")
+    match: dict[str, Any] | None = Field(
+        default=None,
+        description="Condition selecting the records the rule applies to (none: every record).",
+    )
+    transform: TransformSpec = Field(description="What the rule does.")
+    on_failure: Literal["skip", "fail", "dlq"] = Field(
+        default="skip",
+        description="When the transform fails on a record: skip the rule, or fail/dlq the record.",
+    )
+    metrics: RuleMetrics = Field(default_factory=RuleMetrics, description="Rule metrics.")
+    file: Path = Field(default=Path(), exclude=True, description="The file of this rule.")
+
+    _check_match = field_validator("match")(_condition)
+
+    @field_validator("transform")
+    @classmethod
+    def _builds(cls, transform: TransformSpec, info: ValidationInfo) -> TransformSpec:
+        if "match" not in info.data or not isinstance(transform.config, BaseModel):
+            return transform
+        plugin = registry.get("transforms", transform.type)
+        try:
+            plugin(transform.config, _match_field(info.data["match"]))
+        except ValueError as exc:
+            raise config_error(str(exc).rstrip(".") + ".") from None
+        return transform
+
+    @property
+    def match_field(self) -> str | None:
+        """The field a B.1-style single test names (``match: {field: x, ...}``), else None."""
+        return _match_field(self.match)
+
+
+class QualityThresholds(ConfigModel):
+    """``quality_scoring.thresholds:``: scores below each threshold warn, error, reject."""
+
+    warn: float = Field(default=0.7, ge=0, le=1, description="Below this a record is flagged.")
+    error: float = Field(default=0.5, ge=0, le=1, description="Below this it counts as an error.")
+    reject: float = Field(default=0.3, ge=0, le=1, description="Below this it goes to the DLQ.")
+
+    @model_validator(mode="after")
+    def _descending(self) -> QualityThresholds:
+        if not self.warn > self.error > self.reject:
+            raise config_error(
+                f"warn {self.warn}, error {self.error}, reject {self.reject} are not in order; "
+                "expected warn > error > reject."
+            )
+        return self
+
+
+class CompletenessRule(ConfigModel):
+    """``rules.completeness:``."""
+
+    required_fields: list[str] = Field(
+        default_factory=list, description="Fields whose absence lowers the score."
+    )
+    penalty_per_missing: float = Field(
+        default=0.2, ge=0, le=1, description="Score lost per missing field."
+    )
+
+
+class TimelinessRule(ConfigModel):
+    """``rules.timeliness:``."""
+
+    max_age_hours: float = Field(
+        default=24, gt=0, description="Age after which the score starts to drop."
+    )
+    penalty_per_hour: float = Field(
+        default=0.01, ge=0, le=1, description="Score lost per hour beyond max_age_hours."
+    )
+    field: str | None = Field(
+        default=None, description="Payload field holding the event time (default: event_time)."
+    )
+
+
+class ConsistencyRule(ConfigModel):
+    """``rules.consistency:``."""
+
+    rules: list[dict[str, Any]] = Field(
+        default_factory=list, description="Cross-field checks; each failing one lowers the score."
+    )
+
+
+class ConformanceRule(ConfigModel):
+    """``rules.conformance:``."""
+
+    formats: dict[str, str] = Field(
+        default_factory=dict, description="Field -> expected format (a regular expression)."
+    )
+
+
+class ScoringRules(ConfigModel):
+    """``quality_scoring.rules:``: how each dimension is scored."""
+
+    completeness: CompletenessRule = Field(
+        default_factory=CompletenessRule, description="Completeness."
+    )
+    timeliness: TimelinessRule = Field(default_factory=TimelinessRule, description="Timeliness.")
+    consistency: ConsistencyRule = Field(
+        default_factory=ConsistencyRule, description="Consistency."
+    )
+    conformance: ConformanceRule = Field(
+        default_factory=ConformanceRule, description="Conformance."
+    )
+
+
+Dimension = Literal["completeness", "consistency", "conformance", "timeliness"]
+DIMENSIONS: tuple[Dimension, ...] = get_args(Dimension)
+
+
+class QualityScoringConfig(ConfigModel):
+    """``quality_scoring:`` in beta/quality/scoring.yaml (the manual's B.3 and H.2 formats)."""
+
+    weights: dict[Dimension, float] = Field(
+        default_factory=lambda: dict.fromkeys(DIMENSIONS, 0.25),
+        description="Weight of each dimension; when given they must add up to 1.",
+    )
+    thresholds: QualityThresholds = Field(
+        default_factory=QualityThresholds, description="Score thresholds."
+    )
+    rules: ScoringRules = Field(default_factory=ScoringRules, description="Dimension rules.")
+    enabled_dimensions: list[Dimension] | None = Field(
+        default=None, description="Dimensions scored (none: all of them)."
+    )
+    disabled_dimensions: list[Dimension] = Field(
+        default_factory=list, description="Dimensions not scored."
+    )
+
+    @field_validator("weights")
+    @classmethod
+    def _sum_to_one(cls, weights: dict[str, float]) -> dict[str, float]:
+        for name, weight in weights.items():
+            if not 0 <= weight <= 1:
+                raise config_error(
+                    f"{weight} is not allowed; expected a number from 0 to 1.", at=name
+                )
+        total = sum(weights.values())
+        if abs(total - 1) > 0.001:
+            raise config_error(f"add up to {total:g}; expected the weights to add up to 1.")
+        return weights
+
+    @model_validator(mode="after")
+    def _dimensions(self) -> QualityScoringConfig:
+        both = set(self.enabled_dimensions or ()) & set(self.disabled_dimensions)
+        if both:
+            raise config_error(
+                f"{', '.join(sorted(both))} is both enabled and disabled; expected it in only "
+                "one of enabled_dimensions and disabled_dimensions.",
+                at="disabled_dimensions",
+            )
+        return self
+
+    @property
+    def active_dimensions(self) -> list[str]:
+        """The dimensions that are scored: enabled (or all) minus disabled."""
+        enabled = self.enabled_dimensions or list(DIMENSIONS)
+        return [d for d in enabled if d not in self.disabled_dimensions]
+
+
+class ScoringFile(ConfigModel):
+    """beta/quality/scoring.yaml: the file holds one root key."""
+
+    quality_scoring: QualityScoringConfig = Field(description="Quality scoring settings.")
+
+
+class BetaConfig(ConfigModel):
+    """Everything under CONFIG_DIR/beta."""
+
+    settings: BetaSettings = Field(default_factory=BetaSettings, description="beta.yaml.")
+    rules: list[RuleConfig] = Field(
+        default_factory=list,
+        description="transforms/rules/*.yaml, higher priority first (ties by rule_id).",
+    )
+    scoring: QualityScoringConfig | None = Field(
+        default=None, description="quality/scoring.yaml (none: the file is absent)."
+    )
+
+    @field_validator("rules")
+    @classmethod
+    def _order(cls, rules: list[RuleConfig]) -> list[RuleConfig]:
+        return sorted(rules, key=lambda rule: (-rule.priority, rule.rule_id))
+
+
+# --------------------------------------------------------------------------------------------
+# gamma/
+# --------------------------------------------------------------------------------------------
+
+
+class DestinationOverrides(ConfigModel):
+    """``destinations.<destination_id>:`` in gamma.yaml (H.3): overrides of a destination file."""
+
+    delivery_mode: Literal["sync", "async"] | None = Field(
+        default=None, description="Overrides the destination's delivery_mode."
+    )
+    ack_mode: Literal["batch", "record"] | None = Field(
+        default=None, description="Overrides the destination's ack_mode."
+    )
+
+
+class GammaSettings(ConfigModel):
+    """gamma/gamma.yaml: Gamma's operational parameters (the manual's names)."""
+
+    OUTPUT_BATCH_SIZE: int = Field(
+        default=500, ge=1, le=100000, description="Records per delivery batch (default)."
+    )
+    OUTPUT_LINGER_MS: int = Field(
+        default=50, ge=0, le=60000, description="Wait for a batch to fill before sending it."
+    )
+    MAX_DELIVERY_RETRIES: int = Field(
+        default=5, ge=0, le=100, description="Retries of a failed batch before the DLQ."
+    )
+    RETRY_BACKOFF_MS: int = Field(
+        default=200, ge=0, le=3_600_000, description="First retry delay (doubles each retry)."
+    )
+    DLQ_RETENTION_DAYS: int = Field(
+        default=14, ge=1, le=3650, description="Days Gamma's DLQ entries are kept."
+    )
+    ACK_WAIT_TIMEOUT_MS: int = Field(
+        default=60000, ge=1, le=3_600_000, description="Wait for a destination acknowledgement."
+    )
+    ACK_TIMEOUT_ACTION: Literal["RETRY_DELIVERY", "ASSUME_SUCCESS"] = Field(
+        default="RETRY_DELIVERY",
+        description="When the acknowledgement times out: redeliver, or count it delivered.",
+    )
+    default_destination: str | None = Field(
+        default=None, description="Destination of records no route matches (none: DLQ no_route)."
+    )
+    destinations: dict[str, DestinationOverrides] = Field(
+        default_factory=dict, description="Per-destination overrides, by destination_id."
+    )
+
+
+class DeliverySettings(ConfigModel):
+    """``delivery:`` of a destination."""
+
+    batch_size: int = Field(default=500, ge=1, le=100000, description="Records per batch.")
+    timeout_ms: int = Field(
+        default=30000, ge=1, le=3_600_000, description="Timeout of one delivery call."
+    )
+    retry_count: int = Field(default=3, ge=0, le=100, description="Retries of a failed batch.")
+    retry_delay_ms: int = Field(
+        default=1000, ge=0, le=3_600_000, description="Delay before the first retry."
+    )
+
+
+class Authorization(ConfigModel):
+    """``authorization:`` of a destination."""
+
+    data_classification: Literal["public", "internal", "confidential", "restricted"] = Field(
+        default="internal", description="Most sensitive data the destination may receive."
+    )
+    allowed_sources: list[Identifier] | None = Field(
+        default=None, description="Sources whose records it may receive (none: any source)."
+    )
+
+
+class DestinationConfig(ConfigModel):
+    """gamma/destinations/*.yaml: one destination (the manual's C.1 format).
+
+    ``connection`` and ``format`` are validated together by the destination type's model into
+    :attr:`spec`, which is what the destination plugin is built with.
+    """
+
+    yaml_extra_keys = ("connection", "format")
+    yaml_hidden_fields = frozenset({"spec", "file"})
+
+    destination_id: Identifier = Field(description="Unique id of the destination.")
+    destination_type: str = Field(description="Destination type: a registered destination name.")
+    enabled: bool = Field(default=True, description="Disabled destinations receive nothing.")
+    spec: Any = Field(
+        description="connection: and format: of the destination type (see the types below)."
+    )
+    delivery: DeliverySettings = Field(
+        default_factory=DeliverySettings, description="Batching and retries."
+    )
+    authorization: Authorization = Field(
+        default_factory=Authorization, description="What the destination may receive."
+    )
+    delivery_mode: Literal["sync", "async"] = Field(
+        default="sync", description="sync waits for each batch; async pipelines batches."
+    )
+    ack_mode: Literal["batch", "record"] = Field(
+        default="batch", description="Acknowledge per batch or per record."
+    )
+    file: Path = Field(default=Path(), exclude=True, description="The file of this destination.")
+
+    @field_validator("destination_type")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        return plugin_name("destinations", value)
+
+    @classmethod
+    def specialize(cls, data: Any) -> type[ConfigModel]:
+        name = data.get("destination_type") if isinstance(data, Mapping) else None
+        known = registry.names("destinations")
+        if cls is DestinationConfig and isinstance(name, str) and name in known:
+            return _destination_model(registry.get("destinations", name).Config)
+        return cls
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _dispatch(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        if isinstance(data, Mapping) and "spec" not in data:
+            data = dict(data)
+            data["spec"] = {key: data.pop(key) for key in ("connection", "format") if key in data}
+        target = cls.specialize(data)
+        if target is not cls:
+            return target.model_validate(data)
+        return handler(data)
+
+    @property
+    def connection(self) -> Any:
+        """``spec.connection``."""
+        return getattr(self.spec, "connection", None)
+
+    @property
+    def format(self) -> Any:
+        """``spec.format``."""
+        return getattr(self.spec, "format", None)
+
+
+@functools.cache
+def _destination_model(config: type[BaseModel]) -> type[DestinationConfig]:
+    model = create_model(
+        f"DestinationConfig[{config.__name__}]",
+        __base__=DestinationConfig,
+        __module__=__name__,
+        spec=(config, Field(description=DestinationConfig.model_fields["spec"].description)),
+    )
+    return cast(type[DestinationConfig], model)
+
+
+class RoutingRule(ConfigModel):
+    """gamma/routing/rules/*.yaml: one route (the manual's C.1 step 8 format)."""
+
+    yaml_hidden_fields = frozenset({"file"})
+
+    rule_id: Identifier = Field(description="Unique id of the route.")
+    enabled: bool = Field(default=True, description="Disabled routes are not evaluated.")
+    priority: int = Field(default=0, description="Higher priorities are evaluated first.")
+    description: str = Field(default="", description="What the route is for.")
+    match: dict[str, Any] | None = Field(
+        default=None, description="Condition selecting the records routed (none: every record)."
+    )
+    destination: Identifier | list[Identifier] = Field(
+        description="Destination id, or a list of them (the record goes to each)."
+    )
+    file: Path = Field(default=Path(), exclude=True, description="The file of this route.")
+
+    _check_match = field_validator("match")(_condition)
+
+    @field_validator("destination")
+    @classmethod
+    def _not_empty(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and not value:
+            raise config_error("is an empty list; expected at least one destination id.")
+        return value
+
+    @property
+    def destinations(self) -> list[str]:
+        """``destination`` as a list."""
+        return [self.destination] if isinstance(self.destination, str) else list(self.destination)
+
+
+class DlqSettings(ConfigModel):
+    """gamma/dlq.yaml: Gamma's dead letter queue (the file is optional)."""
+
+    retention_days: int = Field(default=14, ge=1, le=3650, description="Days entries are kept.")
+    max_entries: int = Field(
+        default=100000, ge=1, le=100_000_000, description="Entries kept at most (oldest go first)."
+    )
+
+
+class GammaConfig(ConfigModel):
+    """Everything under CONFIG_DIR/gamma."""
+
+    settings: GammaSettings = Field(default_factory=GammaSettings, description="gamma.yaml.")
+    destinations: dict[str, DestinationConfig] = Field(
+        default_factory=dict, description="destinations/*.yaml, by destination_id."
+    )
+    routes: list[RoutingRule] = Field(
+        default_factory=list,
+        description="routing/rules/*.yaml, higher priority first (ties by rule_id).",
+    )
+    dlq: DlqSettings = Field(default_factory=DlqSettings, description="dlq.yaml.")
+
+    @field_validator("routes")
+    @classmethod
+    def _order(cls, routes: list[RoutingRule]) -> list[RoutingRule]:
+        return sorted(routes, key=lambda route: (-route.priority, route.rule_id))
+
+
+# --------------------------------------------------------------------------------------------
+# the whole directory
+# --------------------------------------------------------------------------------------------
+
+_SECRET_KEYS = {"password", "passwd", "token", "secret", "api_key", "apikey", "authorization"}
+_SECRET_SUFFIXES = ("_password", "_token", "_secret", "_api_key", "-api-key", "-token")
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@/\s]+(?=@)")
+_KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
+
+
+def _secret_key(key: str) -> bool:
+    lowered = key.lower()
+    if lowered.endswith("_ref"):
+        return False
+    return lowered in _SECRET_KEYS or lowered.endswith(_SECRET_SUFFIXES)
+
+
+def redact(value: Any, key: str = "") -> Any:
+    """A copy of ``value`` without literal secrets (references are kept: they are not secret).
+
+    Scalars under keys named like a secret become ``***``, and so does the password of any
+    connection string (``postgresql://user:pw@host`` or ``password=pw``).
+    """
+    if isinstance(value, Mapping):
+        return {k: redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v, key) for v in value]
+    if value is not None and _secret_key(key):
+        return REDACTED
+    if isinstance(value, str):
+        value = _URL_PASSWORD.sub(rf"\g<head>{REDACTED}", value)
+        return _KV_PASSWORD.sub(rf"\g<head>{REDACTED}", value)
+    return value
+
+
+class PipelineConfig(ConfigModel):
+    """A whole CONFIG_DIR, loaded and checked (see :func:`dps.config.load_config`)."""
+
+    root: Path = Field(description="The CONFIG_DIR the configuration was loaded from.")
+    pipeline: PipelineSettings = Field(
+        default_factory=PipelineSettings, description="pipeline.yaml."
+    )
+    alpha: AlphaConfig = Field(default_factory=AlphaConfig, description="alpha/.")
+    beta: BetaConfig = Field(default_factory=BetaConfig, description="beta/.")
+    gamma: GammaConfig = Field(default_factory=GammaConfig, description="gamma/.")
+
+    _checksum: str | None = PrivateAttr(default=None)
+
+    def export(self) -> dict[str, Any]:
+        """The configuration as JSON-able data, secrets redacted (``/admin/config/export``)."""
+        data = self.model_dump(mode="json", by_alias=True, serialize_as_any=True)
+        return cast(dict[str, Any], redact(data))
+
+    def checksum(self) -> str:
+        """sha256 of the configuration files' paths and contents, as they were loaded."""
+        if self._checksum is None:
+            self._checksum = files_checksum(self.root, config_files(self.root))
+        return self._checksum
+
+    def data_dir(self) -> Path | None:
+        """``pipeline.data_dir`` resolved against the CONFIG_DIR."""
+        return self.pipeline.resolved_data_dir(self.root)
+
+
+def config_files(root: Path) -> list[Path]:
+    """Every YAML and JSON file under ``root``, sorted (what the checksum covers)."""
+    suffixes = {".yaml", ".yml", ".json"}
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.suffix in suffixes and p.is_file() and not p.name.startswith(".")
+    )
+
+
+def files_checksum(root: Path, files: list[Path], contents: dict[Path, bytes] | None = None) -> str:
+    """sha256 over each file's path relative to ``root`` and its bytes, in path order."""
+    digest = hashlib.sha256()
+    for path in sorted(files, key=lambda p: p.relative_to(root).as_posix()):
+        data = contents[path] if contents and path in contents else path.read_bytes()
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(b"\0")
+        digest.update(hashlib.sha256(data).digest())
+    return digest.hexdigest()
+
