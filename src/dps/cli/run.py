@@ -14,7 +14,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from dps.config import ConfigError, load_config
+from dps.core.logging import configure_logging
 from dps.runtime.module import resolve_data_dir
 
 MODULES = {
@@ -76,6 +76,7 @@ def run_all(
     except ConfigError as exc:
         _print_config_error(exc)
         return 2
+    configure_logging("supervisor", config.pipeline.logging.level)
     data = resolve_data_dir(config, data_dir)
     data.mkdir(parents=True, exist_ok=True)
     host = config.pipeline.admin.bind
@@ -206,11 +207,3 @@ def _summary(acc: dict[str, Any], *, console: Console, json_out: bool) -> None:
     if json_out:
         print(json.dumps(record, sort_keys=True), flush=True)
 
-
-def wait_for(predicate: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False

@@ -63,6 +63,8 @@ class Document:
     data: Any
     lines: dict[KeyPath, int] = field(default_factory=dict)
     issues: list[ConfigIssue] = field(default_factory=list)
+    #: Values holding an unset ``${VAR}``: already reported, so their type errors are not.
+    unresolved: set[KeyPath] = field(default_factory=set)
 
     def line_of(self, path: KeyPath) -> int | None:
         """The line of ``path``, or of its nearest parent that has one."""
@@ -233,6 +235,8 @@ class _Builder:
         if not isinstance(value, str) or "$" not in value:
             return value
         new, missing = interpolate(value, self.environ)
+        if missing:
+            self.doc.unresolved.add(path)
         for name in missing:
             self.doc.issues.append(
                 ConfigIssue(

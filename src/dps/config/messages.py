@@ -278,10 +278,9 @@ def data_path(data: Any, loc: tuple[str | int, ...]) -> KeyPath:
             current = current[element]
             i += 1
             continue
-        if i == len(elements) - 1:
-            path.append(element)
-        current = None
-        i += 1
+        if i == len(elements) - 1 and isinstance(current, Mapping):
+            path.append(element)  # a missing key
+        i += 1  # a union tag or an internal field: not in the document
     return tuple(path)
 
 
@@ -342,10 +341,10 @@ def issues_from_error(
         ctx = error.get("ctx") or {}
         if error["type"] == CONFIG_ERROR and ctx.get("at"):
             loc = loc + tuple(_split_at(str(ctx["at"])))
-        target = _locate(model, root, tuple(e for e in loc if e != "[key]"))
-        if error["type"] == "extra_forbidden":
-            target = _locate(model, root, loc[:-1])
         path = prefix + data_path(root, loc)
+        if path in doc.unresolved:
+            continue  # already reported: an unset ${VAR}
+        target = _locate(model, root, tuple(e for e in loc if e != "[key]"))
         grouped[path].append((error, target))
     issues: list[ConfigIssue] = []
     for path, errors in grouped.items():

@@ -22,10 +22,29 @@ seconds.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Final
 
-from dps.runtime.lifecycle import Health, HealthReport
+
+class Health(StrEnum):
+    """The manual's three health states."""
+
+    HEALTHY = "HEALTHY"
+    DEGRADED = "DEGRADED"
+    UNHEALTHY = "UNHEALTHY"
+
+
+@dataclass(slots=True)
+class HealthReport:
+    """A module's health with the checks that decided it (``/admin/health``)."""
+
+    status: Health
+    checks: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"status": self.status.value, "checks": self.checks}
+
 
 __all__ = [
     "THRESHOLDS",

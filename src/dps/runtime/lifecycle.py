@@ -7,19 +7,12 @@ never names a module.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
 from starlette.routing import BaseRoute
 
-
-class Health(StrEnum):
-    """The manual's three health states."""
-
-    HEALTHY = "HEALTHY"
-    DEGRADED = "DEGRADED"
-    UNHEALTHY = "UNHEALTHY"
+from dps.core.health import Health, HealthReport
 
 
 class RunState(StrEnum):
@@ -30,17 +23,6 @@ class RunState(StrEnum):
     PAUSED = "paused"
     DRAINING = "draining"
     STOPPED = "stopped"
-
-
-@dataclass(slots=True)
-class HealthReport:
-    """A module's health with the checks that decided it (``/admin/health``)."""
-
-    status: Health
-    checks: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"status": self.status.value, "checks": self.checks}
 
 
 class ModuleTarget(Protocol):
@@ -74,3 +56,6 @@ class ModuleTarget(Protocol):
     def queue_depths(self) -> dict[str, int]: ...
 
     def routes(self) -> list[BaseRoute]: ...
+
+
+__all__ = ["Health", "HealthReport", "ModuleTarget", "RunState"]

@@ -25,7 +25,8 @@ from dps.core.logging import configure_logging, get_logger
 from dps.core.record import decode
 from dps.queues import Message, Queue, QueueSpec, open_queue
 from dps.queues.base import DeadLetterSink
-from dps.runtime.lifecycle import Health, HealthReport, RunState
+from dps.core.health import Health, HealthReport, worst
+from dps.runtime.lifecycle import RunState
 from dps.state import DlqEntry, StateStore, open_state
 
 #: The queues between stages: alpha -> TRANSFORM -> beta -> DELIVERY -> gamma.
@@ -154,7 +155,7 @@ class ModuleHost:
             status = Health.UNHEALTHY
         if self.last_error:
             checks["last_batch"] = {"ok": False, "error": self.last_error}
-            status = max(status, Health.DEGRADED, key=_severity)
+            status = worst(status, Health.DEGRADED)
         return HealthReport(status, checks)
 
     def export_config(self) -> dict[str, Any]:
@@ -233,10 +234,6 @@ class ModuleHost:
             self.close()
             self.log.info("Stopped.")
         return 0
-
-
-def _severity(h: Health) -> int:
-    return {Health.HEALTHY: 0, Health.DEGRADED: 1, Health.UNHEALTHY: 2}[h]
 
 
 def dlq_from_message(module: str, msg: Message, reason: str) -> DlqEntry:
