@@ -69,7 +69,7 @@ def make_scale_out(config_dir: Path, schema: str, stream_prefix: str) -> None:
     warehouse = config_dir / "gamma" / "destinations" / "warehouse.yaml"
     text = warehouse.read_text()
     text = text.replace(
-        "connection:\n  type: sqlite\n  path: ${DPS_DATA_DIR}/warehouse.db\n",
+        "connection:\n  type: sqlite\n  path: ${DPS_DATA_DIR:-data}/warehouse.db\n",
         "connection:\n  type: postgresql\n  host: 127.0.0.1\n  port: 5432\n  database: test\n"
         "  username: postgres\n  ssl_mode: disable\n  pool_size: 2\n",
     )

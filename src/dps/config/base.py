@@ -12,7 +12,9 @@ import difflib
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
+from pydantic import model_validator
 from pydantic_core import PydanticCustomError
+from pydantic_core.core_schema import ValidatorFunctionWrapHandler
 
 from dps.core import registry
 from dps.core.model import StrictModel
@@ -43,6 +45,38 @@ class ConfigModel(StrictModel):
     def specialize(cls, data: Any) -> type[ConfigModel]:
         """The model that validates ``data``: a plugin-specific subclass where there is one."""
         return cls
+
+
+class SpecializedModel(ConfigModel):
+    """A model validated by a subclass that :meth:`specialize` picks from the data.
+
+    A source's ``connection`` depends on its ``source_type``: validating a ``SourceConfig``
+    returns a ``SourceConfig[RestApiConnection]`` whose ``connection`` field has the plugin's
+    model as its type, so errors inside it carry their own key. This works through
+    ``model_validate``, nested validation and the constructor alike.
+    """
+
+    def __init__(self, /, **data: Any) -> None:
+        target = type(self).specialize(type(self).prepare(data))
+        if target is not type(self):
+            # The constructor validates into ``self``; give it the specialized class first
+            # (same layout: the subclass only narrows field types).
+            object.__setattr__(self, "__class__", target)
+        super().__init__(**data)
+
+    @classmethod
+    def prepare(cls, data: Any) -> Any:
+        """Reshape the input before it is validated (a destination's ``connection``/``format``)."""
+        return data
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _dispatch(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        data = cls.prepare(data)
+        target = cls.specialize(data)
+        if target is not cls:
+            return target.model_validate(data)
+        return handler(data)
 
 
 def config_error(message: str, at: str = "") -> PydanticCustomError:

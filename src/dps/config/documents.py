@@ -140,9 +140,7 @@ def parse_yaml(text: str, file: str, environ: Mapping[str, str] | None = None) -
         line = mark.line + 1 if mark is not None else None
         problem = exc.problem or str(exc)
         context = f" ({exc.context})" if exc.context else ""
-        doc.issues.append(
-            ConfigIssue(file, "", f"is not valid YAML: {problem}{context}.", line)
-        )
+        doc.issues.append(ConfigIssue(file, "", f"is not valid YAML: {problem}{context}.", line))
         doc.data = None
     except yaml.YAMLError as exc:
         doc.issues.append(ConfigIssue(file, "", f"is not valid YAML: {exc}.", None))
@@ -187,8 +185,8 @@ class _Builder:
             if isinstance(node, yaml.SequenceNode):
                 items = []
                 for index, item in enumerate(node.value):
-                    self.doc.lines.setdefault(path + (index,), item.start_mark.line + 1)
-                    items.append(self.build(item, path + (index,)))
+                    self.doc.lines.setdefault((*path, index), item.start_mark.line + 1)
+                    items.append(self.build(item, (*path, index)))
                 return items
         finally:
             self.stack.discard(id(node))
@@ -213,7 +211,7 @@ class _Builder:
                 )
                 continue
             key = str(key_node.value)
-            key_path = path + (key,)
+            key_path = (*path, key)
             if key in first_line:
                 self.doc.issues.append(
                     ConfigIssue(
@@ -247,7 +245,7 @@ class _Builder:
                     node.start_mark.line + 1,
                 )
             )
-        if new == value or node.style is not None:
+        if new == value or node.style not in (None, ""):
             return new
         # An unquoted scalar is typed after interpolation: ``${BATCH:-500}`` is the integer 500.
         tag = self.loader.resolve(yaml.ScalarNode, new, (True, False))

@@ -106,6 +106,7 @@ class FileResult:
     kind: str | None
     value: Any = None
     issues: list[ConfigIssue] = field(default_factory=list)
+    doc: Document | None = None
 
     @property
     def ok(self) -> bool:
@@ -113,8 +114,9 @@ class FileResult:
 
 
 def is_rule_test(path: Path) -> bool:
-    """``*_test.yaml`` beside rules: a rule's test cases, not a rule."""
-    return path.suffix in YAML_SUFFIXES and path.stem.endswith("_test")
+    """``*_test.yaml`` beside rules (under a ``rules`` folder): test cases, not a rule."""
+    in_rules = "rules" in (p.name for p in path.absolute().parents)
+    return in_rules and path.suffix in YAML_SUFFIXES and path.stem.endswith("_test")
 
 
 def detect_kind(path: Path, data: Any = None, module: str | None = None) -> str | None:
@@ -178,9 +180,7 @@ def _read(path: Path, display: str, environ: Mapping[str, str]) -> tuple[Documen
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         doc = Document(display, None)
-        doc.issues.append(
-            ConfigIssue(display, "", f"is not UTF-8 text (byte {exc.start}).", None)
-        )
+        doc.issues.append(ConfigIssue(display, "", f"is not UTF-8 text (byte {exc.start}).", None))
         return doc, raw
     if path.suffix == ".json":
         return _parse_json(text, display), raw
@@ -259,7 +259,7 @@ def check_file(
     env = os.environ if environ is None else environ
     doc, _ = _read(path, shown, env)
     name = kind or detect_kind(path, doc.data, module)
-    result = FileResult(shown, name)
+    result = FileResult(shown, name, doc=doc)
     if name is None:
         if doc.ok:
             wanted = ", ".join(k.title for k in KINDS.values())
@@ -267,8 +267,7 @@ def check_file(
                 ConfigIssue(
                     shown,
                     "",
-                    "is not a configuration file this command knows; expected one of: "
-                    f"{wanted}.",
+                    f"is not a configuration file this command knows; expected one of: {wanted}.",
                     doc.line_of(()),
                 )
             )
@@ -440,7 +439,9 @@ class _DirectoryLoader:
         gamma = self.load_gamma(self.root / "gamma")
         if self.issues:
             return None
-        config = PipelineConfig(root=self.root, pipeline=pipeline, alpha=alpha, beta=beta, gamma=gamma)
+        config = PipelineConfig(
+            root=self.root, pipeline=pipeline, alpha=alpha, beta=beta, gamma=gamma
+        )
         config._checksum = files_checksum(self.root, list(self.contents), self.contents)
         return config
 
@@ -545,9 +546,13 @@ class _DirectoryLoader:
         known: set[str],
     ) -> None:
         for index, name in enumerate(route.destinations):
-            key: KeyPath = ("destination",) if isinstance(route.destination, str) else (
-                "destination",
-                index,
+            key: KeyPath = (
+                ("destination",)
+                if isinstance(route.destination, str)
+                else (
+                    "destination",
+                    index,
+                )
             )
             self.unknown_destination(doc, key, name, known)
             dest = destinations.get(name)
@@ -560,7 +565,7 @@ class _DirectoryLoader:
                 doc.issues.append(
                     doc.issue(
                         ("match", "source_id"),
-                        f"would send records of {', '.join(refused)} to \"{name}\", whose "
+                        f'would send records of {", ".join(refused)} to "{name}", whose '
                         f"authorization.allowed_sources ({', '.join(allowed) or 'none'}) does not "
                         f"include {'it' if len(refused) == 1 else 'them'}; remove "
                         f"{'it' if len(refused) == 1 else 'them'} from the match or allow "
@@ -646,4 +651,3 @@ def iter_config_files(paths: Iterable[Path]) -> list[Path]:
         else:
             out.append(path)
     return out
-

@@ -149,7 +149,12 @@ def expected(annotation: Any, field: FieldInfo | None = None) -> str:
     if origin is list:
         args = get_args(annotation)
         inner = expected(args[0]) if args else ""
+        if inner.startswith("one of "):
+            return f"a list, each {inner}"
         return f"a list of {_PLURALS[inner]}" if inner in _PLURALS else "a list"
+    if origin in (dict, Mapping) and get_origin(get_args(annotation)[0]) is Literal:
+        keys, values = (expected(a) for a in get_args(annotation))
+        return f"a mapping of {keys.removeprefix('one of ')} to {_PLURALS.get(values, values)}"
     if origin in (dict, Mapping) or annotation is dict:
         return "a mapping"
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -187,9 +192,11 @@ def _bounds(field: FieldInfo | None) -> str:
         return f" from {_number(low)} to {_number(high)}"
     parts = []
     if low is not None:
-        parts.append(f"greater than {_number(low)}" if low_strict else f"of at least {_number(low)}")
+        parts.append(f"greater than {_number(low)}" if low_strict else f"at least {_number(low)}")
     if high is not None:
-        parts.append(f"less than {_number(high)}" if high_strict else f"of at most {_number(high)}")
+        parts.append(f"less than {_number(high)}" if high_strict else f"at most {_number(high)}")
+    if len(parts) == 1 and parts[0].startswith("at "):
+        return f" of {parts[0]}"
     return (" " + " and ".join(parts)) if parts else ""
 
 
@@ -244,12 +251,12 @@ def _split_at(at: str) -> list[str | int]:
     return parts
 
 
-def data_path(data: Any, loc: tuple[str | int, ...]) -> KeyPath:
+def data_path(data: Any, loc: tuple[str | int, ...], missing_last: bool = False) -> KeyPath:
     """The part of ``loc`` that names keys of the document.
 
     Elements that are not in the data are union tags or internal fields and are dropped, except
-    the last one (a missing key). A dotted name is matched greedily (``payload.customer.id`` can
-    be one key of a ``match``).
+    the last one when ``missing_last`` (the error is about a missing key). A dotted name is
+    matched greedily (``payload.customer.id`` can be one key of a ``match``).
     """
     path: list[str | int] = []
     current = data
@@ -271,15 +278,13 @@ def data_path(data: Any, loc: tuple[str | int, ...]) -> KeyPath:
                         break
             if found:
                 continue
-        elif (
-            isinstance(current, list) and isinstance(element, int) and 0 <= element < len(current)
-        ):
+        elif isinstance(current, list) and isinstance(element, int) and 0 <= element < len(current):
             path.append(element)
             current = current[element]
             i += 1
             continue
-        if i == len(elements) - 1 and isinstance(current, Mapping):
-            path.append(element)  # a missing key
+        if missing_last and i == len(elements) - 1 and isinstance(current, Mapping):
+            path.append(element)
         i += 1  # a union tag or an internal field: not in the document
     return tuple(path)
 
@@ -292,8 +297,7 @@ def _message(error: Mapping[str, Any], target: _Target) -> str:
         return str(ctx.get("message", error["msg"]))
     if kind == "missing":
         description = target.field.description if target.field is not None else None
-        what = f" ({description.rstrip('.')})" if description else ""
-        return f"is required{what}."
+        return f"is required. {description.rstrip('.')}." if description else "is required."
     if kind == "extra_forbidden":
         return _unknown_key(error, target)
     if kind in ("value_error", "assertion_error"):
@@ -341,7 +345,8 @@ def issues_from_error(
         ctx = error.get("ctx") or {}
         if error["type"] == CONFIG_ERROR and ctx.get("at"):
             loc = loc + tuple(_split_at(str(ctx["at"])))
-        path = prefix + data_path(root, loc)
+        at_key = error["type"] == "missing" or (error["type"] == CONFIG_ERROR and ctx.get("at"))
+        path = prefix + data_path(root, loc, missing_last=bool(at_key))
         if path in doc.unresolved:
             continue  # already reported: an unset ${VAR}
         target = _locate(model, root, tuple(e for e in loc if e != "[key]"))

@@ -20,7 +20,7 @@ import hashlib
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, cast, get_args
+from typing import Annotated, Any, ClassVar, Literal, cast, get_args
 
 from pydantic import (
     AfterValidator,
@@ -32,9 +32,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core.core_schema import ValidatorFunctionWrapHandler
 
-from dps.config.base import ConfigModel, config_error, plugin_name
+from dps.config.base import ConfigModel, SpecializedModel, config_error, plugin_name
 from dps.config.secrets import REDACTED, SecretRef
 from dps.core import registry
 from dps.core.conditions import ConditionError, compile_condition
@@ -69,8 +68,61 @@ def _condition(spec: dict[str, Any] | None) -> dict[str, Any] | None:
 # --------------------------------------------------------------------------------------------
 
 
-class TransportSettings(ConfigModel):
-    """``transport:`` in pipeline.yaml: the queues between the modules."""
+@functools.cache
+def _with_backend_fields(base: type[ConfigModel], config: type[BaseModel]) -> type[ConfigModel]:
+    """``base`` plus the fields of a backend's own ``Config`` that ``base`` does not have.
+
+    ``transport:`` and ``state:`` hold the common keys and, beside them, the chosen backend's
+    own (``busy_timeout_ms`` of SQLite, ``replicas`` of NATS, ...): the backend's model is the one
+    source of those, so they are validated, documented and passed on without being listed here.
+    """
+    taken = set(base.model_fields) | {f.alias for f in base.model_fields.values() if f.alias}
+    extra: dict[str, Any] = {
+        name: (info.annotation, info)
+        for name, info in config.model_fields.items()
+        if name not in taken and (info.alias or name) not in taken
+    }
+    model = create_model(
+        f"{base.__name__}[{config.__name__}]", __base__=base, __module__=__name__, **extra
+    )
+    return cast(type[ConfigModel], model)
+
+
+class _BackendSection(SpecializedModel):
+    """A ``pipeline.yaml`` section whose ``backend`` key picks a registered backend."""
+
+    #: The registry kind of the backends ("queues", "states").
+    backend_kind: ClassVar[str] = ""
+
+    @classmethod
+    def specialize(cls, data: Any) -> type[ConfigModel]:
+        if cls.__base__ is not _BackendSection or not isinstance(data, Mapping):
+            return cls
+        name = data.get("backend", cls.model_fields["backend"].default)
+        if isinstance(name, str) and name in registry.names(cls.backend_kind):
+            config = getattr(registry.get(cls.backend_kind, name), "Config", None)
+            if isinstance(config, type) and issubclass(config, BaseModel):
+                return _with_backend_fields(cls, config)
+        return cls
+
+    def backend_options(self) -> dict[str, Any]:
+        """The values of the backend's own keys (those the section's base model lacks)."""
+        section = next(c for c in type(self).__mro__ if _BackendSection in c.__bases__)
+        common = cast(type[BaseModel], section)
+        return {
+            (info.alias or name): getattr(self, name)
+            for name, info in type(self).model_fields.items()
+            if name not in common.model_fields
+        }
+
+
+class TransportSettings(_BackendSection):
+    """``transport:`` in pipeline.yaml: the queues between the modules.
+
+    Besides these keys, the chosen backend's own settings are accepted (see the reference).
+    """
+
+    backend_kind = "queues"
 
     backend: Literal["sqlite", "nats"] = Field(
         default="sqlite",
@@ -100,12 +152,19 @@ class TransportSettings(ConfigModel):
     def backend_settings(self) -> dict[str, Any]:
         """The settings the chosen queue backend is built with (the rest go into QueueSpec)."""
         if self.backend == "nats":
-            return {"url": self.url, "stream_prefix": self.stream_prefix}
-        return {"synchronous": self.synchronous}
+            common = {"url": self.url, "stream_prefix": self.stream_prefix}
+        else:
+            common = {"synchronous": self.synchronous}
+        return common | self.backend_options()
 
 
-class StateSettings(ConfigModel):
-    """``state:`` in pipeline.yaml: where dedupe cache, DLQ, offsets, audit and jobs live."""
+class StateSettings(_BackendSection):
+    """``state:`` in pipeline.yaml: where dedupe cache, DLQ, offsets, audit and jobs live.
+
+    Besides these keys, the chosen backend's own settings are accepted (see the reference).
+    """
+
+    backend_kind = "states"
 
     backend: Literal["sqlite", "postgresql"] = Field(
         default="sqlite", description="State backend: sqlite (embedded) or postgresql."
@@ -138,9 +197,10 @@ class StateSettings(ConfigModel):
     def backend_settings(self) -> dict[str, Any]:
         """The settings the state backend is built with; resolves ``dsn_ref`` (may raise)."""
         if self.backend == "sqlite":
-            return {"path": self.path}
+            return {"path": self.path} | self.backend_options()
         dsn = self.dsn_ref.resolve() if self.dsn_ref is not None else self.dsn
-        return {"dsn": dsn, "schema": self.schema_name, "pool_size": self.pool_size}
+        common = {"dsn": dsn, "schema": self.schema_name, "pool_size": self.pool_size}
+        return common | self.backend_options()
 
 
 class AdminPorts(ConfigModel):
@@ -335,7 +395,7 @@ class SourceValidation(ConfigModel):
         return path if path.is_absolute() else alpha_dir / path
 
 
-class SourceConfig(ConfigModel):
+class SourceConfig(SpecializedModel):
     """alpha/sources/*.yaml: one source (the manual's A.1 format)."""
 
     yaml_hidden_fields = frozenset({"file"})
@@ -366,14 +426,6 @@ class SourceConfig(ConfigModel):
         if cls is SourceConfig and isinstance(name, str) and name in registry.names("sources"):
             return _source_model(registry.get("sources", name).Config)
         return cls
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _dispatch(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        target = cls.specialize(data)
-        if target is not cls:
-            return target.model_validate(data)
-        return handler(data)
 
 
 @functools.cache
@@ -449,7 +501,7 @@ class BetaSettings(ConfigModel):
         return self
 
 
-class TransformSpec(ConfigModel):
+class TransformSpec(SpecializedModel):
     """``transform:`` of a rule."""
 
     type: str = Field(description="Transform type: a registered transform name.")
@@ -469,14 +521,6 @@ class TransformSpec(ConfigModel):
         if cls is TransformSpec and isinstance(name, str) and name in registry.names("transforms"):
             return _transform_model(registry.get("transforms", name).Config)
         return cls
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _dispatch(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-        target = cls.specialize(data)
-        if target is not cls:
-            return target.model_validate(data)
-        return handler(data)
 
 
 @functools.cache
@@ -656,7 +700,9 @@ class QualityScoringConfig(ConfigModel):
                 )
         total = sum(weights.values())
         if abs(total - 1) > 0.001:
-            raise config_error(f"add up to {total:g}; expected the weights to add up to 1.")
+            raise config_error(
+                f"the weights add up to {total:g}; expected them to add up to 1 (within 0.001)."
+            )
         return weights
 
     @model_validator(mode="after")
@@ -774,7 +820,7 @@ class Authorization(ConfigModel):
     )
 
 
-class DestinationConfig(ConfigModel):
+class DestinationConfig(SpecializedModel):
     """gamma/destinations/*.yaml: one destination (the manual's C.1 format).
 
     ``connection`` and ``format`` are validated together by the destination type's model into
@@ -817,16 +863,12 @@ class DestinationConfig(ConfigModel):
             return _destination_model(registry.get("destinations", name).Config)
         return cls
 
-    @model_validator(mode="wrap")
     @classmethod
-    def _dispatch(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    def prepare(cls, data: Any) -> Any:
         if isinstance(data, Mapping) and "spec" not in data:
             data = dict(data)
             data["spec"] = {key: data.pop(key) for key in ("connection", "format") if key in data}
-        target = cls.specialize(data)
-        if target is not cls:
-            return target.model_validate(data)
-        return handler(data)
+        return data
 
     @property
     def connection(self) -> Any:
@@ -993,4 +1035,3 @@ def files_checksum(root: Path, files: list[Path], contents: dict[Path, bytes] | 
         digest.update(b"\0")
         digest.update(hashlib.sha256(data).digest())
     return digest.hexdigest()
-

@@ -55,7 +55,9 @@ class SecretRef(str):
     @classmethod
     def parse(cls, value: Any) -> SecretRef:
         if not isinstance(value, str):
-            raise ValueError(f"{value!r} is not a secret reference; expected env:, file: or vault:.")
+            raise ValueError(
+                f"{value!r} is not a secret reference; expected env:, file: or vault:."
+            )
         scheme, sep, target = value.partition(":")
         if not sep or scheme not in SCHEMES or not target:
             raise ValueError(
@@ -76,7 +78,7 @@ class SecretRef(str):
 
 
 def _resolve_vault(ref: SecretRef, env: Any) -> str:
-    """Read ``vault:secret/path/key`` from Vault's KV v2 API at ``VAULT_ADDR`` with ``VAULT_TOKEN``."""
+    """Read ``vault:secret/path/key`` from Vault's KV v2 API (``VAULT_ADDR``, ``VAULT_TOKEN``)."""
     addr = env.get("VAULT_ADDR")
     token = env.get("VAULT_TOKEN")
     if not addr or not token:
