@@ -120,19 +120,36 @@ class RunningPipeline:
                 self.process.kill()
 
 
-def dps(*args: str, env: dict[str, str] | None = None, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+def dps(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120.0
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "dps", *args],
-        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
 
 
 def start_pipeline(config_dir: Path, data_dir: Path, *extra: str) -> RunningPipeline:
     base = free_port_base()
     process = subprocess.Popen(
-        [sys.executable, "-m", "dps", "run", str(config_dir), "--data-dir", str(data_dir),
-         "--admin-port-base", str(base), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "dps",
+            "run",
+            str(config_dir),
+            "--data-dir",
+            str(data_dir),
+            "--admin-port-base",
+            str(base),
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     return RunningPipeline(process, base, data_dir)
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-
 from tests.integration.pipeline_harness import (
     PG_DSN,
     copy_quickstart,
@@ -63,7 +62,9 @@ def test_quickstart_once_on_the_embedded_backends(tmp_path: Path) -> None:
     check_accounting(summary, config_dir)
 
     with sqlite3.connect(data_dir / "warehouse.db") as db:
-        rows = db.execute("SELECT count(*), count(DISTINCT event_id) FROM pipeline_events").fetchone()
+        rows = db.execute(
+            "SELECT count(*), count(DISTINCT event_id) FROM pipeline_events"
+        ).fetchone()
         phones = [
             json.loads(r[0]).get("phone_number")
             for r in db.execute("SELECT event_data FROM pipeline_events")
@@ -72,7 +73,11 @@ def test_quickstart_once_on_the_embedded_backends(tmp_path: Path) -> None:
     # The E.164 rule ran: every phone number that fitted the pattern is normalised.
     assert any(p and p.startswith("+1555") for p in phones)
     lines = review_lines(data_dir)
-    assert len(lines) == len({line["record_id"] for line in lines}) == summary["delivered"]["review_file"]
+    assert (
+        len(lines)
+        == len({line["record_id"] for line in lines})
+        == summary["delivered"]["review_file"]
+    )
     assert all(float(line["quality_score"]) < 0.7 for line in lines)
 
 
@@ -85,7 +90,10 @@ def test_a_second_run_on_the_same_data_dir_delivers_nothing_twice(tmp_path: Path
     assert code == 0, err[-3000:]
     assert last_json_line(out) == first
     with sqlite3.connect(data_dir / "warehouse.db") as db:
-        assert db.execute("SELECT count(*) FROM pipeline_events").fetchone()[0] == first["delivered"]["warehouse"]
+        assert (
+            db.execute("SELECT count(*) FROM pipeline_events").fetchone()[0]
+            == first["delivered"]["warehouse"]
+        )
 
 
 @pytest.mark.slow

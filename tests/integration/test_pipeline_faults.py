@@ -14,7 +14,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from tests.integration.pipeline_harness import (
     copy_quickstart,
     last_json_line,
@@ -43,7 +42,9 @@ def add_bulk_orders(config_dir: Path, count: int) -> None:
 def curl(*args: str) -> tuple[int, str]:
     done = subprocess.run(
         ["curl", "-s", "-o", "-", "-w", "\n%{http_code}", *args],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     body, _, code = done.stdout.rpartition("\n")
     return int(code), body
@@ -77,7 +78,7 @@ def test_kill_9_of_beta_mid_run_loses_nothing_and_duplicates_nothing(tmp_path: P
         def restarted() -> bool:
             try:
                 return run.get("beta", "/admin/status").json()["pid"] != first_pid
-            except Exception:  # noqa: BLE001 - down while restarting
+            except Exception:
                 return False
 
         wait_until(restarted, 60, "the supervisor did not restart beta")
@@ -143,7 +144,8 @@ def test_admin_endpoints_and_a_broken_reload_as_the_manual_does_them(tmp_path: P
         # Metrics with the manual's names (A.1 step 8, G.2 step 5).
         wait_until(
             lambda: "gamma_records_delivered_total{" in run.get("gamma", "/metrics").text,
-            60, "gamma never delivered",
+            60,
+            "gamma never delivered",
         )
         assert "alpha_records_ingested_total" in curl(f"{alpha}/metrics")[1]
         assert "beta_records_transformed_total" in curl(f"{run.url('beta')}/metrics")[1]

@@ -9,7 +9,7 @@ One step takes one fetch from each enabled source in turn and, for that fetch:
 5. puts the valid records into the transform queue (durable, with backpressure);
 6. and only then commits the source's offsets with the number of records read.
 
-Steps 1–5 write only idempotent things, so a crash anywhere before 6 replays the fetch with the
+Steps 1 to 5 write only idempotent things, so a crash anywhere before 6 replays the fetch with the
 same ids and origins and nothing is counted or delivered twice.
 """
 
@@ -117,7 +117,7 @@ class AlphaModule(ModuleHost):
             except TransientError as exc:
                 self._source_failed(runner, exc)
                 continue
-            except Exception as exc:  # noqa: BLE001 - one broken source must not stop the others
+            except Exception as exc:
                 self._source_failed(runner, exc)
                 continue
             if fetch:
@@ -153,7 +153,15 @@ class AlphaModule(ModuleHost):
                 read[item.position_key] += 1
                 parse_errors += 1
                 dlq.append(
-                    DlqEntry("alpha", f"{sid}:{item.origin}", sid, item.origin, exc.reason, str(exc), item.data)
+                    DlqEntry(
+                        "alpha",
+                        f"{sid}:{item.origin}",
+                        sid,
+                        item.origin,
+                        exc.reason,
+                        str(exc),
+                        item.data,
+                    )
                 )
                 continue
             multi = len(payloads) > 1
@@ -170,11 +178,25 @@ class AlphaModule(ModuleHost):
                 problem = self._validate(sc, record)
                 if problem is not None:
                     failures.append(
-                        ValidationFailure(sid, record.record_id, origin, problem.reason, problem.field, str(problem))
+                        ValidationFailure(
+                            sid,
+                            record.record_id,
+                            origin,
+                            problem.reason,
+                            problem.field,
+                            str(problem),
+                        )
                     )
                     dlq.append(self._dlq_entry(record, problem))
                     continue
-                candidates.append((record, DedupeCandidate(self._dedupe_key(sc, record), origin, record.record_id, sid)))
+                candidates.append(
+                    (
+                        record,
+                        DedupeCandidate(
+                            self._dedupe_key(sc, record), origin, record.record_id, sid
+                        ),
+                    )
+                )
         parsed_at = time.perf_counter()
         m.ALPHA_PARSE_DURATION_SECONDS.observe((parsed_at - started) / max(1, len(fetch.items)))
 
@@ -195,11 +217,17 @@ class AlphaModule(ModuleHost):
         m.ALPHA_VALIDATION_FAILURES_TOTAL.labels(source_id=sid).inc(len(failures))
         m.ALPHA_PARSE_ERRORS_TOTAL.labels(source_id=sid).inc(parse_errors)
         m.ALPHA_DUPLICATES_TOTAL.labels(source_id=sid).inc(len(duplicates))
-        m.ALPHA_VALIDATION_DURATION_SECONDS.observe((time.perf_counter() - parsed_at) / max(1, total))
+        m.ALPHA_VALIDATION_DURATION_SECONDS.observe(
+            (time.perf_counter() - parsed_at) / max(1, total)
+        )
         self._update_buffer_gauge()
         self.log.debug(
-            "Batch ingested.", source_id=sid, records=total, valid=len(valid),
-            duplicates=len(duplicates), dlq=len(dlq),
+            "Batch ingested.",
+            source_id=sid,
+            records=total,
+            valid=len(valid),
+            duplicates=len(duplicates),
+            dlq=len(dlq),
         )
 
     @staticmethod
@@ -207,7 +235,9 @@ class AlphaModule(ModuleHost):
         for field in sc.validation.required_fields:
             value = get_path(record.payload, field)
             if value is None or value == "":
-                return TerminalError("missing_field", f"Required field {field} is missing.", field=field)
+                return TerminalError(
+                    "missing_field", f"Required field {field} is missing.", field=field
+                )
         return None
 
     @staticmethod
@@ -215,7 +245,12 @@ class AlphaModule(ModuleHost):
         from dps.core.record import encode
 
         return DlqEntry(
-            "alpha", record.record_id, record.source_id, record.origin, problem.reason, str(problem),
+            "alpha",
+            record.record_id,
+            record.source_id,
+            record.origin,
+            problem.reason,
+            str(problem),
             encode(record),
         )
 
@@ -234,7 +269,9 @@ class AlphaModule(ModuleHost):
             return [], []
         if not sc.validation.dedupe.enabled:
             return [r for r, _ in candidates], []
-        window = sc.validation.dedupe.window_seconds or self.config.alpha.settings.DEDUPE_WINDOW_SECONDS
+        window = (
+            sc.validation.dedupe.window_seconds or self.config.alpha.settings.DEDUPE_WINDOW_SECONDS
+        )
         flags = self.state_store.claim_dedupe_keys([c for _, c in candidates], float(window))
         valid = [r for (r, _), dup in zip(candidates, flags, strict=True) if not dup]
         duplicates = [c for (_, c), dup in zip(candidates, flags, strict=True) if dup]
@@ -252,12 +289,16 @@ class AlphaModule(ModuleHost):
         status = super().status()
         status["sources"] = {sid: r.as_dict() for sid, r in self.runners.items()}
         enabled = [r for r in self.runners.values() if r.config.enabled]
-        status["idle"] = self.idle and all(r.source.exhausted() or r.status == "error" for r in enabled)
+        status["idle"] = self.idle and all(
+            r.source.exhausted() or r.status == "error" for r in enabled
+        )
         return status
 
     def health(self) -> HealthReport:
         report = super().health()
-        broken = [r.source_id for r in self.runners.values() if r.config.enabled and r.status == "error"]
+        broken = [
+            r.source_id for r in self.runners.values() if r.config.enabled and r.status == "error"
+        ]
         if broken:
             report.checks["sources"] = {"ok": False, "error": broken}
             if report.status == Health.HEALTHY:

@@ -43,7 +43,9 @@ class BetaModule(ModuleHost):
         self.rules, self.scorer = rules, scorer
 
     def _dead_letter(self, messages: Sequence[Message], reason: str) -> None:
-        self.state_store.add_dlq_entries([dlq_from_message("beta", msg, reason) for msg in messages])
+        self.state_store.add_dlq_entries(
+            [dlq_from_message("beta", msg, reason) for msg in messages]
+        )
 
     def step(self) -> bool:
         settings = self.config.beta.settings
@@ -67,16 +69,26 @@ class BetaModule(ModuleHost):
                 m.BETA_TRANSFORM_FAILURES_TOTAL.inc()
                 dlq.append(
                     DlqEntry(
-                        "beta", record.record_id, record.source_id, record.origin,
-                        f"rule_failed:{outcome.failed_rule}", str(outcome.failure), encode(record),
+                        "beta",
+                        record.record_id,
+                        record.source_id,
+                        record.origin,
+                        f"rule_failed:{outcome.failed_rule}",
+                        str(outcome.failure),
+                        encode(record),
                     )
                 )
                 continue
             if outcome.dropped:
                 dlq.append(
                     DlqEntry(
-                        "beta", record.record_id, record.source_id, record.origin, "dropped_by_rule",
-                        f"Dropped by rule {outcome.applied[-1]}.", encode(record),
+                        "beta",
+                        record.record_id,
+                        record.source_id,
+                        record.origin,
+                        "dropped_by_rule",
+                        f"Dropped by rule {outcome.applied[-1]}.",
+                        encode(record),
                     )
                 )
                 continue
@@ -103,4 +115,3 @@ class BetaModule(ModuleHost):
         status = super().status()
         status["rules"] = [r.rule_id for r in self.rules.rules]
         return status
-

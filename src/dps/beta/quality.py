@@ -29,12 +29,11 @@ class QualityScorer:
         completeness = config.rules.completeness
         self.required = list(completeness.required_fields)
         self.penalty = completeness.penalty_per_missing
-        enabled = set(config.enabled_dimensions or COMPUTED_DIMENSIONS) - set(
-            config.disabled_dimensions
-        )
-        self.dimensions = tuple(d for d in COMPUTED_DIMENSIONS if d in enabled)
-        total = sum(config.weights.get(d, 0.0) for d in self.dimensions) or 1.0
-        self.weights = {d: config.weights.get(d, 0.0) / total for d in self.dimensions}
+        active = set(config.active_dimensions)
+        self.dimensions = tuple(d for d in COMPUTED_DIMENSIONS if d in active)
+        weights: dict[str, float] = {str(k): v for k, v in config.weights.items()}
+        total = sum(weights.get(d, 0.0) for d in self.dimensions) or 1.0
+        self.weights = {d: weights.get(d, 0.0) / total for d in self.dimensions}
 
     def score(self, record: Record) -> Quality:
         dims: dict[str, float] = {}

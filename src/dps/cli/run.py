@@ -45,7 +45,9 @@ def _print_config_error(exc: ConfigError) -> None:
         err.print(f"  {issue}", markup=False, highlight=False)
 
 
-def run_module(module: str, config_dir: Path, data_dir: Path | None, host: str | None, port: int) -> int:
+def run_module(
+    module: str, config_dir: Path, data_dir: Path | None, host: str | None, port: int
+) -> int:
     """Run one module in this process until SIGTERM/SIGINT."""
     path, _, cls_name = MODULES[module].partition(":")
     cls = getattr(importlib.import_module(path), cls_name)
@@ -62,7 +64,12 @@ def admin_ports(config: Any, base: int | None) -> dict[str, int]:
     if base is not None:
         return {name: base + i for i, name in enumerate(("control", "alpha", "beta", "gamma"))}
     ports = config.pipeline.admin.ports
-    return {"control": ports.control, "alpha": ports.alpha, "beta": ports.beta, "gamma": ports.gamma}
+    return {
+        "control": ports.control,
+        "alpha": ports.alpha,
+        "beta": ports.beta,
+        "gamma": ports.gamma,
+    }
 
 
 def run_all(
@@ -86,8 +93,17 @@ def run_all(
         ChildSpec(
             name=name,
             argv=[
-                sys.executable, "-m", "dps", name, str(config_dir),
-                "--data-dir", str(data), "--port", str(ports[name]), "--host", host,
+                sys.executable,
+                "-m",
+                "dps",
+                name,
+                str(config_dir),
+                "--data-dir",
+                str(data),
+                "--port",
+                str(ports[name]),
+                "--host",
+                host,
             ],
             env=env,
             ready_url=f"http://{host}:{ports[name]}/admin/health",
@@ -105,7 +121,7 @@ def run_all(
     signal.signal(signal.SIGINT, on_signal)
     try:
         supervisor.start()
-    except Exception as exc:  # noqa: BLE001 - reported, then the children are stopped
+    except Exception as exc:
         console.print(f"[bold red]The pipeline did not start:[/] {exc}")
         supervisor.stop()
         return 1
@@ -118,7 +134,9 @@ def run_all(
     try:
         with httpx.Client(timeout=5.0) as client:
             drained = False
-            with Live(Text("Starting..."), console=console, refresh_per_second=4, transient=True) as live:
+            with Live(
+                Text("Starting..."), console=console, refresh_per_second=4, transient=True
+            ) as live:
                 quiet = 0
                 while not stop.is_set():
                     acc = _poll(client, urls) or acc
@@ -206,4 +224,3 @@ def _summary(acc: dict[str, Any], *, console: Console, json_out: bool) -> None:
     )
     if json_out:
         print(json.dumps(record, sort_keys=True), flush=True)
-

@@ -107,7 +107,9 @@ def _compare(op: str, key: str, value: Any, get: Getter) -> Predicate:
         try:
             pattern = re.compile(value)
         except re.error as exc:
-            raise ConditionError(key, f"{value!r} is not a valid regular expression: {exc}.") from None
+            raise ConditionError(
+                key, f"{value!r} is not a valid regular expression: {exc}."
+            ) from None
         return lambda r: isinstance(v := get(r), str) and pattern.search(v) is not None
     if op in ("gt", "gte", "lt", "lte"):
         bound = _number(key, value)
@@ -125,7 +127,9 @@ def _compare(op: str, key: str, value: Any, get: Getter) -> Predicate:
             return cmp(float(v), bound)
 
         return numeric
-    raise ConditionError(key, f"{op!r} is not a known condition; expected one of {', '.join(OPERATORS)}.")
+    raise ConditionError(
+        key, f"{op!r} is not a known condition; expected one of {', '.join(OPERATORS)}."
+    )
 
 
 def _member(value: Any, members: frozenset[Any] | tuple[Any, ...]) -> bool:
@@ -141,6 +145,14 @@ def _all(preds: list[Predicate]) -> Predicate:
     return lambda r: all(p(r) for p in preds)
 
 
+def _any(preds: list[Predicate]) -> Predicate:
+    return lambda r: any(p(r) for p in preds)
+
+
+def _not(pred: Predicate) -> Predicate:
+    return lambda r: not pred(r)
+
+
 def compile_condition(spec: Any, key: str = "match") -> Predicate:
     """Compile a ``match`` mapping (see the module docstring) into a predicate on records.
 
@@ -149,7 +161,9 @@ def compile_condition(spec: Any, key: str = "match") -> Predicate:
     if spec is None or spec == {}:
         return lambda r: True
     if not isinstance(spec, Mapping):
-        raise ConditionError(key, f"{spec!r} is not a mapping; expected field tests or all/any/not.")
+        raise ConditionError(
+            key, f"{spec!r} is not a mapping; expected field tests or all/any/not."
+        )
     if "field" in spec or "condition" in spec:
         return _single(spec, key)
     preds: list[Predicate] = []
@@ -157,12 +171,13 @@ def compile_condition(spec: Any, key: str = "match") -> Predicate:
         sub = f"{key}.{name}"
         if name in ("all", "any"):
             if not isinstance(body, list) or not body:
-                raise ConditionError(sub, f"{body!r} is not a list; expected a non-empty list of conditions.")
+                raise ConditionError(
+                    sub, f"{body!r} is not a list; expected a non-empty list of conditions."
+                )
             parts = [compile_condition(item, f"{sub}[{i}]") for i, item in enumerate(body)]
-            preds.append(_all(parts) if name == "all" else (lambda r, ps=parts: any(p(r) for p in ps)))
+            preds.append(_all(parts) if name == "all" else _any(parts))
         elif name == "not":
-            inner = compile_condition(body, sub)
-            preds.append(lambda r, p=inner: not p(r))
+            preds.append(_not(compile_condition(body, sub)))
         else:
             preds.append(_field_tests(str(name), body, sub))
     return _all(preds)
@@ -199,7 +214,7 @@ def _field_tests(name: str, body: Any, key: str) -> Predicate:
     for op, value in body.items():
         if op in _UNARY:
             unary = _compare(str(op), f"{key}.{op}", None, get)
-            preds.append(unary if value is not False else (lambda r, p=unary: not p(r)))
+            preds.append(unary if value is not False else _not(unary))
         else:
             preds.append(_compare(str(op), f"{key}.{op}", value, get))
     return _all(preds)

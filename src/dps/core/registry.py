@@ -48,7 +48,9 @@ def register(kind: str, name: str) -> Callable[[T], T]:
         table = _plugins.setdefault(kind, {})
         existing = table.get(name)
         if existing is not None and existing is not cls:
-            raise ValueError(f"Two {kind} plugins are registered as {name!r}: {existing} and {cls}.")
+            raise ValueError(
+                f"Two {kind} plugins are registered as {name!r}: {existing} and {cls}."
+            )
         table[name] = cls
         return cls
 

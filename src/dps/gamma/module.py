@@ -47,7 +47,9 @@ class GammaModule(ModuleHost):
         self.apply_config(self.config)
 
     def apply_config(self, new: PipelineConfig) -> None:
-        router = Router(new.gamma.routes, new.gamma.destinations, new.gamma.settings.default_destination)
+        router = Router(
+            new.gamma.routes, new.gamma.destinations, new.gamma.settings.default_destination
+        )
         fresh: dict[str, Destination] = {}
         try:
             for dest_id, dc in new.gamma.destinations.items():
@@ -63,13 +65,17 @@ class GammaModule(ModuleHost):
 
     @staticmethod
     def _open_destination(dc: DestinationConfig) -> Destination:
-        destination: Destination = registry.get("destinations", dc.destination_type)(dc.destination_id, dc.spec)
+        destination: Destination = registry.get("destinations", dc.destination_type)(
+            dc.destination_id, dc.spec
+        )
         destination.open()
         m.GAMMA_DESTINATION_STATUS.labels(destination=dc.destination_id).set(1)
         return destination
 
     def _dead_letter(self, messages: Sequence[Message], reason: str) -> None:
-        self.state_store.add_dlq_entries([dlq_from_message("gamma", msg, reason) for msg in messages])
+        self.state_store.add_dlq_entries(
+            [dlq_from_message("gamma", msg, reason) for msg in messages]
+        )
 
     # -- the work -------------------------------------------------------------------------------
     def step(self) -> bool:
@@ -86,14 +92,21 @@ class GammaModule(ModuleHost):
             try:
                 record = decode(msg.body)
             except msgspec.DecodeError as exc:
-                dlq.append(DlqEntry("gamma", msg.msg_id, "", "", "decode_error", str(exc), msg.body))
+                dlq.append(
+                    DlqEntry("gamma", msg.msg_id, "", "", "decode_error", str(exc), msg.body)
+                )
                 continue
             decision = self.router.route(record)
             if decision.reason is not None:
                 dlq.append(
                     DlqEntry(
-                        "gamma", record.record_id, record.source_id, record.origin, decision.reason,
-                        decision.detail, encode(record),
+                        "gamma",
+                        record.record_id,
+                        record.source_id,
+                        record.origin,
+                        decision.reason,
+                        decision.detail,
+                        encode(record),
                     )
                 )
                 continue
@@ -117,10 +130,14 @@ class GammaModule(ModuleHost):
         now = time.time()
         for outcome in outcomes:
             if outcome.status == "delivered":
-                PIPELINE_END_TO_END_LATENCY_SECONDS.observe(max(0.0, now - records[outcome.record_id].ingested_at))
+                PIPELINE_END_TO_END_LATENCY_SECONDS.observe(
+                    max(0.0, now - records[outcome.record_id].ingested_at)
+                )
         if retry_later:
             self.inbox.nack(lease, sorted(retry_later), reason="destination_unavailable", delay=1.0)
-            self.inbox.ack(lease, [msg.msg_id for msg in lease.messages if msg.msg_id not in retry_later])
+            self.inbox.ack(
+                lease, [msg.msg_id for msg in lease.messages if msg.msg_id not in retry_later]
+            )
         else:
             self.inbox.ack(lease)
         m.GAMMA_DLQ_SIZE.set(self.state_store.dlq_counts().get("gamma", 0))
@@ -146,11 +163,19 @@ class GammaModule(ModuleHost):
             for record, error in rejected:
                 dlq.append(
                     DlqEntry(
-                        "gamma", record.record_id, record.source_id, record.origin, error.reason,
-                        str(error), encode(record), destination_id=dest_id,
+                        "gamma",
+                        record.record_id,
+                        record.source_id,
+                        record.origin,
+                        error.reason,
+                        str(error),
+                        encode(record),
+                        destination_id=dest_id,
                     )
                 )
-                outcomes.append(DeliveryOutcome(record.record_id, dest_id, "failed", error=str(error)))
+                outcomes.append(
+                    DeliveryOutcome(record.record_id, dest_id, "failed", error=str(error))
+                )
             delivered = [r for r in chunk if r.record_id not in refused]
             outcomes.extend(DeliveryOutcome(r.record_id, dest_id, "delivered") for r in delivered)
             m.GAMMA_RECORDS_DELIVERED_TOTAL.labels(destination=dest_id).inc(len(delivered))
@@ -171,12 +196,17 @@ class GammaModule(ModuleHost):
                 m.GAMMA_DELIVERY_FAILURES_TOTAL.labels(destination=dest_id).inc(len(chunk))
                 m.GAMMA_DESTINATION_STATUS.labels(destination=dest_id).set(0)
                 self.log.warning(
-                    "Delivery failed; will retry.", destination=dest_id, attempt=attempt + 1, error=str(exc)
+                    "Delivery failed; will retry.",
+                    destination=dest_id,
+                    attempt=attempt + 1,
+                    error=str(exc),
                 )
                 if attempt < dc.delivery.retry_count:
                     time.sleep(delay * (2**attempt))
                 continue
-            m.GAMMA_DELIVERY_DURATION_SECONDS.labels(destination=dest_id).observe(time.perf_counter() - started)
+            m.GAMMA_DELIVERY_DURATION_SECONDS.labels(destination=dest_id).observe(
+                time.perf_counter() - started
+            )
             m.GAMMA_DESTINATION_STATUS.labels(destination=dest_id).set(1)
             return rejected
         return None

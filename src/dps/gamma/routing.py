@@ -66,13 +66,18 @@ class Router:
             if self.default is None:
                 return Decision([], "no_route", "No routing rule matched the record.")
             chosen = [self.default]
-        refused = [d for d in chosen if d in self.allowed and record.source_id not in self.allowed[d]]
+        refused = [
+            d for d in chosen if d in self.allowed and record.source_id not in self.allowed[d]
+        ]
         if refused:
             return Decision(
-                [], "unauthorized",
+                [],
+                "unauthorized",
                 f"Source {record.source_id} is not allowed to deliver to {', '.join(refused)}.",
             )
         disabled = [d for d in chosen if d not in self.enabled]
         if disabled:
-            return Decision([], "destination_disabled", f"Destination {', '.join(disabled)} is disabled.")
+            return Decision(
+                [], "destination_disabled", f"Destination {', '.join(disabled)} is disabled."
+            )
         return Decision(chosen)

@@ -139,9 +139,7 @@ class QueueBackend(abc.ABC):
         return {}
 
 
-def open_queue(
-    backend: str, settings: dict[str, Any], data_dir: Path, spec: QueueSpec
-) -> Queue:
+def open_queue(backend: str, settings: dict[str, Any], data_dir: Path, spec: QueueSpec) -> Queue:
     """Open a queue on the named backend (``sqlite`` or ``nats``)."""
     backend_cls = registry.get("queues", backend)
     instance: QueueBackend = backend_cls(settings, data_dir)

@@ -21,11 +21,11 @@ from starlette.routing import BaseRoute
 
 from dps.config import PipelineConfig, load_config
 from dps.core.errors import ConfigError
+from dps.core.health import Health, HealthReport, worst
 from dps.core.logging import configure_logging, get_logger
 from dps.core.record import decode
 from dps.queues import Message, Queue, QueueSpec, open_queue
 from dps.queues.base import DeadLetterSink
-from dps.core.health import Health, HealthReport, worst
 from dps.runtime.lifecycle import RunState
 from dps.state import DlqEntry, StateStore, open_state
 
@@ -36,8 +36,8 @@ DELIVERY_QUEUE = "delivery"
 
 def resolve_data_dir(config: PipelineConfig, override: str | Path | None = None) -> Path:
     """``--data-dir`` > ``DPS_DATA_DIR`` > ``pipeline.yaml data_dir`` > ``./data``."""
-    chosen = override or os.environ.get("DPS_DATA_DIR") or config.pipeline.resolved_data_dir(
-        config.root
+    chosen = (
+        override or os.environ.get("DPS_DATA_DIR") or config.pipeline.resolved_data_dir(config.root)
     )
     return Path(chosen or "data").resolve()
 
@@ -109,7 +109,7 @@ class ModuleHost:
                 self.idle = not worked
                 if self.last_error:
                     self.last_error = None
-            except Exception as exc:  # noqa: BLE001 - the loop must survive to report it
+            except Exception as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self.log.error("Batch failed; retrying after a pause.", error=self.last_error)
                 self._stop.wait(1.0)
@@ -241,8 +241,14 @@ def dlq_from_message(module: str, msg: Message, reason: str) -> DlqEntry:
     try:
         record = decode(msg.body)
         return DlqEntry(
-            module, record.record_id, record.source_id, record.origin, reason,
-            f"Delivered {msg.attempts} times without success.", msg.body, error_class="transient",
+            module,
+            record.record_id,
+            record.source_id,
+            record.origin,
+            reason,
+            f"Delivered {msg.attempts} times without success.",
+            msg.body,
+            error_class="transient",
             attempts=msg.attempts,
         )
     except msgspec.DecodeError:

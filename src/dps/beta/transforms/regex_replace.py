@@ -11,12 +11,11 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from dps.beta.transforms.base import Transform
+from dps.beta.transforms.base import Transform, set_path
 from dps.core.errors import TerminalError
 from dps.core.model import StrictModel
 from dps.core.record import Record, get_path
 from dps.core.registry import register
-from dps.beta.transforms.base import set_path
 
 _DOLLAR_GROUP = re.compile(r"\$(\d+|\{\w+\})")
 
@@ -67,12 +66,15 @@ class RegexReplace(Transform):
             return None
         if not isinstance(value, str):
             raise TerminalError(
-                "transform_failed", f"{field} is a {type(value).__name__}; expected a string.",
+                "transform_failed",
+                f"{field} is a {type(value).__name__}; expected a string.",
                 field=field,
             )
         try:
             new = self._pattern.sub(self._replacement, value, count=self.config.count)
         except (re.error, IndexError) as exc:
-            raise TerminalError("transform_failed", f"Replacement failed: {exc}.", field=field) from None
+            raise TerminalError(
+                "transform_failed", f"Replacement failed: {exc}.", field=field
+            ) from None
         set_path(record.payload, field, new)
         return None

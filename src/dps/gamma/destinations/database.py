@@ -69,7 +69,9 @@ class DatabaseFormat(StrictModel):
     table: str = Field(description="Target table (optionally schema-qualified).")
     column_mapping: dict[str, str] = Field(
         default_factory=lambda: {"record_id": "record_id", "payload": "payload"},
-        description="Record field -> column. record_id is always written (as 'record_id' if unmapped).",
+        description=(
+            "Record field -> column. record_id is always written (as 'record_id' if unmapped)."
+        ),
     )
     create_table: bool = Field(default=True, description="Create the table when it is missing.")
 
@@ -135,7 +137,13 @@ _SQL_TYPES = {
         "float": "DOUBLE PRECISION",
         "json": "JSONB",
     },
-    "sqlite": {"key": "TEXT PRIMARY KEY", "text": "", "timestamp": "TEXT", "float": "REAL", "json": "TEXT"},
+    "sqlite": {
+        "key": "TEXT PRIMARY KEY",
+        "text": "",
+        "timestamp": "TEXT",
+        "float": "REAL",
+        "json": "TEXT",
+    },
 }
 
 
@@ -186,14 +194,19 @@ class DatabaseDestination(Destination):
                 )
                 self._pool.wait(timeout=30.0)
             except (psycopg.Error, Exception) as exc:
-                raise TransientError(f"Cannot connect to PostgreSQL at {c.host}:{c.port}: {exc}") from exc
+                raise TransientError(
+                    f"Cannot connect to PostgreSQL at {c.host}:{c.port}: {exc}"
+                ) from exc
         if self.spec.format.create_table:
             self._create_table()
 
     def _create_table(self) -> None:
         engine = self.spec.connection.type
         types = _SQL_TYPES[engine]
-        cols = ", ".join(f"{col} {types[kind]}".strip() for col, kind in zip(self.columns, self.kinds, strict=True))
+        cols = ", ".join(
+            f"{col} {types[kind]}".strip()
+            for col, kind in zip(self.columns, self.kinds, strict=True)
+        )
         sql = f"CREATE TABLE IF NOT EXISTS {self.spec.format.table} ({cols})"
         self._execute_ddl(sql)
 
@@ -213,9 +226,16 @@ class DatabaseDestination(Destination):
         if self.spec.format.type == "insert":
             return f"ON CONFLICT ({self.key_column}) DO NOTHING"
         updates = ", ".join(f"{c} = excluded.{c}" for c in self.columns if c != self.key_column)
-        return f"ON CONFLICT ({self.key_column}) DO UPDATE SET {updates}" if updates else (
-            f"ON CONFLICT ({self.key_column}) DO NOTHING"
+        return (
+            f"ON CONFLICT ({self.key_column}) DO UPDATE SET {updates}"
+            if updates
+            else (f"ON CONFLICT ({self.key_column}) DO NOTHING")
         )
+
+    def _insert_sql(self, marks: str) -> str:
+        cols = ", ".join(self.columns)
+        table = self.spec.format.table
+        return f"INSERT INTO {table} ({cols}) VALUES ({marks}) {self._conflict_clause()}"
 
     def deliver(self, records: Sequence[Record]) -> Rejected:
         if not records:
@@ -226,9 +246,7 @@ class DatabaseDestination(Destination):
 
     def _deliver_sqlite(self, records: Sequence[Record]) -> Rejected:
         assert self._sqlite is not None
-        cols = ", ".join(self.columns)
-        marks = ", ".join("?" for _ in self.columns)
-        sql = f"INSERT INTO {self.spec.format.table} ({cols}) VALUES ({marks}) {self._conflict_clause()}"
+        sql = self._insert_sql(", ".join("?" for _ in self.columns))
         rows = [tuple(_sqlite_value(v) for v in row) for row in self._rows(records)]
         try:
             with self._sqlite:
@@ -259,13 +277,15 @@ class DatabaseDestination(Destination):
                 try:
                     with conn.transaction():
                         conn.execute(
-                            f"CREATE TEMP TABLE IF NOT EXISTS _dps_stage (LIKE {table}) ON COMMIT DELETE ROWS"
+                            f"CREATE TEMP TABLE IF NOT EXISTS _dps_stage (LIKE {table}) "
+                            "ON COMMIT DELETE ROWS"
                         )
                         with conn.cursor().copy(f"COPY _dps_stage ({cols}) FROM STDIN") as copy:
                             for row in rows:
                                 copy.write_row(row)
                         conn.execute(
-                            f"INSERT INTO {table} ({cols}) SELECT DISTINCT ON ({self.key_column}) {cols} "
+                            f"INSERT INTO {table} ({cols}) "
+                            f"SELECT DISTINCT ON ({self.key_column}) {cols} "
                             f"FROM _dps_stage {self._conflict_clause()}"
                         )
                     return []
@@ -274,12 +294,12 @@ class DatabaseDestination(Destination):
         except psycopg.OperationalError as exc:
             raise TransientError(f"PostgreSQL write failed: {exc}") from exc
 
-    def _row_by_row(self, conn: Any, records: Sequence[Record], rows: list[tuple[Any, ...]]) -> Rejected:
+    def _row_by_row(
+        self, conn: Any, records: Sequence[Record], rows: list[tuple[Any, ...]]
+    ) -> Rejected:
         import psycopg
 
-        cols = ", ".join(self.columns)
-        marks = ", ".join("%s" for _ in self.columns)
-        sql = f"INSERT INTO {self.spec.format.table} ({cols}) VALUES ({marks}) {self._conflict_clause()}"
+        sql = self._insert_sql(", ".join("%s" for _ in self.columns))
         rejected: Rejected = []
         with conn.transaction():
             for record, row in zip(records, rows, strict=True):
@@ -287,7 +307,9 @@ class DatabaseDestination(Destination):
                     with conn.transaction():  # a savepoint per row
                         conn.execute(sql, row)
                 except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
-                    rejected.append((record, TerminalError("destination_rejected", str(exc).strip())))
+                    rejected.append(
+                        (record, TerminalError("destination_rejected", str(exc).strip()))
+                    )
         return rejected
 
     def test(self) -> dict[str, Any]:
@@ -298,7 +320,7 @@ class DatabaseDestination(Destination):
                 with self._pool.connection() as conn:
                     conn.execute("SELECT 1")
             return {"ok": True}
-        except Exception as exc:  # noqa: BLE001 - reported to the operator, not raised
+        except Exception as exc:
             return {"ok": False, "error": str(exc)}
 
     def close(self) -> None:
