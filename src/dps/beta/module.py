@@ -100,6 +100,7 @@ class BetaModule(ModuleHost):
         if dlq:
             self.state_store.add_dlq_entries(dlq)
         self.inbox.ack(lease)
+        rules.flush_metrics()
         elapsed = time.perf_counter() - started
         m.BETA_RECORDS_TRANSFORMED_TOTAL.inc(len(out))
         m.BETA_TRANSFORM_DURATION_SECONDS.observe(elapsed / max(1, len(lease)))

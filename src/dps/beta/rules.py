@@ -6,9 +6,11 @@ batch in progress finishes on the rules it started with.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dps.beta.metrics import BETA_RULE_APPLICATIONS_TOTAL
 from dps.beta.transforms.base import DROP, Transform
 from dps.config.models import RuleConfig
 from dps.core import registry
@@ -55,9 +57,13 @@ class RuleSet:
             if rule.enabled
         ]
 
+        # Per-rule counts for rules with ``metrics.emit``, added to the counter once per batch
+        # (``flush_metrics``) rather than once per record.
+        self._counts: Counter[tuple[int, str]] = Counter()
+
     def apply(self, record: Record) -> Outcome:
         outcome = Outcome(applied=[], skipped=[])
-        for rule in self.rules:
+        for index, rule in enumerate(self.rules):
             if not rule.matches(record):
                 continue
             try:
@@ -65,13 +71,30 @@ class RuleSet:
             except TerminalError as exc:
                 if rule.config.on_failure == "skip":
                     outcome.skipped.append(rule.rule_id)
+                    self._counts[index, "skipped"] += 1
                     continue
                 outcome.failure = exc
                 outcome.failed_rule = rule.rule_id
+                self._counts[index, "failed"] += 1
                 return outcome
+            self._counts[index, "applied"] += 1
             outcome.applied.append(rule.rule_id)
             record.touched("beta", rule.rule_id)
             if result == DROP:
                 outcome.dropped = True
                 return outcome
         return outcome
+
+    def flush_metrics(self) -> None:
+        """Add the counts since the last flush to ``beta_rule_applications_total``."""
+        for (index, result), count in self._counts.items():
+            config = self.rules[index].config
+            if config.metrics.emit:
+                tags = config.metrics.tags
+                BETA_RULE_APPLICATIONS_TOTAL.labels(
+                    rule_id=config.rule_id,
+                    rule_type=tags.get("rule_type", config.transform.type),
+                    target_field=tags.get("target_field", config.match_field or ""),
+                    result=result,
+                ).inc(count)
+        self._counts.clear()
