@@ -592,9 +592,8 @@ class NatsQueue(Queue):
         over: list[tuple[Message, Any]] = []
         for delivery in deliveries:
             msg = delivery.msg
-            msg_id = (msg.headers or {}).get(
-                "Nats-Msg-Id"
-            ) or f"{self.stream}:{msg.metadata.sequence.stream}"
+            headers = msg.headers or {}
+            msg_id = headers.get("Nats-Msg-Id") or f"{self.stream}:{msg.metadata.sequence.stream}"
             attempts = int(msg.metadata.num_delivered)
             message = Message(msg_id=msg_id, body=msg.data, attempts=attempts)
             if self.spec.dead_letter is not None and attempts > self.spec.max_attempts:

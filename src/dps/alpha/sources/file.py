@@ -50,6 +50,10 @@ class FileSource(Source):
             key: (offset, self._count_lines(key, offset)) for (_, key), offset in committed.items()
         }
         self._cursor = dict(self._committed)
+        # (file, end offset of a fetch) -> line number there, until that fetch is committed:
+        # a commit must move the committed position to *its* fetch's end, not to the cursor,
+        # which a later uncommitted fetch may already have moved on (rewind would skip it).
+        self._line_at: dict[tuple[str, int], int] = {}
         self._drained = False
 
     @staticmethod
@@ -84,6 +88,7 @@ class FileSource(Source):
                 if data.strip():
                     out.items.append(RawItem(data, key, key))
                 self._cursor[key] = (len(data), 0)
+                self._line_at[key, len(data)] = 0
                 out.ends[key] = len(data)
             else:
                 self._read_lines(path, key, start, line_no, max_items - len(out.items), out)
@@ -105,15 +110,23 @@ class FileSource(Source):
                     out.items.append(RawItem(line, f"{key}:{line_no}", key))
                     room -= 1
         self._cursor[key] = (offset, line_no)
+        self._line_at[key, offset] = line_no
         out.ends[key] = offset
 
     def commit(self, fetch: Fetch, records_read: dict[str, int]) -> None:
         for key, end in fetch.ends.items():
             self.state.commit_offset(self.source_id, key, end, records_read.get(key, 0))
-            self._committed[key] = self._cursor[key]
+            line_no = self._line_at.get((key, end))
+            if end >= self._committed.get(key, (0, 0))[0]:
+                if line_no is None:
+                    line_no = self._count_lines(key, end)
+                self._committed[key] = (end, line_no)
+            for done in [k for k in self._line_at if k[0] == key and k[1] <= end]:
+                del self._line_at[done]
 
     def rewind(self) -> None:
         self._cursor = dict(self._committed)
+        self._line_at.clear()
 
     def exhausted(self) -> bool:
         return self._drained

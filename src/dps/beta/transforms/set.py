@@ -7,9 +7,10 @@ record (the rule's ``on_failure`` decides what happens).
 
 from __future__ import annotations
 
+import string
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from dps.beta.transforms.base import Transform, set_path
 from dps.core.errors import TerminalError
@@ -33,6 +34,20 @@ class SetConfig(StrictModel):
             raise ValueError("set takes either value or template, not both")
         return self
 
+    @field_validator("template")
+    @classmethod
+    def _well_formed(cls, value: str | None) -> str | None:
+        # A broken template would fail every record at run time; refuse it at load.
+        if value is None:
+            return value
+        try:
+            fields = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a valid template: {exc}") from None
+        if any(name == "" or name.split("[")[0].split(".")[0].isdigit() for name in fields):
+            raise ValueError(f"{value!r} has a positional field; expected payload field names")
+        return value
+
 
 @register("transforms", "set")
 class Set(Transform):
@@ -53,9 +68,15 @@ class Set(Transform):
             return None
         try:
             value = self.config.template.format_map(record.payload)
-        except (KeyError, IndexError, AttributeError) as exc:
+        except KeyError as exc:
             raise TerminalError(
                 "transform_failed", f"Template field {exc} is missing.", field=field
+            ) from None
+        except (IndexError, AttributeError, TypeError, ValueError) as exc:
+            # A value of the wrong shape for the template: "{customer[name]}" on a string
+            # customer, "{amount:.2f}" on a text amount. Bad data, not a bad batch.
+            raise TerminalError(
+                "transform_failed", f"Template cannot be filled: {exc}.", field=field
             ) from None
         set_path(record.payload, field, value)
         return None
