@@ -83,9 +83,18 @@ def run_all(
     except ConfigError as exc:
         _print_config_error(exc)
         return 2
-    configure_logging("supervisor", config.pipeline.logging.level)
     data = resolve_data_dir(config, data_dir)
     data.mkdir(parents=True, exist_ok=True)
+    console = Console(stderr=True)
+    # On a terminal the progress line and the summary are what an operator reads: the JSON logs
+    # go to files. Elsewhere (CI, systemd, containers) they go to stderr as usual.
+    log_dir = data / "logs" if console.is_terminal else None
+    if log_dir is not None:
+        log_dir.mkdir(exist_ok=True)
+        log_stream = (log_dir / "supervisor.log").open("a")
+        configure_logging("supervisor", config.pipeline.logging.level, stream=log_stream)
+    else:
+        configure_logging("supervisor", config.pipeline.logging.level)
     host = config.pipeline.admin.bind
     ports = admin_ports(config, port_base)
     env = {**os.environ, "DPS_DATA_DIR": str(data)}
@@ -107,10 +116,10 @@ def run_all(
             ],
             env=env,
             ready_url=f"http://{host}:{ports[name]}/admin/health",
+            log_path=str(log_dir / f"{name}.log") if log_dir else None,
         )
         for name in START_ORDER
     ]
-    console = Console(stderr=True)
     supervisor = Supervisor(children)
     stop = threading.Event()
 
@@ -120,7 +129,8 @@ def run_all(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        supervisor.start()
+        with console.status("Starting control, gamma, beta and alpha..."):
+            supervisor.start()
     except Exception as exc:
         console.print(f"[bold red]The pipeline did not start:[/] {exc}")
         supervisor.stop()
@@ -130,6 +140,8 @@ def run_all(
         f"Pipeline [bold]{config.pipeline.name}[/] running; data in {data}; admin APIs: "
         + ", ".join(f"{n} {u}" for n, u in urls.items())
     )
+    if log_dir is not None:
+        console.print(f"Logs: {log_dir}/<module>.log")
     acc: dict[str, Any] = {}
     try:
         with httpx.Client(timeout=5.0) as client:

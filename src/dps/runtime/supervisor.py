@@ -61,6 +61,8 @@ class ChildSpec:
     ready_url: str | None = None
     ready_timeout: float = 60.0
     cwd: str | None = None
+    #: Where the child's stdout and stderr go (appended); ``None``: inherited.
+    log_path: str | None = None
 
 
 @dataclass(slots=True)
@@ -273,6 +275,10 @@ class Supervisor:
         spec = child.spec
         env = None if spec.env is None else {**os.environ, **spec.env}
         try:
+            output = open(spec.log_path, "ab") if spec.log_path else None  # noqa: SIM115
+        except OSError as exc:
+            raise SupervisorError(f"Child {spec.name!r}: cannot open its log: {exc}.") from exc
+        try:
             process = subprocess.Popen(
                 spec.argv,
                 env=env,
@@ -280,9 +286,14 @@ class Supervisor:
                 process_group=0,
                 preexec_fn=self._preexec,
                 close_fds=True,
+                stdout=output,
+                stderr=output,
             )
         except OSError as exc:
             raise SupervisorError(f"Child {spec.name!r} could not be started: {exc}.") from exc
+        finally:
+            if output is not None:
+                output.close()  # the child holds its own copy of the descriptor
         with self._lock:
             child.process = process
             child.started_at = time.monotonic()
