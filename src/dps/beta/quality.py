@@ -32,13 +32,15 @@ class QualityScorer:
         active = set(config.active_dimensions)
         self.dimensions = tuple(d for d in COMPUTED_DIMENSIONS if d in active)
         weights: dict[str, float] = {str(k): v for k, v in config.weights.items()}
-        total = sum(weights.get(d, 0.0) for d in self.dimensions) or 1.0
-        self.weights = {d: weights.get(d, 0.0) / total for d in self.dimensions}
+        total = sum(weights.get(d, 0.0) for d in self.dimensions)
+        # Computed dimensions that carry no weight do not count: with none left the score is
+        # 1.0, as when none is computed (a zero weight must not make every record score 0).
+        self.weights = {d: weights.get(d, 0.0) / total for d in self.dimensions} if total else {}
 
     def score(self, record: Record) -> Quality:
         dims: dict[str, float] = {}
         if "completeness" in self.dimensions:
             missing = sum(1 for f in self.required if get_path(record.payload, f) in (None, ""))
             dims["completeness"] = max(0.0, 1.0 - self.penalty * missing)
-        score = sum(self.weights[d] * v for d, v in dims.items()) if dims else 1.0
+        score = sum(self.weights[d] * v for d, v in dims.items()) if self.weights else 1.0
         return Quality(score=round(score, 6), dimensions=dims)

@@ -55,7 +55,7 @@ def orders(tmp_path: Path) -> Path:
     return path
 
 
-# -- reading ------------------------------------------------------------------------------------
+# -- reading -------------------------------------------------------------------------------
 
 
 def test_each_line_is_an_item_with_its_file_and_line_number(
@@ -178,7 +178,7 @@ def test_a_missing_path_is_a_transient_error(state: StateStore, tmp_path: Path) 
         source.fetch(10)
 
 
-# -- commit, restart, rewind ------------------------------------------------------------------------
+# -- commit, restart, rewind -------------------------------------------------------------------
 
 
 def test_commit_stores_the_byte_offset_and_the_count(state: StateStore, orders: Path) -> None:
@@ -250,9 +250,7 @@ def test_rewind_without_a_commit_starts_over(state: StateStore, orders: Path) ->
     assert _origins(source.fetch(100)) == _origins(first)
 
 
-def test_rewind_keeps_a_later_fetch_that_was_not_committed(
-    state: StateStore, orders: Path
-) -> None:
+def test_rewind_keeps_a_later_fetch_that_was_not_committed(state: StateStore, orders: Path) -> None:
     source = _source(state, orders)
     first, second = source.fetch(2), source.fetch(2)
     _commit(source, first)
@@ -276,7 +274,7 @@ def test_rewind_after_a_torn_line_waits_for_it_again(state: StateStore, tmp_path
     assert _origins(source.fetch(100)) == [f"{path}:2"]
 
 
-# -- configuration ----------------------------------------------------------------------------
+# -- configuration -----------------------------------------------------------------------
 
 
 def test_file_connection_defaults_and_strictness() -> None:
@@ -287,7 +285,7 @@ def test_file_connection_defaults_and_strictness() -> None:
         FileConnection.model_validate({})
 
 
-# -- rest_api: configuration only -------------------------------------------------------------------
+# -- rest_api: configuration only --------------------------------------------------------------
 
 
 A1_CONNECTION = {
@@ -310,7 +308,7 @@ def test_rest_api_accepts_the_runbook_a1_connection() -> None:
     assert connection.auth_config.client_secret_ref == (
         "vault:secret/pipeline/new_source/client_secret"
     )
-    assert connection.auth_config.client_secret_ref.scheme == "vault"  # type: ignore[union-attr]
+    assert connection.auth_config.client_secret_ref.scheme == "vault"
 
 
 @pytest.mark.parametrize(

@@ -82,7 +82,9 @@ def test_ndjson_line_is_one_record() -> None:
 
 def test_ndjson_keeps_nested_values_and_unicode() -> None:
     line = '{"name": "Åse", "tags": ["x"], "addr": {"city": "Bergen"}}\r\n'.encode()
-    assert NdjsonParser().parse(line) == [{"name": "Åse", "tags": ["x"], "addr": {"city": "Bergen"}}]
+    assert NdjsonParser().parse(line) == [
+        {"name": "Åse", "tags": ["x"], "addr": {"city": "Bergen"}}
+    ]
 
 
 @pytest.mark.parametrize(

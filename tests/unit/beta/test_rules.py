@@ -28,7 +28,9 @@ HAS_PHONE = {"field": "phone", "condition": "exists"}
 
 
 def _set(field: str, value: Any = None, *, template: str | None = None) -> dict[str, Any]:
-    config = {"field": field, "template": template} if template else {"field": field, "value": value}
+    config = (
+        {"field": field, "template": template} if template else {"field": field, "value": value}
+    )
     return {"type": "set", "config": config}
 
 
@@ -39,8 +41,8 @@ def _rule(rule_id: str, transform: dict[str, Any], **settings: Any) -> dict[str,
 def _load_rules(tmp_path: Path, *rules: dict[str, Any]) -> list[RuleConfig]:
     folder = tmp_path / "config" / "beta" / "transforms" / "rules"
     folder.mkdir(parents=True)
-    for rule in rules:
-        (folder / f"{rule['rule_id'].lower()}.yaml").write_text(yaml.safe_dump(rule))
+    for index, rule in enumerate(rules):  # not "<id>.yaml": "*_test.yaml" files are rule tests
+        (folder / f"rule_{index}.yaml").write_text(yaml.safe_dump(rule))
     return load_config(tmp_path / "config").beta.rules
 
 

@@ -133,9 +133,7 @@ def test_dollar_group_references_become_python_ones(replacement: str, expected: 
 
 
 def test_named_groups_and_backslash_references_work() -> None:
-    named = _e164(
-        pattern=r"^(?P<area>\d{3})-(?P<rest>\d{4})$", replacement="(${area}) \\g<rest>"
-    )
+    named = _e164(pattern=r"^(?P<area>\d{3})-(?P<rest>\d{4})$", replacement="(${area}) \\g<rest>")
     record = _record({"phone_number": "555-1234"})
     named.apply(record)
     assert record.payload["phone_number"] == "(555) 1234"

@@ -50,8 +50,16 @@ def _matches(spec: Any, record: Record) -> bool:
         ({"field": "country", "condition": "in", "value": ["US"]}, {"country": ["US"]}, False),
         ({"field": "country", "condition": "not_in", "value": ["US"]}, {"country": "MX"}, True),
         ({"field": "country", "condition": "not_in", "value": ["US"]}, {}, True),
-        ({"field": "email", "condition": "regex", "value": "@example\\.com$"}, {"email": "a@example.com"}, True),  # noqa: E501
-        ({"field": "email", "condition": "regex", "value": "example"}, {"email": "x-example-y"}, True),  # noqa: E501
+        (
+            {"field": "email", "condition": "regex", "value": "@example\\.com$"},
+            {"email": "a@example.com"},
+            True,
+        ),
+        (
+            {"field": "email", "condition": "regex", "value": "example"},
+            {"email": "x-example-y"},
+            True,
+        ),
         ({"field": "email", "condition": "regex", "value": "\\d"}, {"email": 5}, False),
         ({"field": "amount", "condition": "gt", "value": 10}, {"amount": 10.5}, True),
         ({"field": "amount", "condition": "gt", "value": 10}, {"amount": 10}, False),
@@ -61,9 +69,21 @@ def _matches(spec: Any, record: Record) -> bool:
         ({"field": "amount", "condition": "gt", "value": 10}, {"amount": "99"}, False),
         ({"field": "amount", "condition": "gt", "value": 0}, {"amount": True}, False),
         ({"field": "amount", "condition": "lt", "value": 10}, {}, False),
-        ({"field": "customer.tier", "condition": "equals", "value": "gold"}, {"customer": {"tier": "gold"}}, True),  # noqa: E501
-        ({"field": "payload.customer.tier", "condition": "exists"}, {"customer": {"tier": "gold"}}, True),  # noqa: E501
-        ({"field": "items.0.sku", "condition": "equals", "value": "X1"}, {"items": [{"sku": "X1"}]}, True),  # noqa: E501
+        (
+            {"field": "customer.tier", "condition": "equals", "value": "gold"},
+            {"customer": {"tier": "gold"}},
+            True,
+        ),
+        (
+            {"field": "payload.customer.tier", "condition": "exists"},
+            {"customer": {"tier": "gold"}},
+            True,
+        ),
+        (
+            {"field": "items.0.sku", "condition": "equals", "value": "X1"},
+            {"items": [{"sku": "X1"}]},
+            True,
+        ),
     ],
 )
 def test_single_test_form(spec: dict[str, Any], payload: dict[str, Any], expected: bool) -> None:

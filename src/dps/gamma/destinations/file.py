@@ -93,10 +93,17 @@ class FileDestination(Destination):
             }
         else:
             body = {"record_id": record.record_id, **record.payload}
+            # The envelope's id, not a payload field of that name: open() reads it back.
+            body["record_id"] = record.record_id
         return _encode(body) + b"\n"
 
     def deliver(self, records: Sequence[Record]) -> Rejected:
-        fresh = [r for r in records if r.record_id not in self._written]
+        fresh: list[Record] = []
+        seen: set[str] = set()
+        for r in records:  # a record twice in one batch is written once too
+            if r.record_id not in self._written and r.record_id not in seen:
+                seen.add(r.record_id)
+                fresh.append(r)
         if not fresh:
             return []
         data = b"".join(self._line(r) for r in fresh)
