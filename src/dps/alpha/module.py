@@ -121,7 +121,12 @@ class AlphaModule(ModuleHost):
                 self._source_failed(runner, exc)
                 continue
             if fetch:
-                self._ingest(runner, fetch)
+                try:
+                    self._ingest(runner, fetch)
+                except BaseException:
+                    # Nothing of this fetch is committed: hand it out again next time.
+                    runner.source.rewind()
+                    raise
                 worked = True
             runner.last_success = time.time()
             runner.status = "enabled"

@@ -5,6 +5,8 @@ Also the ``rest_api`` source, whose configuration is complete but whose fetching
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -111,6 +113,23 @@ def test_a_last_line_without_newline_waits_until_it_is_complete(
 
     assert [item.data for item in second.items] == [b'{"id": 3, "name": "x"}\n', b'{"id": 4}\n']
     assert _origins(second) == [f"{path}:3", f"{path}:4"]
+
+
+def test_a_last_line_without_newline_is_read_once_the_file_has_settled(
+    state: StateStore, tmp_path: Path
+) -> None:
+    path = tmp_path / "final.ndjson"
+    path.write_bytes(b'{"id": 1}\n{"id": 2}')
+    old = time.time() - 10
+    os.utime(path, (old, old))
+    source = _source(state, path)
+
+    fetch = source.fetch(100)
+
+    assert [item.data for item in fetch.items] == [b'{"id": 1}\n', b'{"id": 2}']
+    assert fetch.ends[str(path)] == path.stat().st_size
+    assert not source.fetch(100).items
+    assert source.exhausted()
 
 
 def test_lines_appended_after_the_end_are_read_later(state: StateStore, orders: Path) -> None:

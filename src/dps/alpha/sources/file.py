@@ -5,12 +5,14 @@ durable in the transform queue, so a restart resumes exactly where the last comm
 re-reads at most one uncommitted batch (whose records keep their ids and origins: the dedupe
 cache recognises them as replays, the queue's idempotent put drops the copies).
 
-NDJSON files are read line by line (a last line without its newline is left until it is complete);
-a JSON document (``parsing.format: json``) is read whole, as one item.
+NDJSON files are read line by line (a last line without its newline is left until it is complete,
+or until the file has not changed for ``partial_line_grace_seconds``); a JSON document
+(``parsing.format: json``) is read whole, as one item.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,14 @@ class FileConnection(StrictModel):
     path: str = Field(description="A file, or a directory whose matching files are read.")
     pattern: str = Field(
         default="*", description="Glob of the files to read inside a directory (e.g. '*.ndjson')."
+    )
+    partial_line_grace_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        description=(
+            "A last line without a newline is taken as complete once the file has not changed "
+            "for this long (until then it may still be being written)."
+        ),
     )
 
 
@@ -78,7 +88,8 @@ class FileSource(Source):
         for path in self._files():
             key = str(path)
             start, line_no = self._cursor.get(key, (0, 0))
-            if start >= path.stat().st_size:
+            stat = path.stat()
+            if start >= stat.st_size:
                 continue
             pending = True
             if len(out.items) >= max_items:
@@ -91,19 +102,31 @@ class FileSource(Source):
                 self._line_at[key, len(data)] = 0
                 out.ends[key] = len(data)
             else:
-                self._read_lines(path, key, start, line_no, max_items - len(out.items), out)
+                settled = time.time() - stat.st_mtime >= self.connection.partial_line_grace_seconds
+                room = max_items - len(out.items)
+                self._read_lines(path, key, start, line_no, room, out, settled=settled)
         self._drained = not pending
         return out
 
     def _read_lines(
-        self, path: Path, key: str, offset: int, line_no: int, room: int, out: Fetch
+        self,
+        path: Path,
+        key: str,
+        offset: int,
+        line_no: int,
+        room: int,
+        out: Fetch,
+        *,
+        settled: bool,
     ) -> None:
         with path.open("rb") as fh:
             fh.seek(offset)
             while room > 0:
                 line = fh.readline()
-                if not line.endswith(b"\n"):
-                    break  # end of file, or a line still being written: wait for its newline
+                if not line.endswith(b"\n") and not (line and settled):
+                    # End of file, or a last line still being written: wait for its newline,
+                    # or for the file to settle.
+                    break
                 offset += len(line)
                 line_no += 1
                 if line.strip():
