@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dps.core.errors import ConfigError, ConfigIssue, QueueFullError, TransientError
 from dps.core.registry import register
+from dps.core.sqlite import enable_wal
 from dps.queues.base import Lease, Message, Queue, QueueBackend, QueueSpec
 
 P = ParamSpec("P")
@@ -218,8 +219,8 @@ class SqliteQueue(Queue):
 
     def _setup(self) -> None:
         conn = self._conn
-        (mode,) = conn.execute("PRAGMA journal_mode=WAL").fetchone()
-        if str(mode).lower() != "wal":
+        mode = enable_wal(conn, self._config.busy_timeout)
+        if mode != "wal":
             # WAL needs shared memory between processes (no network file systems).
             raise TransientError(
                 f"SQLite queue {self.path} cannot use WAL mode (got {mode!r}); put data_dir on "

@@ -15,6 +15,7 @@ module of this package to find the backends.
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,11 +24,10 @@ from pydantic import Field, ValidationError
 from dps.core.errors import ConfigError, ConfigIssue
 from dps.core.model import StrictModel
 from dps.core.registry import register
+from dps.core.sqlite import enable_wal
 from dps.state.base import StateBackend, StateStore
 
 if TYPE_CHECKING:
-    import sqlite3
-
     import sqlalchemy as sa
 
 
@@ -95,7 +95,7 @@ class SqliteStateBackend(StateBackend):
             cursor = dbapi_connection.cursor()
             try:
                 cursor.execute(f"PRAGMA busy_timeout = {busy_ms}")
-                cursor.execute("PRAGMA journal_mode = WAL")
+                enable_wal(cursor, busy_ms / 1000)
                 cursor.execute("PRAGMA synchronous = FULL")
                 cursor.execute("PRAGMA foreign_keys = OFF")
             finally:
