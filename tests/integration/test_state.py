@@ -190,21 +190,22 @@ def test_two_processes_migrating_at_once_both_succeed(open_store: OpenStore) -> 
 def test_upgrade_steps_run_through_alembic_operations(
     open_store: OpenStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A database at version 1 gets the later steps only, once."""
+    """A database at the newest version gets a new step only, once."""
     store = open_store()
+    nxt = state_sql.LATEST_VERSION + 1
 
-    def v2(op: Any) -> None:
+    def upgrade(op: Any) -> None:
         op.add_column("job_runs", sa.Column("note", sa.Text, nullable=True))
 
-    step = state_sql.Migration(2, "Add job_runs.note.", v2)
+    step = state_sql.Migration(nxt, "Add job_runs.note.", upgrade)
     monkeypatch.setattr(state_sql, "MIGRATIONS", (*state_sql.MIGRATIONS, step))
-    monkeypatch.setattr(state_sql, "LATEST_VERSION", 2)
-    assert store.migrate() == 2
-    assert store.migrate() == 2
-    assert store.schema_version() == 2
+    monkeypatch.setattr(state_sql, "LATEST_VERSION", nxt)
+    assert store.migrate() == nxt
+    assert store.migrate() == nxt
+    assert store.schema_version() == nxt
     columns = {c["name"] for c in sa.inspect(store.engine).get_columns("job_runs")}
     assert "note" in columns
-    assert count(store, "schema_version") == 2
+    assert count(store, "schema_version") == nxt
 
 
 def test_a_database_newer_than_the_code_is_refused(store: SqlStateStore) -> None:
@@ -791,3 +792,12 @@ def test_runbook_d2_equivalent_counts_on_sqlite(store: SqlStateStore) -> None:
     with store.engine.connect() as conn:
         assert [tuple(r) for r in conn.execute(sa.text(deliveries))] == [("w", 1, 1, 2)]
         assert [tuple(r) for r in conn.execute(sa.text(failures))] == [("orders", "SCHEMA", 1)]
+
+
+def test_source_state_holds_one_value_per_source_and_key(store: SqlStateStore) -> None:
+    assert store.get_source_state("api", "watermark") is None
+    store.set_source_state("api", "watermark", "2026-11-27T00:00:00Z")
+    store.set_source_state("api", "watermark", "2026-11-27T01:00:00Z")
+    store.set_source_state("other", "watermark", "x")
+    assert store.get_source_state("api", "watermark") == "2026-11-27T01:00:00Z"
+    assert store.get_source_state("other", "watermark") == "x"

@@ -158,6 +158,14 @@ class StateStore(abc.ABC):
     def offsets(self, source_id: str | None = None) -> dict[tuple[str, str], int]:
         """All committed offsets, keyed by ``(source_id, position_key)``."""
 
+    @abc.abstractmethod
+    def get_source_state(self, source_id: str, key: str) -> str | None:
+        """A named value a source keeps between runs (a watermark, a cursor), or None."""
+
+    @abc.abstractmethod
+    def set_source_state(self, source_id: str, key: str, value: str) -> None:
+        """Store (replace) a named value of a source, once its records are durable."""
+
     # -- DLQ -------------------------------------------------------------------------------
     @abc.abstractmethod
     def add_dlq_entries(self, entries: Sequence[DlqEntry]) -> None:

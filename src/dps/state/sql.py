@@ -263,6 +263,18 @@ source_offsets = sa.Table(
 )
 
 
+#: Small named values a source keeps between runs: an incremental-fetch watermark, a cursor.
+source_state = sa.Table(
+    "source_state",
+    metadata,
+    sa.Column("source_id", sa.Text, nullable=False),
+    sa.Column("key", sa.Text, nullable=False),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.PrimaryKeyConstraint("source_id", "key", name="pk_source_state"),
+)
+
+
 def _audit_columns(*, autoincrement: bool) -> list[sa.Column[Any]]:
     # audit_log_archive has the same columns in the same order, so the manual's
     # ``INSERT INTO audit_log_archive SELECT * FROM audit_log WHERE ...`` works verbatim.
@@ -342,11 +354,16 @@ def _v1_initial(op: Operations) -> None:
     metadata.create_all(op.get_bind())
 
 
+def _v2_source_state(op: Operations) -> None:
+    source_state.create(op.get_bind(), checkfirst=True)
+
+
 #: The schema's history, oldest first. Append a step (and change ``metadata``) to evolve it.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "Initial schema: dedupe cache, DLQ, delivery log, offsets, control tables.", _v1_initial
     ),
+    Migration(2, "source_state: watermarks and cursors of sources.", _v2_source_state),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
@@ -419,6 +436,11 @@ class SqlStateStore(StateStore):
 
         ins = self._insert(source_offsets)
         so = source_offsets.c
+        state_ins = self._insert(source_state)
+        self._set_source_state = state_ins.on_conflict_do_update(
+            index_elements=["source_id", "key"],
+            set_={"value": state_ins.excluded.value, "updated_at": state_ins.excluded.updated_at},
+        )
         self._commit_offset = ins.on_conflict_do_update(
             index_elements=[so.source_id, so.position_key],
             set_={
@@ -716,6 +738,18 @@ class SqlStateStore(StateStore):
             stmt = stmt.where(so.source_id == source_id)
         with self._reading() as conn:
             return {(row[0], row[1]): int(row[2]) for row in conn.execute(stmt)}
+
+    def get_source_state(self, source_id: str, key: str) -> str | None:
+        """A value a source stored with :meth:`set_source_state`, or None."""
+        st = source_state.c
+        stmt = sa.select(st.value).where(st.source_id == source_id, st.key == key)
+        with self._reading() as conn:
+            return conn.execute(stmt).scalar_one_or_none()
+
+    def set_source_state(self, source_id: str, key: str, value: str) -> None:
+        """Store (replace) a named value of a source, e.g. its incremental-fetch watermark."""
+        row = {"source_id": source_id, "key": key, "value": value, "updated_at": _utcnow()}
+        self._write(lambda conn: conn.execute(self._set_source_state, row))
 
     # -- DLQ ----------------------------------------------------------------------------------
     @staticmethod
