@@ -1,0 +1,86 @@
+"""``dps <module> CONFIG_DIR`` runs one module alone; ``dps validate`` judges a directory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from tests.integration.pipeline_harness import copy_quickstart, dps, free_port_base, wait_until
+
+
+@pytest.mark.parametrize("module", ["alpha", "beta", "gamma", "control"])
+def test_a_module_runs_alone_serves_its_admin_api_and_stops_on_sigterm(
+    module: str, tmp_path: Path
+) -> None:
+    config_dir = copy_quickstart(tmp_path / "quickstart")
+    port = free_port_base(1)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dps",
+            module,
+            str(config_dir),
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def answers() -> bool:
+            assert process.poll() is None, process.communicate()[1][-2000:]
+            try:
+                return httpx.get(f"{url}/admin/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(answers, 60, f"dps {module} never answered on {url}")
+        status = httpx.get(f"{url}/admin/status", timeout=5).json()
+        assert status["module"] == module
+        assert status["pid"] == process.pid
+        assert "openapi" in httpx.get(f"{url}/openapi.json", timeout=5).json()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err[-2000:]
+    # Logs are JSON lines with the manual's fields.
+    assert f'"module":"{module}"' in err.replace(" ", "")
+
+
+def test_validate_accepts_the_quickstart_and_refuses_a_broken_copy(tmp_path: Path) -> None:
+    config_dir = copy_quickstart(tmp_path / "quickstart")
+    ok = dps("validate", str(config_dir))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+
+    rule = config_dir / "gamma" / "routing" / "rules" / "to_warehouse.yaml"
+    rule.write_text(rule.read_text().replace("destination: warehouse", "destination: warehose"))
+    bad = dps("validate", str(config_dir))
+    assert bad.returncode == 1
+    assert "to_warehouse.yaml" in bad.stdout and "destination" in bad.stdout
+    assert "warehouse" in bad.stdout  # the did-you-mean
+
+
+def test_a_bad_configuration_stops_a_module_at_start_with_the_file_named(tmp_path: Path) -> None:
+    config_dir = copy_quickstart(tmp_path / "quickstart")
+    (config_dir / "alpha" / "alpha.yaml").write_text("DEFAULT_BATCH_SIZ: 10\n")
+    done = dps(
+        "alpha",
+        str(config_dir),
+        "--port",
+        str(free_port_base(1)),
+        env={"DPS_DATA_DIR": str(tmp_path / "data")},
+    )
+    assert done.returncode == 2
+    assert "alpha/alpha.yaml" in done.stderr and "DEFAULT_BATCH_SIZE" in done.stderr
+    assert not os.path.exists(tmp_path / "data" / "queues")
