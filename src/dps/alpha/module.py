@@ -11,28 +11,41 @@ One step takes one fetch from each enabled source in turn and, for that fetch:
 
 Steps 1 to 5 write only idempotent things, so a crash anywhere before 6 replays the fetch with the
 same ids and origins and nothing is counted or delivered twice.
+
+Backpressure: the ingest buffer is the transform queue, up to ``BUFFER_CAPACITY`` records. When it
+is full no source is fetched (pull sources simply wait; push sources answer 429), and
+``alpha_buffer_utilization`` is its fill ratio.
+
+A configuration reload keeps the runners of sources whose configuration did not change (their
+connections, push endpoints and uncommitted fetches stay as they are; only their credentials are
+resolved again) and rebuilds the others between two batches, so enabling, disabling or rotating
+the credentials of one source loses nothing and disturbs no other source.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from dps.alpha import metrics as m
 from dps.alpha.parsers.base import Parser
-from dps.alpha.sources.base import Fetch, Source
+from dps.alpha.sources.base import Fetch, Source, SourceContext
+from dps.alpha.timestamps import TimestampParser
 from dps.config import PipelineConfig
 from dps.config.models import SourceConfig
 from dps.core import registry
 from dps.core.errors import TerminalError, TransientError
 from dps.core.record import Record, encode_many, get_path, new_record
-from dps.runtime.lifecycle import Health, HealthReport
+from dps.runtime.lifecycle import Health, HealthReport, RunState
 from dps.runtime.module import TRANSFORM_QUEUE, ModuleHost
 from dps.state import DedupeCandidate, DlqEntry, ValidationFailure
 
@@ -44,9 +57,16 @@ class SourceRunner:
         self.config = config
         self.source = source
         self.parser = parser
+        self.timestamps = TimestampParser(
+            config.parsing.timestamp_format, config.parsing.timestamp_timezone
+        )
         self.status = "enabled" if config.enabled else "disabled"
         self.last_success: float | None = None
         self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self.draining = False
+        self.error_count = 0
+        self.records_ingested = 0
 
     @property
     def source_id(self) -> str:
@@ -58,8 +78,14 @@ class SourceRunner:
             "source_type": self.config.source_type,
             "status": self.status,
             "last_success": self.last_success,
+            "last_success_at": _iso(self.last_success),
             "last_error": self.last_error,
+            "last_error_at": _iso(self.last_error_at),
+            "error_count": self.error_count,
+            "records_ingested": self.records_ingested,
+            "pending": self.source.pending(),
             "exhausted": self.source.exhausted(),
+            **self.source.info(),
         }
 
 
@@ -72,17 +98,37 @@ class AlphaModule(ModuleHost):
         super().__init__(config_dir, data_dir=data_dir)
         self.queue = self.open_queue(TRANSFORM_QUEUE)
         self.runners: dict[str, SourceRunner] = {}
+        self._room = 0
         self._build(self.config)
         self._next = 0
 
     def _build(self, config: PipelineConfig) -> None:
-        for runner in self.runners.values():
-            runner.source.close()
-        self.runners = {}
-        for source_id, sc in config.alpha.sources.items():
-            runner = SourceRunner(sc, self._make_source(config, sc), self._make_parser(sc))
-            self.runners[source_id] = runner
-            m.ALPHA_SOURCE_CONNECTION_STATUS.labels(source=source_id).set(1 if sc.enabled else 0)
+        old = self.runners
+        runners: dict[str, SourceRunner] = {}
+        try:
+            for source_id, sc in config.alpha.sources.items():
+                kept = old.get(source_id)
+                if kept is not None and _same_source(kept.config, sc):
+                    kept.config = sc
+                    kept.source.refresh_credentials()
+                    runners[source_id] = kept
+                    continue
+                source = self._make_source(config, sc)
+                runners[source_id] = SourceRunner(sc, source, self._make_parser(sc))
+        except BaseException:
+            for source_id, runner in runners.items():
+                if old.get(source_id) is not runner:
+                    runner.source.close()
+            raise
+        for source_id, runner in old.items():
+            if runners.get(source_id) is not runner:
+                self._flush(runner)
+                runner.source.close()
+        self.runners = runners
+        for source_id, runner in runners.items():
+            m.ALPHA_SOURCE_CONNECTION_STATUS.labels(source=source_id).set(
+                1 if runner.config.enabled and runner.status != "error" else 0
+            )
 
     def _make_source(self, config: PipelineConfig, sc: SourceConfig) -> Source:
         cls = registry.get("sources", sc.source_type)
@@ -91,11 +137,39 @@ class AlphaModule(ModuleHost):
         if isinstance(path, str) and not Path(path).is_absolute():
             # Relative source paths are relative to the configuration directory.
             connection = connection.model_copy(update={"path": str(config.root / path)})
-        kwargs: dict[str, Any] = {}
-        if sc.source_type == "file":
-            kwargs["fmt"] = sc.parsing.format
-        source: Source = cls(sc.source_id, connection, self.state_store, **kwargs)
+        source_id = sc.source_id
+
+        def accepting() -> bool:
+            runner = self.runners.get(source_id)
+            return (
+                self.run_state == RunState.RUNNING
+                and runner is not None
+                and runner.config.enabled
+                and runner.status != "paused"
+                and not runner.draining
+            )
+
+        context = SourceContext(
+            poll_interval_seconds=sc.polling.interval_seconds,
+            batch_size=sc.polling.batch_size,
+            parsing_format=sc.parsing.format,
+            record_path=sc.parsing.record_path,
+            buffer_room=lambda: self._room,
+            accepting=accepting,
+        )
+        source: Source = cls(sc.source_id, connection, self.state_store, context=context)
         return source
+
+    def _buffer_room(self) -> int:
+        """Records the transform queue takes before it holds BUFFER_CAPACITY (backpressure)."""
+        capacity = min(
+            self.config.alpha.settings.BUFFER_CAPACITY, self.config.pipeline.transport.capacity
+        )
+        depth = self.queue.depth()
+        m.ALPHA_BUFFER_UTILIZATION.set(min(1.0, depth / capacity))
+        # Push endpoints read this from their own threads; the queue is only used by the worker.
+        self._room = max(0, capacity - depth)
+        return self._room
 
     @staticmethod
     def _make_parser(sc: SourceConfig) -> Parser:
@@ -111,9 +185,14 @@ class AlphaModule(ModuleHost):
         if not active:
             return False
         worked = False
+        room = self._buffer_room()
         for runner in active:
+            if room <= 0:
+                # Backpressure: nothing is fetched until beta has made room.
+                return worked
+            batch = min(self.config.alpha.settings.DEFAULT_BATCH_SIZE, room)
             try:
-                fetch = runner.source.fetch(self.config.alpha.settings.DEFAULT_BATCH_SIZE)
+                fetch = runner.source.fetch(batch)
             except TransientError as exc:
                 self._source_failed(runner, exc)
                 continue
@@ -128,11 +207,39 @@ class AlphaModule(ModuleHost):
                     runner.source.rewind()
                     raise
                 worked = True
-            runner.last_success = time.time()
+                runner.last_success = time.time()
+                room = self._buffer_room()
+            elif runner.status == "error" and runner.source.waiting_to_retry():
+                continue
             runner.status = "enabled"
             runner.last_error = None
             m.ALPHA_SOURCE_CONNECTION_STATUS.labels(source=runner.source_id).set(1)
         return worked
+
+    def _flush(self, runner: SourceRunner) -> None:
+        """Make durable what a source being replaced has received but not committed.
+
+        Only push sources hold such items (their senders wait for the answer); pull sources are
+        simply asked again by the new runner, from their committed position.
+        """
+        runner.source.stop_intake()
+        for _ in range(1000):
+            if not runner.source.pending():
+                return
+            fetch = runner.source.fetch(self.config.alpha.settings.DEFAULT_BATCH_SIZE)
+            if not fetch:
+                return
+            try:
+                self._ingest(runner, fetch)
+            except Exception as exc:
+                runner.source.rewind()
+                self.log.error(
+                    "Records of a replaced source could not be made durable; their senders "
+                    "get an error and will send them again.",
+                    source_id=runner.source_id,
+                    error=str(exc),
+                )
+                return
 
     def _source_failed(self, runner: SourceRunner, exc: Exception) -> None:
         message = str(exc)
@@ -140,6 +247,8 @@ class AlphaModule(ModuleHost):
             self.log.error("Source fetch failed.", source_id=runner.source_id, error=message)
         runner.status = "error"
         runner.last_error = message
+        runner.last_error_at = time.time()
+        runner.error_count += 1
         m.ALPHA_SOURCE_CONNECTION_STATUS.labels(source=runner.source_id).set(0)
 
     def _ingest(self, runner: SourceRunner, fetch: Fetch) -> None:
@@ -173,14 +282,15 @@ class AlphaModule(ModuleHost):
             for index, payload in enumerate(payloads):
                 read[item.position_key] += 1
                 origin = f"{item.origin}#{index}" if multi else item.origin
+                event_time, time_problem = self._event_time(runner, payload)
                 record = new_record(
                     sid,
                     payload,
                     id_field=sc.parsing.id_field,
-                    event_time=_event_time(payload, sc.parsing.timestamp_field),
+                    event_time=event_time,
                     origin=origin,
                 )
-                problem = self._validate(sc, record)
+                problem = time_problem or self._validate(sc, record)
                 if problem is not None:
                     failures.append(
                         ValidationFailure(
@@ -217,6 +327,7 @@ class AlphaModule(ModuleHost):
         runner.source.commit(fetch, dict(read))
 
         total = sum(read.values())
+        runner.records_ingested += total
         m.ALPHA_RECORDS_INGESTED_TOTAL.labels(source_id=sid).inc(total)
         m.ALPHA_RECORDS_VALIDATED_TOTAL.labels(source_id=sid).inc(len(valid))
         m.ALPHA_VALIDATION_FAILURES_TOTAL.labels(source_id=sid).inc(len(failures))
@@ -225,7 +336,6 @@ class AlphaModule(ModuleHost):
         m.ALPHA_VALIDATION_DURATION_SECONDS.observe(
             (time.perf_counter() - parsed_at) / max(1, total)
         )
-        self._update_buffer_gauge()
         self.log.debug(
             "Batch ingested.",
             source_id=sid,
@@ -234,6 +344,25 @@ class AlphaModule(ModuleHost):
             duplicates=len(duplicates),
             dlq=len(dlq),
         )
+
+    def _event_time(
+        self, runner: SourceRunner, payload: dict[str, Any]
+    ) -> tuple[str | None, TerminalError | None]:
+        """``timestamp_field`` as ISO 8601 UTC; a bad one fails the record in strict mode only."""
+        field = runner.config.parsing.timestamp_field
+        if not field:
+            return None, None
+        value = get_path(payload, field)
+        if value is None:
+            return None, None
+        try:
+            return runner.timestamps.normalise(value), None
+        except ValueError as exc:
+            if self.config.alpha.settings.VALIDATION_STRICT_MODE:
+                return None, TerminalError(
+                    "invalid_timestamp", f"Field {field}: {exc}", field=field
+                )
+            return str(value), None
 
     @staticmethod
     def _validate(sc: SourceConfig, record: Record) -> TerminalError | None:
@@ -282,10 +411,6 @@ class AlphaModule(ModuleHost):
         duplicates = [c for (_, c), dup in zip(candidates, flags, strict=True) if dup]
         return valid, duplicates
 
-    def _update_buffer_gauge(self) -> None:
-        capacity = self.config.pipeline.transport.capacity
-        m.ALPHA_BUFFER_UTILIZATION.set(self.queue.depth() / capacity if capacity else 0.0)
-
     # -- admin ----------------------------------------------------------------------------------
     def queue_depths(self) -> dict[str, int]:
         return {TRANSFORM_QUEUE: self.queue.depth()}
@@ -320,14 +445,82 @@ class AlphaModule(ModuleHost):
                 return JSONResponse({"error": "unknown source"}, status_code=404)
             return JSONResponse(runner.as_dict())
 
+        def find(request: Request) -> SourceRunner:
+            runner = self.runners.get(request.path_params["source_id"])
+            if runner is None:
+                raise HTTPException(
+                    404,
+                    f"Source {request.path_params['source_id']!r} is not configured; "
+                    f"known sources: {', '.join(sorted(self.runners)) or 'none'}.",
+                )
+            return runner
+
+        async def source_test(request: Request) -> JSONResponse:
+            """Connect and authenticate to the source now, and report (works while disabled)."""
+            runner = find(request)
+            result = await run_in_threadpool(runner.source.test)
+            return JSONResponse({"source_id": runner.source_id, **result})
+
+        def drain(runner: SourceRunner, timeout: float) -> dict[str, Any]:
+            runner.draining = True
+            try:
+                deadline = time.monotonic() + timeout
+                while runner.source.pending() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            finally:
+                runner.draining = False
+            with self._lock:
+                if runner.config.enabled and runner.status != "error":
+                    runner.status = "paused"
+            left = runner.source.pending()
+            return {
+                "source_id": runner.source_id,
+                "status": runner.status,
+                "drained": left == 0,
+                "pending": left,
+                "transform_queue_depth": self.queue.depth(),
+            }
+
+        async def source_drain(request: Request) -> JSONResponse:
+            """Stop the source's intake and wait until what it received is durable (max 30 s).
+
+            An enabled source is left ``paused``; ``/admin/sources/<id>/resume`` starts it again.
+            """
+            runner = find(request)
+            return JSONResponse(await run_in_threadpool(drain, runner, 30.0))
+
+        async def source_pause(request: Request) -> JSONResponse:
+            """Stop fetching from this source (its position is kept)."""
+            runner = find(request)
+            with self._lock:
+                if runner.config.enabled:
+                    runner.status = "paused"
+            return JSONResponse(runner.as_dict())
+
+        async def source_resume(request: Request) -> JSONResponse:
+            """Fetch from a paused source again."""
+            runner = find(request)
+            with self._lock:
+                if runner.config.enabled and runner.status == "paused":
+                    runner.status = "enabled"
+            return JSONResponse(runner.as_dict())
+
         return [
             Route("/admin/sources", list_sources),
             Route("/admin/sources/{source_id}/status", source_status),
+            Route("/admin/sources/{source_id}/test", source_test, methods=["GET", "POST"]),
+            Route("/admin/sources/{source_id}/drain", source_drain, methods=["GET", "POST"]),
+            Route("/admin/sources/{source_id}/pause", source_pause, methods=["POST"]),
+            Route("/admin/sources/{source_id}/resume", source_resume, methods=["POST"]),
         ]
 
 
-def _event_time(payload: dict[str, Any], field: str | None) -> str | None:
-    if not field:
+def _same_source(a: SourceConfig, b: SourceConfig) -> bool:
+    """Same settings: the runner (connection, push endpoint, position) can be kept on reload."""
+    return a.model_dump(mode="json") == b.model_dump(mode="json")
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
         return None
-    value = get_path(payload, field)
-    return None if value is None else str(value)
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")

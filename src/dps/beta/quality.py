@@ -1,46 +1,342 @@
-"""Quality scoring (the manual's B.3 ``quality_scoring`` format).
+"""Quality scoring (the manual's B.3 ``quality_scoring`` format, H.2 enabled/disabled dimensions).
 
-Built so far: the completeness dimension (``1 - penalty_per_missing`` for each missing required
-field, floored at 0). The score is the weighted mean of the dimensions that are computed and
-enabled, with the weights renormalised over them; the other dimensions (consistency,
-conformance, timeliness) are not computed yet and are left out of both the score and the record's
-``quality.dimensions`` rather than reported as a made-up value.
+Four dimensions, each from 1.0 down by the penalties of the checks that fail:
+
+- completeness: ``penalty_per_missing`` per missing (absent, null or empty) required field;
+- consistency: each cross-field check that fails (``compare`` two fields, or ``require`` a
+  condition ``when`` another holds) costs its ``penalty``;
+- conformance: each field in the wrong format costs ``penalty_per_violation``; a payload that
+  does not meet ``schema_ref`` costs ``schema_penalty``;
+- timeliness: ``penalty_per_hour`` for each hour the event is older than ``max_age_hours``.
+
+The score is the weighted mean of the active dimensions, with the weights renormalised over them.
+Scores are explainable: the record carries each dimension's score and the checks that cost
+points. Thresholds grade a score ``ok``/``warn``/``error``/``reject``; a rejected record goes to
+the Beta DLQ with its breakdown. Everything is compiled once per configuration.
 """
 
 from __future__ import annotations
 
-from dps.config.models import QualityScoringConfig
+import bisect
+import datetime as dt
+import json
+import re
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+from dps.config.models import DIMENSIONS, ConsistencyCheck, QualityScoringConfig
+from dps.core.conditions import compile_condition
+from dps.core.errors import ConfigError, ConfigIssue
 from dps.core.record import Quality, Record, get_path
 
-COMPUTED_DIMENSIONS = ("completeness",)
+#: Named formats for ``rules.conformance.formats`` (anything else is a regular expression).
+NAMED_FORMATS: Final[dict[str, str]] = {
+    "email": r"^[^@\s]+@[^@\s]+\.[^@\s]+$",
+    "uuid": r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+    "e164": r"^\+[1-9][0-9]{6,14}$",
+    "iso_date": r"^\d{4}-\d{2}-\d{2}$",
+    "iso_datetime": r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?$",
+    "country_code": r"^[A-Z]{2}$",
+    "currency_code": r"^[A-Z]{3}$",
+    "decimal": r"^-?\d+(\.\d+)?$",
+    "integer": r"^-?\d+$",
+}
+LEVELS: Final = ("ok", "warn", "error", "reject")
+_MISSING: Final = object()
+_OPS: Final[dict[str, Callable[[Any, Any], bool]]] = {
+    "eq": lambda a, b: a == b,
+    "ne": lambda a, b: a != b,
+    "lt": lambda a, b: a < b,
+    "lte": lambda a, b: a <= b,
+    "gt": lambda a, b: a > b,
+    "gte": lambda a, b: a >= b,
+}
 
 
 class QualityScorer:
-    """Scores records against one scoring configuration."""
+    """Scores records against one scoring configuration (see the module docstring)."""
 
-    def __init__(self, config: QualityScoringConfig | None) -> None:
-        self.config = config
-        if config is None:
-            self.required: list[str] = []
-            self.penalty = 0.2
-            self.dimensions: tuple[str, ...] = COMPUTED_DIMENSIONS
-            self.weights = {"completeness": 1.0}
-            return
-        completeness = config.rules.completeness
-        self.required = list(completeness.required_fields)
-        self.penalty = completeness.penalty_per_missing
-        active = set(config.active_dimensions)
-        self.dimensions = tuple(d for d in COMPUTED_DIMENSIONS if d in active)
-        weights: dict[str, float] = {str(k): v for k, v in config.weights.items()}
+    def __init__(
+        self, config: QualityScoringConfig | None, schemas_dir: Path | None = None
+    ) -> None:
+        self.config = config = config or QualityScoringConfig(
+            weights={"completeness": 1.0, "consistency": 0.0, "conformance": 0.0, "timeliness": 0.0}
+        )
+        self.dimensions: tuple[str, ...] = tuple(
+            d for d in DIMENSIONS if d in config.active_dimensions
+        )
+        weights = {str(k): v for k, v in config.weights.items()}
         total = sum(weights.get(d, 0.0) for d in self.dimensions)
-        # Computed dimensions that carry no weight do not count: with none left the score is
-        # 1.0, as when none is computed (a zero weight must not make every record score 0).
-        self.weights = {d: weights.get(d, 0.0) / total for d in self.dimensions} if total else {}
+        # Active dimensions without weight do not count; with none left the score is 1.0 (a zero
+        # weight must not make every record score 0).
+        self.weights: dict[str, float] = (
+            {d: weights.get(d, 0.0) / total for d in self.dimensions} if total else {}
+        )
+        rules = config.rules
+        self.required = list(rules.completeness.required_fields)
+        self.penalty_missing = rules.completeness.penalty_per_missing
+        self.consistency = [
+            _compile_check(c, rules.consistency.penalty_per_failure)
+            for c in rules.consistency.rules
+        ]
+        self.formats = [
+            (name, re.compile(NAMED_FORMATS.get(fmt, fmt)), fmt)
+            for name, fmt in rules.conformance.formats.items()
+        ]
+        self.penalty_format = rules.conformance.penalty_per_violation
+        self.schema_penalty = rules.conformance.schema_penalty
+        self.schema: Callable[[Any], Any] | None = None
+        if rules.conformance.schema_ref:
+            self.schema = _load_schema(rules.conformance.schema_ref, schemas_dir)
+        self.max_age = rules.timeliness.max_age_hours
+        self.penalty_hour = rules.timeliness.penalty_per_hour
+        self.time_field = rules.timeliness.field
+        thresholds = config.thresholds
+        self.thresholds = thresholds
 
-    def score(self, record: Record) -> Quality:
+    def level(self, score: float) -> str:
+        """``ok``, ``warn``, ``error`` or ``reject`` by the thresholds."""
+        t = self.thresholds
+        if score < t.reject:
+            return "reject"
+        if score < t.error:
+            return "error"
+        if score < t.warn:
+            return "warn"
+        return "ok"
+
+    def score(self, record: Record, now: float | None = None) -> Quality:
         dims: dict[str, float] = {}
+        checks: list[str] = []
         if "completeness" in self.dimensions:
-            missing = sum(1 for f in self.required if get_path(record.payload, f) in (None, ""))
-            dims["completeness"] = max(0.0, 1.0 - self.penalty * missing)
+            dims["completeness"] = self._completeness(record, checks)
+        if "consistency" in self.dimensions:
+            dims["consistency"] = self._consistency(record, checks)
+        if "conformance" in self.dimensions:
+            dims["conformance"] = self._conformance(record, checks)
+        if "timeliness" in self.dimensions:
+            dims["timeliness"] = self._timeliness(record, checks, now or time.time())
         score = sum(self.weights[d] * v for d, v in dims.items()) if self.weights else 1.0
-        return Quality(score=round(score, 6), dimensions=dims)
+        return Quality(score=round(score, 6), dimensions=dims, checks=checks)
+
+    # -- the dimensions ---------------------------------------------------------------------
+    def _completeness(self, record: Record, checks: list[str]) -> float:
+        value = 1.0
+        for field in self.required:
+            if get_path(record.payload, field) in (None, ""):
+                value -= self.penalty_missing
+                checks.append(f"completeness: {field} is missing (-{self.penalty_missing:g})")
+        return max(0.0, round(value, 6))
+
+    def _consistency(self, record: Record, checks: list[str]) -> float:
+        value = 1.0
+        for name, when, test, penalty in self.consistency:
+            if when(record) and not test(record):
+                value -= penalty
+                checks.append(f"consistency: {name} failed (-{penalty:g})")
+        return max(0.0, round(value, 6))
+
+    def _conformance(self, record: Record, checks: list[str]) -> float:
+        value = 1.0
+        for field, pattern, fmt in self.formats:
+            found = get_path(record.payload, field)
+            if found is None:
+                continue
+            text = found if isinstance(found, str) else json.dumps(found)
+            if pattern.search(text) is None:
+                value -= self.penalty_format
+                checks.append(f"conformance: {field} is not {fmt} (-{self.penalty_format:g})")
+        if self.schema is not None:
+            try:
+                self.schema(record.payload)
+            except Exception as exc:  # fastjsonschema.JsonSchemaException, or bad data in it
+                value -= self.schema_penalty
+                checks.append(f"conformance: schema: {exc} (-{self.schema_penalty:g})")
+        return max(0.0, round(value, 6))
+
+    def _timeliness(self, record: Record, checks: list[str], now: float) -> float:
+        raw = get_path(record.payload, self.time_field) if self.time_field else record.event_time
+        if raw is None and not self.time_field:
+            raw = record.payload.get("event_time")
+        if raw is None:
+            return 1.0
+        at = _epoch(raw)
+        if at is None:
+            checks.append(f"timeliness: event time {raw!r} is not a timestamp (-1)")
+            return 0.0
+        hours = (now - at) / 3600
+        late = hours - self.max_age
+        if late <= 0:
+            return 1.0
+        lost = min(1.0, late * self.penalty_hour)
+        checks.append(
+            f"timeliness: {hours:.1f} h old, {late:.1f} h over max_age_hours (-{lost:.4g})"
+        )
+        return max(0.0, round(1.0 - lost, 6))
+
+
+def _compile_check(
+    check: ConsistencyCheck, default_penalty: float
+) -> tuple[str, Callable[[Record], bool], Callable[[Record], bool], float]:
+    when = compile_condition(check.when)
+    penalty = check.penalty if check.penalty is not None else default_penalty
+    if check.require is not None:
+        return check.name, when, compile_condition(check.require), penalty
+    assert check.compare is not None
+    left, right, op = check.compare["left"], check.compare["right"], _OPS[check.compare["op"]]
+
+    def compare(record: Record) -> bool:
+        a = get_path(record.payload, left, _MISSING)
+        b = get_path(record.payload, right, _MISSING)
+        if a is _MISSING or b is _MISSING or a is None or b is None:
+            return True  # a missing field is completeness' business, not consistency's
+        try:
+            return bool(op(a, b))
+        except TypeError:
+            return False  # a number against text: inconsistent
+
+    return check.name, when, compare, penalty
+
+
+def _load_schema(name: str, folder: Path | None) -> Callable[[Any], Any]:
+    import fastjsonschema
+
+    path = (folder or Path("beta/schemas")) / name
+    where = "beta/quality/scoring.yaml"
+    try:
+        return fastjsonschema.compile(json.loads(path.read_text()))
+    except OSError as exc:
+        message = f'"{name}" cannot be read ({exc.strerror}); expected a JSON Schema file '
+        message += "in beta/schemas/."
+    except (ValueError, fastjsonschema.JsonSchemaDefinitionException) as exc:
+        message = f'"{name}" is not a valid JSON Schema: {exc}.'
+    raise ConfigError([ConfigIssue(where, "quality_scoring.rules.conformance.schema_ref", message)])
+
+
+def _epoch(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) / (1000 if value > 1e11 else 1)
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed.timestamp()
+
+
+#: The distribution's buckets: upper edges of 0.1-wide bins.
+DISTRIBUTION_EDGES: Final = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+class QualityStats:
+    """What the E.2 endpoints show: counts, distribution, dimensions, recent low scores.
+
+    Fed once per batch by the worker, read by the admin thread; a lock keeps them consistent.
+    Low-scoring records are kept in a bounded ring (``keep`` entries) with their breakdown.
+    """
+
+    def __init__(self, keep: int = 1000) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+        self.total = 0.0
+        self.minimum: float | None = None
+        self.maximum: float | None = None
+        self.bins = [0] * len(DISTRIBUTION_EDGES)
+        self.levels: Counter[str] = Counter()
+        self.dim_total: dict[str, float] = {}
+        self.dim_count: Counter[str] = Counter()
+        self.check_counts: Counter[str] = Counter()
+        self.recent: deque[dict[str, Any]] = deque(maxlen=keep)
+        self.low_edge = 1.0
+
+    def add(self, records: list[tuple[Record, str]], low_edge: float) -> None:
+        with self._lock:
+            self.low_edge = low_edge
+            for record, level in records:
+                quality = record.quality
+                if quality is None:
+                    continue
+                score = quality.score
+                self.count += 1
+                self.total += score
+                self.minimum = score if self.minimum is None else min(self.minimum, score)
+                self.maximum = score if self.maximum is None else max(self.maximum, score)
+                index = min(bisect.bisect_left(DISTRIBUTION_EDGES, score), len(self.bins) - 1)
+                self.bins[index] += 1
+                self.levels[level] += 1
+                for name, value in quality.dimensions.items():
+                    self.dim_total[name] = self.dim_total.get(name, 0.0) + value
+                    self.dim_count[name] += 1
+                for check in quality.checks:
+                    self.check_counts[check.split(" (-")[0]] += 1
+                if score < low_edge:
+                    self.recent.append(
+                        {
+                            "record_id": record.record_id,
+                            "source_id": record.source_id,
+                            "score": score,
+                            "level": level,
+                            "dimensions": dict(quality.dimensions),
+                            "checks": list(quality.checks),
+                            "scored_at": time.time(),
+                        }
+                    )
+
+    def stats(self, scorer: QualityScorer) -> dict[str, Any]:
+        with self._lock:
+            average = self.total / self.count if self.count else None
+            return {
+                "records_scored": self.count,
+                "average_score": round(average, 6) if average is not None else None,
+                "min_score": self.minimum,
+                "max_score": self.maximum,
+                "levels": {level: self.levels.get(level, 0) for level in LEVELS},
+                "thresholds": scorer.thresholds.model_dump(),
+                "weights": scorer.weights,
+                "active_dimensions": list(scorer.dimensions),
+            }
+
+    def distribution(self) -> dict[str, Any]:
+        with self._lock:
+            buckets = []
+            low = 0.0
+            for edge, count in zip(DISTRIBUTION_EDGES, self.bins, strict=True):
+                buckets.append(
+                    {"range": f"{low:.1f}-{edge:.1f}", "min": low, "max": edge, "count": count}
+                )
+                low = edge
+            return {"total": self.count, "buckets": buckets}
+
+    def dimensions(self, scorer: QualityScorer) -> dict[str, Any]:
+        with self._lock:
+            dims = {}
+            for name in DIMENSIONS:
+                n = self.dim_count.get(name, 0)
+                dims[name] = {
+                    "enabled": name in scorer.dimensions,
+                    "weight": scorer.weights.get(name, 0.0),
+                    "average": round(self.dim_total[name] / n, 6) if n else None,
+                    "records": n,
+                }
+            top = [{"check": c, "count": n} for c, n in self.check_counts.most_common(20)]
+            return {"dimensions": dims, "top_failed_checks": top}
+
+    def low_scores(self, threshold: float, limit: int) -> dict[str, Any]:
+        with self._lock:
+            hits = [r for r in reversed(self.recent) if r["score"] < threshold][:limit]
+            return {
+                "threshold": threshold,
+                "limit": limit,
+                "count": len(hits),
+                "retained_below": self.low_edge,
+                "records": hits,
+            }

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from dps.beta.metrics import BETA_RULE_APPLICATIONS_TOTAL
 from dps.beta.transforms.base import DROP, Transform
@@ -42,9 +43,10 @@ class Outcome:
 
 
 class RuleSet:
-    """The enabled rules of a configuration, compiled."""
+    """The enabled rules of a configuration, compiled (all of them with ``include_disabled``:
+    the rule tester tries a rule before it is enabled)."""
 
-    def __init__(self, rules: Sequence[RuleConfig]) -> None:
+    def __init__(self, rules: Sequence[RuleConfig], *, include_disabled: bool = False) -> None:
         self.rules = [
             CompiledRule(
                 rule,
@@ -54,12 +56,14 @@ class RuleSet:
                 ),
             )
             for rule in rules
-            if rule.enabled
+            if rule.enabled or include_disabled
         ]
 
         # Per-rule counts for rules with ``metrics.emit``, added to the counter once per batch
         # (``flush_metrics``) rather than once per record.
         self._counts: Counter[tuple[int, str]] = Counter()
+        #: Every count since the rule set was built: ``(rule_id, result) -> n``.
+        self.totals: Counter[tuple[str, str]] = Counter()
 
     def apply(self, record: Record) -> Outcome:
         outcome = Outcome(applied=[], skipped=[])
@@ -68,6 +72,11 @@ class RuleSet:
                 continue
             try:
                 result = rule.transform.apply(record)
+            except RecursionError:
+                exc = TerminalError("transform_failed", "The record is nested too deeply.")
+                outcome.failure, outcome.failed_rule = exc, rule.rule_id
+                self._counts[index, "failed"] += 1
+                return outcome
             except TerminalError as exc:
                 if rule.config.on_failure == "skip":
                     outcome.skipped.append(rule.rule_id)
@@ -88,6 +97,7 @@ class RuleSet:
     def flush_metrics(self) -> None:
         """Add the counts since the last flush to ``beta_rule_applications_total``."""
         for (index, result), count in self._counts.items():
+            self.totals[self.rules[index].rule_id, result] += count
             config = self.rules[index].config
             if config.metrics.emit:
                 tags = config.metrics.tags
@@ -98,3 +108,43 @@ class RuleSet:
                     result=result,
                 ).inc(count)
         self._counts.clear()
+
+
+def rule_complexity(rule: RuleConfig) -> dict[str, Any]:
+    """A static measure of what a rule costs per record (``/admin/transform/rule-complexity``).
+
+    ``condition_nodes`` counts the tests in ``match``; ``regexes`` the regular expressions a
+    record may go through; ``score`` adds them up with a regex weighing 3 and the transform 1.
+    """
+    nodes, regexes = _condition_size(rule.match)
+    if rule.transform.type == "regex_replace":
+        regexes += 1
+    return {
+        "rule_id": rule.rule_id,
+        "priority": rule.priority,
+        "enabled": rule.enabled,
+        "transform_type": rule.transform.type,
+        "condition_nodes": nodes,
+        "regexes": regexes,
+        "score": nodes + 2 * regexes + 1,
+    }
+
+
+def _condition_size(spec: Any) -> tuple[int, int]:
+    if not isinstance(spec, dict) or not spec:
+        return 0, 0
+    if "field" in spec or "condition" in spec:
+        return 1, int(spec.get("condition") == "regex")
+    nodes = regexes = 0
+    for name, body in spec.items():
+        parts = body if name in ("all", "any") and isinstance(body, list) else [body]
+        if name in ("all", "any", "not"):
+            for part in parts:
+                n, r = _condition_size(part)
+                nodes, regexes = nodes + n, regexes + r
+        elif isinstance(body, dict):
+            nodes += len(body)
+            regexes += int("regex" in body)
+        else:
+            nodes += 1
+    return nodes, regexes

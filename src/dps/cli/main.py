@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from dps.cli import dlq as dlq_cmd
 from dps.cli import run as run_cmd
 
 app = typer.Typer(
@@ -59,6 +60,8 @@ def _module_command(module: str) -> None:
 for _module in ("alpha", "beta", "gamma", "control"):
     _module_command(_module)
 
+app.add_typer(dlq_cmd.app, name="dlq")
+
 
 @app.command()
 def validate(config_dir: ConfigDir) -> None:
@@ -66,6 +69,14 @@ def validate(config_dir: ConfigDir) -> None:
     from dps.cli.validate import validate_command
 
     raise typer.Exit(validate_command(config_dir))
+
+
+@app.command("test")
+def test_(config_dir: ConfigDir) -> None:
+    """Run the *_test.yaml cases beside the Beta rules; exit 1 with a diff when one fails."""
+    from dps.cli.test_cmd import test_command
+
+    raise typer.Exit(test_command(config_dir))
 
 
 @app.command()

@@ -333,7 +333,13 @@ class ParsingConfig(ConfigModel):
         default=None, description="Payload field holding the record's event time."
     )
     timestamp_format: str | None = Field(
-        default=None, description="strptime format of timestamp_field (default: ISO 8601)."
+        default=None,
+        description="strptime format of timestamp_field, or epoch_s / epoch_ms (default: ISO "
+        "8601; numbers are epoch seconds). event_time is normalised to ISO 8601 UTC.",
+    )
+    timestamp_timezone: str = Field(
+        default="UTC",
+        description="IANA time zone of timestamps that carry none (e.g. Europe/Berlin).",
     )
     id_field: str | None = Field(
         default="id",
@@ -344,6 +350,20 @@ class ParsingConfig(ConfigModel):
     @classmethod
     def _parser(cls, value: str) -> str:
         return plugin_name("parsers", value)
+
+    @field_validator("timestamp_timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise config_error(
+                f'"{value}" is not a known time zone; expected an IANA name such as UTC or '
+                "Europe/Berlin."
+            ) from None
+        return value
 
     @field_validator("record_path")
     @classmethod
@@ -533,6 +553,8 @@ def _transform_model(config: type[BaseModel]) -> type[TransformSpec]:
             config,
             Field(
                 default_factory=dict,
+                # An omitted ``config:`` is the plugin's defaults, validated like a written one.
+                validate_default=True,
                 description=TransformSpec.model_fields["config"].description,
             ),
         ),
@@ -637,11 +659,66 @@ class TimelinessRule(ConfigModel):
     )
 
 
+class ConsistencyCheck(ConfigModel):
+    """One cross-field check of ``rules.consistency.rules``.
+
+    Either ``compare`` (``{left: ship_date, op: gte, right: order_date}``: two fields compared,
+    numbers as numbers, text such as ISO dates as text) or ``require`` (a condition of the rule
+    language), optionally only ``when`` another condition holds.
+    """
+
+    name: str = Field(description="Name of the check (shown in the record's quality checks).")
+    when: dict[str, Any] | None = Field(
+        default=None, description="Condition: check only records it matches (none: all)."
+    )
+    require: dict[str, Any] | None = Field(
+        default=None, description="Condition every checked record must meet."
+    )
+    compare: dict[str, str] | None = Field(
+        default=None,
+        description="{left: field, op: eq|ne|lt|lte|gt|gte, right: field}: a field comparison.",
+    )
+    penalty: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Score lost when it fails (default: penalty_per_failure).",
+    )
+
+    _check_when = field_validator("when")(_condition)
+    _check_require = field_validator("require")(_condition)
+
+    @field_validator("compare")
+    @classmethod
+    def _comparison(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return value
+        if set(value) != {"left", "op", "right"}:
+            raise config_error(
+                f"{sorted(value)} are its keys; expected exactly left, op and right."
+            )
+        if value["op"] not in ("eq", "ne", "lt", "lte", "gt", "gte"):
+            raise config_error(
+                f'"{value["op"]}" is not a comparison; expected eq, ne, lt, lte, gt or gte.',
+                at="op",
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_test(self) -> ConsistencyCheck:
+        if (self.require is None) == (self.compare is None):
+            raise config_error("expected exactly one of require and compare.")
+        return self
+
+
 class ConsistencyRule(ConfigModel):
     """``rules.consistency:``."""
 
-    rules: list[dict[str, Any]] = Field(
+    rules: list[ConsistencyCheck] = Field(
         default_factory=list, description="Cross-field checks; each failing one lowers the score."
+    )
+    penalty_per_failure: float = Field(
+        default=0.25, ge=0, le=1, description="Score lost per failed check without its own penalty."
     )
 
 
@@ -649,7 +726,19 @@ class ConformanceRule(ConfigModel):
     """``rules.conformance:``."""
 
     formats: dict[str, str] = Field(
-        default_factory=dict, description="Field -> expected format (a regular expression)."
+        default_factory=dict,
+        description="Field -> expected format: a named format (email, uuid, e164, iso_date, "
+        "iso_datetime, country_code, currency_code, decimal, integer) or a regular expression.",
+    )
+    schema_ref: str | None = Field(
+        default=None,
+        description="A JSON Schema (draft-07) in beta/schemas/ (file name) the payload must meet.",
+    )
+    penalty_per_violation: float = Field(
+        default=0.25, ge=0, le=1, description="Score lost per field in the wrong format."
+    )
+    schema_penalty: float = Field(
+        default=0.5, ge=0, le=1, description="Score lost when the payload does not meet the schema."
     )
 
 
@@ -809,6 +898,26 @@ class DeliverySettings(ConfigModel):
     )
 
 
+class CircuitBreakerSettings(ConfigModel):
+    """``circuit_breaker:`` of a destination (Runbook C.3)."""
+
+    failure_threshold: int = Field(
+        default=5, ge=1, le=10000, description="Failed batches within the window that open it."
+    )
+    window_seconds: float = Field(
+        default=60.0, gt=0, le=86400, description="The window failures are counted in."
+    )
+    cooldown_seconds: float = Field(
+        default=30.0, gt=0, le=86400, description="Seconds OPEN before a probe (HALF_OPEN)."
+    )
+    max_cooldown_seconds: float = Field(
+        default=300.0, gt=0, le=86400, description="Cool-down cap (it doubles per failed probe)."
+    )
+    success_threshold: int = Field(
+        default=1, ge=1, le=100, description="Successful probes in a row that close it."
+    )
+
+
 class Authorization(ConfigModel):
     """``authorization:`` of a destination."""
 
@@ -847,6 +956,9 @@ class DestinationConfig(SpecializedModel):
     )
     ack_mode: Literal["batch", "record"] = Field(
         default="batch", description="Acknowledge per batch or per record."
+    )
+    circuit_breaker: CircuitBreakerSettings = Field(
+        default_factory=CircuitBreakerSettings, description="When to stop sending (C.3)."
     )
     file: Path = Field(default=Path(), exclude=True, description="The file of this destination.")
 

@@ -22,6 +22,9 @@ class Quality(msgspec.Struct, kw_only=True):
 
     score: float
     dimensions: dict[str, float] = {}
+    #: The checks that cost points (``"completeness: amount is missing (-0.2)"``); optional, so
+    #: records encoded before it existed still decode, and older readers skip it.
+    checks: list[str] = []
 
 
 class LineageStep(msgspec.Struct, array_like=True):

@@ -1,17 +1,31 @@
-"""Module Gamma: route records from the delivery queue and deliver them, with retries and a DLQ.
+"""Module Gamma: route records from the delivery queue into per-destination spools, deliver each.
 
-For one batch: route each record; drop from the plan what the delivery log says is already
-delivered (a redelivered batch after a crash); deliver per destination in chunks of
-``delivery.batch_size``, retrying transient failures ``delivery.retry_count`` times with
-exponential backoff from ``retry_delay_ms``; record outcomes in the delivery log; send refused
-records to the Gamma DLQ. The batch is acknowledged on the queue once every record is delivered
-everywhere it is routed or is in the DLQ. Records of a destination that still fails after its
-retries are handed back to the queue (nack) and come again later; after the transport's
-``max_attempts`` they go to the DLQ with reason ``max_attempts_exceeded``.
+Two kinds of thread, so that one destination never stalls another:
+
+- the **router** (the host's worker loop, :meth:`GammaModule.step`) leases a batch from the
+  delivery queue, routes every record (fan-out; no match: the default destination or the DLQ as
+  ``no_route``; an unauthorized source: the DLQ as ``unauthorized``), puts it into the durable
+  spool of each destination it goes to, writes the DLQ entries and only then acks the batch. A
+  crash in between puts the same records again: spool puts are idempotent on the record id, and
+  the delivery log skips what is already delivered.
+- one **delivery worker per enabled destination** (:class:`~dps.gamma.delivery.DestinationWorker`)
+  leases from that destination's spool, batches, retries by error class, drives the circuit
+  breaker and writes outcomes (``delivery_log``) and DLQ entries. A record leaves a spool only once
+  it is delivered or in the DLQ, so a record is off Gamma's hands only when every destination it
+  is routed to has acknowledged it or dead-lettered it.
+
+Backpressure: the router stops leasing while any enabled destination's spool is within one batch
+of the transport ``capacity``; the delivery queue then fills and Beta's puts wait.
+
+Reload (``/admin/config/reload``) rebuilds the router and reconciles the workers: a new or newly
+enabled destination gets a worker, a disabled or removed one is stopped (its spool keeps what
+was queued for it until it is enabled again), a changed one is restarted with its new settings.
+Circuit breakers and statistics survive a reload.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -19,19 +33,32 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from starlette.routing import BaseRoute
 
 from dps.config import PipelineConfig
 from dps.config.models import DestinationConfig
 from dps.core import registry
-from dps.core.errors import TransientError
-from dps.core.metrics import PIPELINE_END_TO_END_LATENCY_SECONDS
-from dps.core.record import Record, decode, encode
+from dps.core.health import Health, HealthReport, combine, evaluate
+from dps.core.record import decode, encode
 from dps.gamma import metrics as m
+from dps.gamma.circuit_breaker import OPEN, CircuitBreaker
+from dps.gamma.delivery import SPOOL_MAX_ATTEMPTS, DestinationStats, DestinationWorker, spool_name
 from dps.gamma.destinations.base import Destination
 from dps.gamma.routing import Router
-from dps.queues import Message
+from dps.queues import Message, Queue, QueueSpec, open_queue
 from dps.runtime.module import DELIVERY_QUEUE, ModuleHost, dlq_from_message
-from dps.state import DeliveryOutcome, DlqEntry
+from dps.state import DlqEntry
+from dps.state.base import DlqFilter
+
+
+def build_destination(dc: DestinationConfig) -> Destination:
+    """Build and open the destination plugin of one destination file."""
+    destination: Destination = registry.get("destinations", dc.destination_type)(
+        dc.destination_id, dc.spec
+    )
+    destination.timeout_s = dc.delivery.timeout_ms / 1000.0
+    destination.open()
+    return destination
 
 
 class GammaModule(ModuleHost):
@@ -43,57 +70,142 @@ class GammaModule(ModuleHost):
     def __init__(self, config_dir: Path, *, data_dir: Path | None = None) -> None:
         super().__init__(config_dir, data_dir=data_dir)
         self.inbox = self.open_queue(DELIVERY_QUEUE, dead_letter=self._dead_letter)
-        self.destinations: dict[str, Destination] = {}
+        self.spools: dict[str, Queue] = {}  # producer side (router thread), by destination id
+        self._consumers: dict[str, Queue] = {}  # consumer side (worker threads)
+        self.workers: dict[str, DestinationWorker] = {}
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self.stats: dict[str, DestinationStats] = {}
+        self._spool_lock = threading.Lock()
+        self._depth_cache: tuple[float, dict[str, int]] = (0.0, {})
+        self.blocked_on: str | None = None
+        self.routed = 0
         self.apply_config(self.config)
+
+    # -- spools and workers ---------------------------------------------------------------------
+    def _open_spool(self, dest_id: str) -> Queue:
+        transport = self.config.pipeline.transport
+        spec = QueueSpec(
+            name=spool_name(dest_id),
+            capacity=transport.capacity,
+            visibility_timeout=transport.visibility_timeout_seconds,
+            max_attempts=SPOOL_MAX_ATTEMPTS,
+            consumer=f"{spool_name(dest_id)}-workers",
+        )
+        return open_queue(transport.backend, transport.backend_settings(), self.data_dir, spec)
+
+    def spool(self, dest_id: str) -> Queue:
+        """The producer-side spool of a destination (opened on first use)."""
+        with self._spool_lock:
+            if dest_id not in self.spools:
+                self.spools[dest_id] = self._open_spool(dest_id)
+            return self.spools[dest_id]
 
     def apply_config(self, new: PipelineConfig) -> None:
         router = Router(
             new.gamma.routes, new.gamma.destinations, new.gamma.settings.default_destination
         )
-        fresh: dict[str, Destination] = {}
-        try:
-            for dest_id, dc in new.gamma.destinations.items():
-                if dc.enabled:
-                    fresh[dest_id] = self._open_destination(dc)
-        except Exception:
-            for dest in fresh.values():
-                dest.close()
-            raise
-        old, self.destinations, self.router = self.destinations, fresh, router
-        for dest in old.values():
-            dest.close()
+        for dest_id in new.gamma.destinations:
+            self.spool(dest_id)
+        wanted = {d: dc for d, dc in new.gamma.destinations.items() if dc.enabled}
+        version = new.checksum()[:12]
+        running = self._worker is not None and self._worker.is_alive()
+        for dest_id in list(self.workers):
+            worker = self.workers[dest_id]
+            dc = wanted.get(dest_id)
+            if (
+                dc is None
+                or _settings(dc) != _settings(worker.config)
+                or (new.gamma.settings != worker.settings)
+            ):
+                worker.stop()
+                del self.workers[dest_id]
+                if dc is None:
+                    m.GAMMA_DESTINATION_STATUS.labels(destination=dest_id).set(0)
+        for dest_id, dc in wanted.items():
+            if dest_id in self.workers:
+                self.workers[dest_id].config_version = version
+                continue
+            if dest_id not in self._consumers:
+                self._consumers[dest_id] = self._open_spool(dest_id)
+            worker = DestinationWorker(
+                dc,
+                new.gamma.settings,
+                factory=build_destination,
+                spool=self._consumers[dest_id],
+                state=self.state_store,
+                config_version=version,
+                paused=lambda: not self._resume.is_set(),
+                breaker=self.breakers.get(dest_id),
+                stats=self.stats.get(dest_id),
+            )
+            self.breakers[dest_id] = worker.breaker
+            self.stats[dest_id] = worker.stats
+            self.workers[dest_id] = worker
+            m.GAMMA_DESTINATION_STATUS.labels(destination=dest_id).set(1)
+            if running:
+                worker.start()
+        self.router = router
 
-    @staticmethod
-    def _open_destination(dc: DestinationConfig) -> Destination:
-        destination: Destination = registry.get("destinations", dc.destination_type)(
-            dc.destination_id, dc.spec
-        )
-        destination.open()
-        m.GAMMA_DESTINATION_STATUS.labels(destination=dc.destination_id).set(1)
-        return destination
+    def start_worker(self) -> None:
+        super().start_worker()
+        for worker in self.workers.values():
+            if not worker.alive:
+                worker.start()
+
+    def stop_worker(self, timeout: float = 30.0) -> None:
+        super().stop_worker(timeout)
+        for worker in self.workers.values():
+            worker.stop(timeout)
 
     def _dead_letter(self, messages: Sequence[Message], reason: str) -> None:
         self.state_store.add_dlq_entries(
             [dlq_from_message("gamma", msg, reason) for msg in messages]
         )
 
-    # -- the work -------------------------------------------------------------------------------
+    def spool_depths(self, *, max_age: float = 0.0) -> dict[str, int]:
+        """Records waiting per destination (cached for ``max_age`` seconds)."""
+        at, cached = self._depth_cache
+        if max_age and time.monotonic() - at < max_age:
+            return cached
+        depths = {dest_id: self.spool(dest_id).depth() for dest_id in list(self.spools)}
+        self._depth_cache = (time.monotonic(), depths)
+        return depths
+
+    # -- the router -----------------------------------------------------------------------------
     def step(self) -> bool:
         settings = self.config.gamma.settings
+        capacity = self.config.pipeline.transport.capacity
+        room = capacity - settings.OUTPUT_BATCH_SIZE
+        depths = self.spool_depths(max_age=0.5)
+        full = [d for d in self.workers if depths.get(d, 0) >= room]
+        if full:
+            # Backpressure: leave the records in the delivery queue until the spool drains.
+            self.blocked_on = full[0]
+            return False
+        self.blocked_on = None
         lease = self.inbox.lease(settings.OUTPUT_BATCH_SIZE, wait=0.5)
         if not lease:
-            m.GAMMA_PENDING_DELIVERIES.set(0)
             return False
-        m.GAMMA_PENDING_DELIVERIES.set(len(lease))
         dlq: list[DlqEntry] = []
-        plan: dict[str, list[Record]] = defaultdict(list)
-        records: dict[str, Record] = {}
+        plan: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
+        version = self.config.checksum()[:12]
         for msg in lease.messages:
             try:
                 record = decode(msg.body)
             except msgspec.DecodeError as exc:
                 dlq.append(
-                    DlqEntry("gamma", msg.msg_id, "", "", "decode_error", str(exc), msg.body)
+                    DlqEntry(
+                        "gamma",
+                        msg.msg_id,
+                        "",
+                        "",
+                        "decode_error",
+                        str(exc),
+                        msg.body,
+                        error_class="poison",
+                        stage="route",
+                        config_version=version,
+                    )
                 )
                 continue
             decision = self.router.route(record)
@@ -107,120 +219,104 @@ class GammaModule(ModuleHost):
                         decision.reason,
                         decision.detail,
                         encode(record),
+                        error_class="permanent",
+                        stage="route",
+                        correlation_id=record.correlation_id,
+                        config_version=version,
+                        rule_versions={"routes": [r.rule_id for r in self.router.routes]},
                     )
                 )
                 continue
-            records[record.record_id] = record
             for dest in decision.destinations:
                 record.touched("gamma", f"route:{dest}")
-                plan[dest].append(record)
                 m.GAMMA_RECORDS_ROUTED_TOTAL.labels(destination=dest).inc()
-
-        retry_later: set[str] = set()
-        outcomes: list[DeliveryOutcome] = []
-        for dest_id, batch in plan.items():
-            done = self.state_store.delivered_records([r.record_id for r in batch], dest_id)
-            todo = [r for r in batch if r.record_id not in done]
-            failed = self._deliver(dest_id, todo, outcomes, dlq)
-            retry_later.update(failed)
+            body = encode(record)
+            for dest in decision.destinations:
+                plan[dest].append((record.record_id, body))
+        for dest, items in plan.items():
+            self.spool(dest).put(items, timeout=30.0)
         if dlq:
             self.state_store.add_dlq_entries(dlq)
-        if outcomes:
-            self.state_store.record_deliveries(outcomes)
-        now = time.time()
-        for outcome in outcomes:
-            if outcome.status == "delivered":
-                PIPELINE_END_TO_END_LATENCY_SECONDS.observe(
-                    max(0.0, now - records[outcome.record_id].ingested_at)
-                )
-        if retry_later:
-            self.inbox.nack(lease, sorted(retry_later), reason="destination_unavailable", delay=1.0)
-            self.inbox.ack(
-                lease, [msg.msg_id for msg in lease.messages if msg.msg_id not in retry_later]
-            )
-        else:
-            self.inbox.ack(lease)
-        m.GAMMA_DLQ_SIZE.set(self.state_store.dlq_counts().get("gamma", 0))
+            m.GAMMA_DLQ_SIZE.set(self.state_store.dlq_counts().get("gamma", 0))
+        self.inbox.ack(lease)
+        self.routed += len(lease)
         return True
-
-    def _deliver(
-        self, dest_id: str, todo: list[Record], outcomes: list[DeliveryOutcome], dlq: list[DlqEntry]
-    ) -> set[str]:
-        """Deliver to one destination; returns the ids to retry later."""
-        if not todo:
-            return set()
-        dc = self.config.gamma.destinations[dest_id]
-        destination = self.destinations[dest_id]
-        size = dc.delivery.batch_size
-        failed: set[str] = set()
-        for start in range(0, len(todo), size):
-            chunk = todo[start : start + size]
-            rejected = self._with_retries(dest_id, destination, dc, chunk)
-            if rejected is None:
-                failed.update(r.record_id for r in chunk)
-                continue
-            refused = {r.record_id for r, _ in rejected}
-            for record, error in rejected:
-                dlq.append(
-                    DlqEntry(
-                        "gamma",
-                        record.record_id,
-                        record.source_id,
-                        record.origin,
-                        error.reason,
-                        str(error),
-                        encode(record),
-                        destination_id=dest_id,
-                    )
-                )
-                outcomes.append(
-                    DeliveryOutcome(record.record_id, dest_id, "failed", error=str(error))
-                )
-            delivered = [r for r in chunk if r.record_id not in refused]
-            outcomes.extend(DeliveryOutcome(r.record_id, dest_id, "delivered") for r in delivered)
-            m.GAMMA_RECORDS_DELIVERED_TOTAL.labels(destination=dest_id).inc(len(delivered))
-            if refused:
-                m.GAMMA_DELIVERY_FAILURES_TOTAL.labels(destination=dest_id).inc(len(refused))
-        return failed
-
-    def _with_retries(
-        self, dest_id: str, destination: Destination, dc: DestinationConfig, chunk: list[Record]
-    ) -> list[Any] | None:
-        """Deliver one chunk with retries; ``None`` when it still fails after them."""
-        delay = dc.delivery.retry_delay_ms / 1000.0
-        for attempt in range(dc.delivery.retry_count + 1):
-            started = time.perf_counter()
-            try:
-                rejected = destination.deliver(chunk)
-            except TransientError as exc:
-                m.GAMMA_DELIVERY_FAILURES_TOTAL.labels(destination=dest_id).inc(len(chunk))
-                m.GAMMA_DESTINATION_STATUS.labels(destination=dest_id).set(0)
-                self.log.warning(
-                    "Delivery failed; will retry.",
-                    destination=dest_id,
-                    attempt=attempt + 1,
-                    error=str(exc),
-                )
-                if attempt < dc.delivery.retry_count:
-                    time.sleep(delay * (2**attempt))
-                continue
-            m.GAMMA_DELIVERY_DURATION_SECONDS.labels(destination=dest_id).observe(
-                time.perf_counter() - started
-            )
-            m.GAMMA_DESTINATION_STATUS.labels(destination=dest_id).set(1)
-            return rejected
-        return None
 
     # -- admin ----------------------------------------------------------------------------------
     def queue_depths(self) -> dict[str, int]:
-        return {DELIVERY_QUEUE: self.inbox.depth()}
+        depths = {DELIVERY_QUEUE: self.inbox.depth()}
+        for dest_id, depth in self.spool_depths().items():
+            depths[spool_name(dest_id)] = depth
+        return depths
 
     def status(self) -> dict[str, Any]:
         status = super().status()
-        status["destinations"] = sorted(self.destinations)
+        pending = {d: n for d, n in self.spool_depths().items() if n}
+        busy = any(w.busy for w in self.workers.values())
+        status["idle"] = bool(status["idle"]) and not pending and not busy
+        status["destinations"] = sorted(self.workers)
+        status["pending_by_destination"] = pending
+        status["circuit_breakers"] = {d: b.state for d, b in sorted(self.breakers.items())}
+        if self.blocked_on:
+            status["backpressure"] = f"spool of {self.blocked_on} is full"
         return status
 
+    def health(self) -> HealthReport:
+        base = super().health()
+        checks: dict[str, Any] = {}
+        delivered = sum(s.delivered for s in self.stats.values())
+        failures = sum(s.failed_attempts for s in self.stats.values())
+        batches = sum(s.batches for s in self.stats.values())
+        timeouts = sum(s.ack_timeouts for s in self.stats.values())
+        enabled = list(self.workers)
+        open_breakers = [d for d in enabled if self.breakers[d].state == OPEN]
+        checks["delivery_success_rate"] = evaluate(
+            "gamma.delivery_success_rate",
+            None if not batches else max(0.0, 1.0 - failures / batches),
+        )
+        try:
+            dlq_last_hour: float | None = self.state_store.count_dlq(
+                DlqFilter(module="gamma", status="all", since=time.time() - 3600)
+            )
+        except Exception:
+            dlq_last_hour = None
+        checks["dlq_entry_rate"] = evaluate("gamma.dlq_entry_rate", dlq_last_hour)
+        checks["ack_timeout_rate"] = evaluate(
+            "gamma.ack_timeout_rate", None if not batches else timeouts / batches
+        )
+        checks["destination_availability"] = evaluate(
+            "gamma.destination_availability",
+            None if not enabled else 1.0 - len(open_breakers) / len(enabled),
+        )
+        p99s = [p for s in self.stats.values() if (p := s.delivery.p99()) is not None]
+        checks["delivery_latency_p99"] = evaluate(
+            "gamma.delivery_latency_p99", max(p99s) if p99s else None
+        )
+        checks["circuit_breakers_open"] = evaluate(
+            "pipeline.circuit_breakers_open", float(len(open_breakers))
+        )
+        report = combine(checks)
+        report.checks = {**base.checks, **report.checks}
+        worst_status = max(
+            (base.status, report.status),
+            key=[Health.HEALTHY, Health.DEGRADED, Health.UNHEALTHY].index,
+        )
+        report.status = worst_status
+        report.checks["records"] = {"delivered": delivered, "routed": self.routed}
+        return report
+
+    def routes(self) -> list[BaseRoute]:
+        from dps.gamma.admin import gamma_routes
+
+        return gamma_routes(self)
+
     def close(self) -> None:
-        for dest in self.destinations.values():
-            dest.close()
+        for worker in self.workers.values():
+            worker.stop()
+        for queue in [*self.spools.values(), *self._consumers.values()]:
+            queue.close()
         super().close()
+
+
+def _settings(dc: DestinationConfig) -> Any:
+    return dc.model_dump(mode="json", exclude={"file", "enabled"})

@@ -54,8 +54,14 @@ class DlqEntry:
     """A record that left the flow: which module, why, and the bytes needed to replay it.
 
     ``body`` is the encoded record (or the raw input bytes when it never became a record,
-    e.g. a parse error). ``error_class`` is ``terminal`` or ``transient`` (transient entries are
-    ``retry_eligible``).
+    e.g. a parse error). ``error_class`` is ``terminal`` or ``transient`` (alpha, beta) or one of
+    Gamma's classes ``retryable``, ``throttle``, ``permanent``, ``poison``; ``transient``,
+    ``retryable`` and ``throttle`` entries are ``retry_eligible``.
+
+    Since schema version 3 an entry also holds the ``stage`` that saw it (``parse``,
+    ``rule:<rule_id>``, ``route``, ``deliver``), the record's ``correlation_id``, the
+    ``attempt_history`` (one dict per attempt: ``at``, ``error_class``, ``error``), and the
+    ``config_version`` (configuration checksum) and ``rule_versions`` that were running.
     """
 
     module: str
@@ -68,10 +74,49 @@ class DlqEntry:
     error_class: str = "terminal"
     destination_id: str | None = None
     attempts: int = 0
+    stage: str | None = None
+    correlation_id: str | None = None
+    attempt_history: tuple[dict[str, Any], ...] = ()
+    config_version: str | None = None
+    rule_versions: dict[str, Any] | None = None
 
     @property
     def retry_eligible(self) -> bool:
-        return self.error_class != "terminal"
+        return self.error_class in RETRY_ELIGIBLE_CLASSES
+
+
+#: DLQ error classes a later attempt may fix (``retry_eligible`` entries).
+RETRY_ELIGIBLE_CLASSES = frozenset({"transient", "retryable", "throttle"})
+
+
+@dataclass(frozen=True, slots=True)
+class DlqFilter:
+    """Which DLQ entries an operation applies to (``/admin/dlq/replay`` ``filter``, ...).
+
+    Every field left ``None`` matches anything; ``since``/``until`` are Unix times on
+    ``created_at``.
+    """
+
+    module: str | None = None
+    status: str = "open"
+    entry_ids: tuple[str, ...] | None = None
+    reason: str | None = None
+    error_class: str | None = None
+    destination_id: str | None = None
+    source_id: str | None = None
+    retry_eligible: bool | None = None
+    since: float | None = None
+    until: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryError:
+    """One failed delivery attempt of a batch to a destination (``/errors?since=1h``)."""
+
+    destination_id: str
+    error_class: str
+    error: str
+    records: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +148,12 @@ class StoredDlqEntry:
     created_at: float
     status: str
     body: bytes = field(repr=False, default=b"")
+    updated_at: float = 0.0
+    stage: str | None = None
+    correlation_id: str | None = None
+    attempt_history: list[dict[str, Any]] = field(default_factory=list)
+    config_version: str | None = None
+    rule_versions: dict[str, Any] | None = None
 
 
 class StateStore(abc.ABC):
@@ -193,7 +244,31 @@ class StateStore(abc.ABC):
     def dlq_reasons(self, module: str | None = None) -> dict[str, int]:
         """Open DLQ entries per reason."""
 
+    def query_dlq(
+        self, where: DlqFilter, *, limit: int | None = 100, offset: int = 0
+    ) -> list[StoredDlqEntry]:
+        """Entries matching ``where``, oldest first (``limit=None``: all of them)."""
+        raise NotImplementedError
+
+    def count_dlq(self, where: DlqFilter) -> int:
+        """How many entries match ``where``."""
+        raise NotImplementedError
+
+    def archive_dlq(self, module: str | None, older_than: float) -> int:
+        """Move entries created before ``older_than`` (Unix time) to ``dlq_entries_archive``."""
+        raise NotImplementedError
+
     # -- gamma: delivery tracking -----------------------------------------------------------
+    def add_delivery_errors(self, errors: Sequence[DeliveryError]) -> None:
+        """Append failed delivery attempts (for ``/admin/destinations/<id>/errors``)."""
+        raise NotImplementedError
+
+    def delivery_errors(
+        self, destination_id: str | None, since: float, *, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Failed delivery attempts since a Unix time, newest first."""
+        raise NotImplementedError
+
     @abc.abstractmethod
     def record_deliveries(self, outcomes: Sequence[DeliveryOutcome]) -> None:
         """Upsert outcomes on ``(record_id, destination_id)``; ``delivered`` is never downgraded."""
@@ -217,6 +292,20 @@ class StateStore(abc.ABC):
     def list_audit(self, *, limit: int = 100, since: float | None = None) -> list[dict[str, Any]]:
         """Audit entries, newest first."""
 
+    def export_audit(
+        self, since: float | None = None, until: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Audit entries between two Unix times, oldest first, archived ones included."""
+        raise NotImplementedError
+
+    def verify_audit(self) -> dict[str, Any]:
+        """Check the audit hash chain: ``{"ok", "entries", "problems": [...]}``."""
+        raise NotImplementedError
+
+    def archive_audit(self, older_than: float) -> int:
+        """Move audit entries older than a Unix time to ``audit_log_archive``."""
+        raise NotImplementedError
+
     @abc.abstractmethod
     def add_lineage(self, events: Sequence[tuple[str, str, str, dict[str, Any]]]) -> None:
         """Append lineage events ``(record_id, stage, action, details)``."""
@@ -230,8 +319,10 @@ class StateStore(abc.ABC):
         """Record a job run starting; returns its run id."""
 
     @abc.abstractmethod
-    def finish_job_run(self, run_id: str, status: str, records: int = 0, message: str = "") -> None:
-        """Record a job run's end: ``SUCCESS`` or ``FAILED`` and what it did."""
+    def finish_job_run(
+        self, run_id: str, status: str, records: int = 0, message: str = "", log: str = ""
+    ) -> None:
+        """Record a job run's end: ``SUCCESS`` or ``FAILED``, what it did and its log."""
 
     @abc.abstractmethod
     def list_job_runs(self, job_name: str | None = None, limit: int = 50) -> list[dict[str, Any]]:

@@ -56,8 +56,10 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from dps.core.errors import ConfigError, TransientError
 from dps.state.base import (
     DedupeCandidate,
+    DeliveryError,
     DeliveryOutcome,
     DlqEntry,
+    DlqFilter,
     StateStore,
     StoredDlqEntry,
     ValidationFailure,
@@ -215,6 +217,18 @@ sa.Index(
     unique=True,
 )
 
+
+def _dlq_v3_columns() -> list[sa.Column[Any]]:
+    # Schema version 3: what saw the entry, and its attempt history (see DlqEntry).
+    return [
+        sa.Column("stage", sa.Text, nullable=True),
+        sa.Column("correlation_id", sa.Text, nullable=True),
+        sa.Column("attempt_history", _Json, nullable=True),
+        sa.Column("config_version", sa.Text, nullable=True),
+        sa.Column("rule_versions", _Json, nullable=True),
+    ]
+
+
 dlq_entries = sa.Table(
     "dlq_entries",
     metadata,
@@ -233,7 +247,34 @@ dlq_entries = sa.Table(
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("updated_at", UtcDateTime, nullable=False),
+    *_dlq_v3_columns(),
     sa.Index("idx_dlq_entries_status", "status", "module", "created_at"),
+)
+
+# Entries past DLQ_RETENTION_DAYS, moved here by the gamma_dlq_cleanup job: the same columns,
+# plus when they were archived.
+dlq_entries_archive = sa.Table(
+    "dlq_entries_archive",
+    metadata,
+    *[
+        sa.Column(c.name, c.type, nullable=c.nullable, primary_key=c.primary_key)
+        for c in dlq_entries.columns
+    ],
+    sa.Column("archived_at", UtcDateTime, nullable=False),
+    sa.Index("idx_dlq_entries_archive_created", "module", "created_at"),
+)
+
+# Failed delivery attempts, for /admin/destinations/<id>/errors?since=1h (Runbook C.3).
+delivery_errors = sa.Table(
+    "delivery_errors",
+    metadata,
+    sa.Column("id", _BigId, primary_key=True, autoincrement=True),
+    sa.Column("destination_id", sa.Text, nullable=False),
+    sa.Column("error_class", sa.Text, nullable=False),
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("records", sa.Integer, nullable=False),
+    sa.Column("timestamp", UtcDateTime, nullable=False),
+    sa.Index("idx_delivery_errors_destination", "destination_id", "timestamp"),
 )
 
 # Gamma's delivery tracking; idx_delivery_record_id / idx_delivery_destination are the manual's
@@ -285,8 +326,28 @@ def _audit_columns(*, autoincrement: bool) -> list[sa.Column[Any]]:
         sa.Column("action", sa.Text, nullable=False),
         sa.Column("target", sa.Text, nullable=False),
         sa.Column("details", _Json, nullable=True),
+        # Since schema version 4: the hash chain (see SqlStateStore.append_audit).
+        *_audit_chain_columns(),
     ]
 
+
+def _audit_chain_columns() -> list[sa.Column[Any]]:
+    return [
+        sa.Column("prev_hash", sa.String(64), nullable=True),
+        sa.Column("entry_hash", sa.String(64), nullable=True),
+    ]
+
+
+#: The newest entry of the audit hash chain (one row, ``id`` 1). Kept in the same transaction as
+#: each append, so deleting the newest entries of ``audit_log`` is detected too.
+audit_chain_head = sa.Table(
+    "audit_chain_head",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("last_id", _BigId, nullable=False),
+    sa.Column("last_hash", sa.String(64), nullable=False),
+    sa.Column("entries", _BigId, nullable=False),
+)
 
 audit_log = sa.Table(
     "audit_log",
@@ -321,6 +382,8 @@ job_runs = sa.Table(
     sa.Column("finished_at", UtcDateTime, nullable=True),
     sa.Column("records", sa.BigInteger, nullable=False),
     sa.Column("message", sa.Text, nullable=False),
+    # Since schema version 4: what the job wrote while it ran (``/admin/jobs/<job>/logs``).
+    sa.Column("log", sa.Text, nullable=True),
     sa.Index("idx_job_runs_job_name", "job_name", "started_at"),
 )
 
@@ -336,6 +399,25 @@ config_versions = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.UniqueConstraint("module", "version", name="uq_config_versions_module_version"),
 )
+
+
+def audit_entry_hash(
+    prev_hash: str,
+    entry_id: int,
+    timestamp: datetime,
+    actor: str,
+    action: str,
+    target: str,
+    details: dict[str, Any] | None,
+) -> str:
+    """The hash that chains an audit entry to the one before it (sha256, hex)."""
+    canonical = json.dumps(
+        [entry_id, _sqlite_text(_utc(timestamp)), actor, action, target, details or {}],
+        sort_keys=True,
+        separators=(",", ":"),
+        default=str,
+    )
+    return hashlib.sha256(f"{prev_hash}\n{canonical}".encode()).hexdigest()
 
 
 # -- migrations -----------------------------------------------------------------------------
@@ -358,12 +440,51 @@ def _v2_source_state(op: Operations) -> None:
     source_state.create(op.get_bind(), checkfirst=True)
 
 
+def _v3_dlq_operations(op: Operations) -> None:
+    bind = op.get_bind()
+    existing = {c["name"] for c in sa.inspect(bind).get_columns("dlq_entries")}
+    with op.batch_alter_table("dlq_entries") as batch:
+        for column in _dlq_v3_columns():
+            if column.name not in existing:
+                batch.add_column(column)
+    dlq_entries_archive.create(bind, checkfirst=True)
+    delivery_errors.create(bind, checkfirst=True)
+
+
+def _v4_operations_plane(op: Operations) -> None:
+    # Written with existence checks, so it applies whatever other step ran before it.
+    bind = op.get_bind()
+    inspector = sa.inspect(bind)
+    for table in ("audit_log", "audit_log_archive"):
+        existing = {c["name"] for c in inspector.get_columns(table)}
+        with op.batch_alter_table(table) as batch:
+            for column in _audit_chain_columns():
+                if column.name not in existing:
+                    batch.add_column(column)
+    if "log" not in {c["name"] for c in inspector.get_columns("job_runs")}:
+        with op.batch_alter_table("job_runs") as batch:
+            batch.add_column(sa.Column("log", sa.Text, nullable=True))
+    audit_chain_head.create(bind, checkfirst=True)
+
+
 #: The schema's history, oldest first. Append a step (and change ``metadata``) to evolve it.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "Initial schema: dedupe cache, DLQ, delivery log, offsets, control tables.", _v1_initial
     ),
     Migration(2, "source_state: watermarks and cursors of sources.", _v2_source_state),
+    Migration(
+        3,
+        "DLQ operations: stage, correlation id, attempt history, config and rule versions; "
+        "dlq_entries_archive; delivery_errors.",
+        _v3_dlq_operations,
+    ),
+    Migration(
+        4,
+        "Operations plane: audit hash chain (prev_hash, entry_hash, audit_chain_head); job run "
+        "logs.",
+        _v4_operations_plane,
+    ),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 
@@ -467,6 +588,11 @@ class SqlStateStore(StateStore):
                     "body",
                     "status",
                     "updated_at",
+                    "stage",
+                    "correlation_id",
+                    "attempt_history",
+                    "config_version",
+                    "rule_versions",
                 )
             },
             where=dlq_entries.c.status != "open",
@@ -788,9 +914,30 @@ class SqlStateStore(StateStore):
                 "status": "open",
                 "created_at": now,
                 "updated_at": now,
+                "stage": e.stage,
+                "correlation_id": e.correlation_id,
+                "attempt_history": list(e.attempt_history)
+                or [{"at": now.timestamp(), "error_class": e.error_class, "error": e.error}],
+                "config_version": e.config_version,
+                "rule_versions": e.rule_versions,
             }
         batch = list(rows.values())
-        self._write(lambda conn: conn.execute(self._add_dlq, batch))
+        d = dlq_entries.c
+        closed = sa.select(d.entry_id, d.attempt_history).where(
+            self._in(d.entry_id, "ids"), d.status != "open"
+        )
+
+        def work(conn: sa.Connection) -> None:
+            # An entry that was replayed (or purged) and fails again keeps its earlier attempts.
+            for entry_id, history in conn.execute(closed, {"ids": self._list_param(list(rows))}):
+                if history:
+                    rows[entry_id]["attempt_history"] = [
+                        *history,
+                        *rows[entry_id]["attempt_history"],
+                    ]
+            conn.execute(self._add_dlq, batch)
+
+        self._write(work)
 
     @staticmethod
     def _stored(row: _Row) -> StoredDlqEntry:
@@ -810,7 +957,134 @@ class SqlStateStore(StateStore):
             created_at=m["created_at"].timestamp(),
             status=m["status"],
             body=bytes(m["body"]),
+            updated_at=m["updated_at"].timestamp(),
+            stage=m["stage"],
+            correlation_id=m["correlation_id"],
+            attempt_history=list(m["attempt_history"] or []),
+            config_version=m["config_version"],
+            rule_versions=m["rule_versions"],
         )
+
+    def _dlq_where(self, where: DlqFilter) -> tuple[list[sa.ColumnElement[bool]], dict[str, Any]]:
+        d = dlq_entries.c
+        clauses: list[sa.ColumnElement[bool]] = []
+        params: dict[str, Any] = {}
+        if where.status != "all":
+            clauses.append(d.status == where.status)
+        if where.module is not None:
+            clauses.append(d.module == where.module)
+        if where.entry_ids is not None:
+            clauses.append(self._in(d.entry_id, "entry_ids"))
+            params["entry_ids"] = self._list_param(list(where.entry_ids))
+        if where.reason is not None:
+            clauses.append(d.reason == where.reason)
+        if where.error_class is not None:
+            clauses.append(d.error_class == where.error_class)
+        if where.destination_id is not None:
+            clauses.append(d.destination_id == where.destination_id)
+        if where.source_id is not None:
+            clauses.append(d.source_id == where.source_id)
+        if where.retry_eligible is not None:
+            clauses.append(
+                d.retry_eligible == sa.true()
+                if where.retry_eligible
+                else d.retry_eligible == sa.false()
+            )
+        if where.since is not None:
+            clauses.append(d.created_at >= _from_epoch(where.since))
+        if where.until is not None:
+            clauses.append(d.created_at < _from_epoch(where.until))
+        return clauses, params
+
+    def query_dlq(
+        self, where: DlqFilter, *, limit: int | None = 100, offset: int = 0
+    ) -> list[StoredDlqEntry]:
+        """Entries matching ``where``, oldest first (``limit=None``: all of them)."""
+        d = dlq_entries.c
+        clauses, params = self._dlq_where(where)
+        stmt = sa.select(dlq_entries).where(*clauses).order_by(d.created_at, d.entry_id)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        if offset:
+            stmt = stmt.offset(offset)
+        with self._reading() as conn:
+            return [self._stored(row) for row in conn.execute(stmt, params)]
+
+    def count_dlq(self, where: DlqFilter) -> int:
+        """How many entries match ``where``."""
+        clauses, params = self._dlq_where(where)
+        stmt = sa.select(sa.func.count()).select_from(dlq_entries).where(*clauses)
+        with self._reading() as conn:
+            return int(conn.scalar(stmt, params) or 0)
+
+    def archive_dlq(self, module: str | None, older_than: float) -> int:
+        """Move entries created before ``older_than`` to ``dlq_entries_archive``; how many."""
+        d = dlq_entries.c
+        cutoff = _from_epoch(older_than)
+        cond = [d.created_at < cutoff]
+        if module is not None:
+            cond.append(d.module == module)
+        names = [c.name for c in dlq_entries.columns]
+        now = _utcnow()
+
+        def work(conn: sa.Connection) -> int:
+            rows = [dict(r._mapping) for r in conn.execute(sa.select(dlq_entries).where(*cond))]
+            if not rows:
+                return 0
+            for row in rows:
+                row["archived_at"] = now
+            conn.execute(
+                self._insert(dlq_entries_archive).on_conflict_do_nothing(
+                    index_elements=[dlq_entries_archive.c.entry_id]
+                ),
+                [{n: row[n] for n in [*names, "archived_at"]} for row in rows],
+            )
+            conn.execute(sa.delete(dlq_entries).where(*cond))
+            return len(rows)
+
+        return self._write(work)
+
+    def add_delivery_errors(self, errors: Sequence[DeliveryError]) -> None:
+        """Append failed delivery attempts (for ``/admin/destinations/<id>/errors``)."""
+        if not errors:
+            return
+        now = _utcnow()
+        rows = [
+            {
+                "destination_id": e.destination_id,
+                "error_class": e.error_class,
+                "error": e.error[:4000],
+                "records": e.records,
+                "timestamp": now,
+            }
+            for e in errors
+        ]
+        self._write(lambda conn: conn.execute(delivery_errors.insert(), rows))
+
+    def delivery_errors(
+        self, destination_id: str | None, since: float, *, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Failed delivery attempts since a Unix time, newest first."""
+        e = delivery_errors.c
+        stmt = (
+            sa.select(delivery_errors)
+            .where(e.timestamp >= _from_epoch(since))
+            .order_by(e.id.desc())
+            .limit(limit)
+        )
+        if destination_id is not None:
+            stmt = stmt.where(e.destination_id == destination_id)
+        with self._reading() as conn:
+            return [
+                {
+                    "destination_id": m["destination_id"],
+                    "error_class": m["error_class"],
+                    "error": m["error"],
+                    "records": int(m["records"]),
+                    "timestamp": m["timestamp"].timestamp(),
+                }
+                for m in conn.execute(stmt).mappings()
+            ]
 
     def list_dlq(
         self, module: str | None = None, *, limit: int = 100, offset: int = 0, status: str = "open"
@@ -923,15 +1197,73 @@ class SqlStateStore(StateStore):
     def append_audit(
         self, actor: str, action: str, target: str, details: dict[str, Any] | None = None
     ) -> None:
-        """Append one audit log entry (never updated or deleted by the store)."""
-        row = {
-            "timestamp": _utcnow(),
-            "actor": actor,
-            "action": action,
-            "target": target,
-            "details": details,
+        """Append one audit log entry, chained to the previous one's hash.
+
+        ``entry_hash`` is sha256 over the previous entry's hash and this entry's id, time, actor,
+        action, target and details (:func:`audit_entry_hash`); ``audit_chain_head`` keeps the
+        newest id and hash in the same transaction. So editing an entry, deleting one in the
+        middle or deleting the newest ones is found by :meth:`verify_audit`. Appends are
+        serialised (advisory lock on PostgreSQL, the write lock on SQLite): the chain is a line.
+        """
+        now = _utcnow()
+        # Hashed as it will read back: what JSON makes of it (datetimes become strings, ...).
+        details = json.loads(json_dumps(details)) if details else None
+
+        def work(conn: sa.Connection) -> None:
+            self._advisory_lock(conn, "audit_log")
+            head = conn.execute(
+                sa.select(audit_chain_head.c.last_id, audit_chain_head.c.last_hash).where(
+                    audit_chain_head.c.id == 1
+                )
+            ).first()
+            max_id = conn.scalar(sa.select(sa.func.max(audit_log.c.id))) or 0
+            last_id = max(int(max_id), int(head[0]) if head else 0)
+            prev_hash = str(head[1]) if head else ""
+            entry_id = last_id + 1
+            entry_hash = audit_entry_hash(prev_hash, entry_id, now, actor, action, target, details)
+            conn.execute(
+                audit_log.insert(),
+                {
+                    "id": entry_id,
+                    "timestamp": now,
+                    "actor": actor,
+                    "action": action,
+                    "target": target,
+                    "details": details,
+                    "prev_hash": prev_hash,
+                    "entry_hash": entry_hash,
+                },
+            )
+            if head is None:
+                conn.execute(
+                    audit_chain_head.insert(),
+                    {"id": 1, "last_id": entry_id, "last_hash": entry_hash, "entries": 1},
+                )
+            else:
+                conn.execute(
+                    sa.update(audit_chain_head)
+                    .where(audit_chain_head.c.id == 1)
+                    .values(
+                        last_id=entry_id,
+                        last_hash=entry_hash,
+                        entries=audit_chain_head.c.entries + 1,
+                    )
+                )
+
+        self._write(work)
+
+    @staticmethod
+    def _audit_row(m: Any) -> dict[str, Any]:
+        return {
+            "id": int(m["id"]),
+            "timestamp": m["timestamp"].timestamp(),
+            "actor": m["actor"],
+            "action": m["action"],
+            "target": m["target"],
+            "details": m["details"] or {},
+            "prev_hash": m["prev_hash"],
+            "entry_hash": m["entry_hash"],
         }
-        self._write(lambda conn: conn.execute(audit_log.insert(), row))
 
     def list_audit(self, *, limit: int = 100, since: float | None = None) -> list[dict[str, Any]]:
         """Audit entries, newest first; ``since`` is a Unix time."""
@@ -940,17 +1272,115 @@ class SqlStateStore(StateStore):
         if since is not None:
             stmt = stmt.where(a.timestamp >= _from_epoch(since))
         with self._reading() as conn:
-            return [
-                {
-                    "id": int(m["id"]),
-                    "timestamp": m["timestamp"].timestamp(),
-                    "actor": m["actor"],
-                    "action": m["action"],
-                    "target": m["target"],
-                    "details": m["details"] or {},
-                }
-                for m in conn.execute(stmt).mappings()
-            ]
+            return [self._audit_row(m) for m in conn.execute(stmt).mappings()]
+
+    def export_audit(
+        self, since: float | None = None, until: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Audit entries between two Unix times, oldest first, archived ones included."""
+        rows: dict[int, dict[str, Any]] = {}
+        with self._reading() as conn:
+            for table in (audit_log_archive, audit_log):
+                stmt = sa.select(table)
+                if since is not None:
+                    stmt = stmt.where(table.c.timestamp >= _from_epoch(since))
+                if until is not None:
+                    stmt = stmt.where(table.c.timestamp < _from_epoch(until))
+                for m in conn.execute(stmt).mappings():
+                    rows[int(m["id"])] = self._audit_row(m)
+        return [rows[k] for k in sorted(rows)]
+
+    def verify_audit(self) -> dict[str, Any]:
+        """Walk the hash chain over ``audit_log_archive`` and ``audit_log``; list what is wrong.
+
+        Returns ``{"ok", "entries", "chained", "unchained", "problems": [sentences]}``. Entries
+        written before schema version 4 have no hash and are counted as ``unchained``.
+        """
+        problems: list[str] = []
+        entries: dict[int, Any] = {}
+        with self._reading() as conn:
+            for table in (audit_log_archive, audit_log):
+                for m in conn.execute(sa.select(table)).mappings():
+                    entry_id = int(m["id"])
+                    if entry_id in entries and entries[entry_id]["entry_hash"] != m["entry_hash"]:
+                        problems.append(
+                            f"Entry {entry_id} differs between audit_log and audit_log_archive."
+                        )
+                    entries[entry_id] = dict(m)
+            head = conn.execute(
+                sa.select(audit_chain_head).where(audit_chain_head.c.id == 1)
+            ).first()
+        prev_hash = ""
+        prev_id: int | None = None
+        chained = unchained = 0
+        for entry_id in sorted(entries):
+            m = entries[entry_id]
+            if m["entry_hash"] is None:
+                if chained:
+                    problems.append(f"Entry {entry_id} has no hash after the chain began.")
+                else:
+                    unchained += 1
+                continue
+            chained += 1
+            expected = audit_entry_hash(
+                m["prev_hash"] or "",
+                entry_id,
+                m["timestamp"],
+                m["actor"],
+                m["action"],
+                m["target"],
+                m["details"],
+            )
+            if expected != m["entry_hash"]:
+                problems.append(
+                    f"Entry {entry_id} was modified: its hash does not match its content."
+                )
+            if (m["prev_hash"] or "") != prev_hash:
+                where = "the start of the chain" if prev_id is None else f"entry {prev_id}"
+                problems.append(
+                    f"The chain is broken before entry {entry_id}: it does not follow {where} "
+                    "(an entry was deleted or altered)."
+                )
+            prev_hash = m["entry_hash"]
+            prev_id = entry_id
+        if head is not None:
+            if prev_id != int(head.last_id) or prev_hash != head.last_hash:
+                problems.append(
+                    f"The newest entry should be {int(head.last_id)}, found {prev_id}: entries at "
+                    "the end of the log were deleted or altered."
+                )
+            elif chained != int(head.entries):
+                problems.append(
+                    f"The chain should hold {int(head.entries)} entries, found {chained}: "
+                    "entries were deleted."
+                )
+        elif chained:
+            problems.append("The chain head (audit_chain_head) is missing.")
+        return {
+            "ok": not problems,
+            "entries": len(entries),
+            "chained": chained,
+            "unchained": unchained,
+            "problems": problems,
+        }
+
+    def archive_audit(self, older_than: float) -> int:
+        """Move entries older than a Unix time to ``audit_log_archive`` (the chain is kept)."""
+        cutoff = _from_epoch(older_than)
+
+        def work(conn: sa.Connection) -> int:
+            self._advisory_lock(conn, "audit_log")
+            old = sa.select(audit_log).where(audit_log.c.timestamp < cutoff)
+            already = sa.select(audit_log_archive.c.id)
+            conn.execute(
+                audit_log_archive.insert().from_select(
+                    [c.name for c in audit_log.columns], old.where(audit_log.c.id.not_in(already))
+                )
+            )
+            result = conn.execute(sa.delete(audit_log).where(audit_log.c.timestamp < cutoff))
+            return int(result.rowcount or 0)
+
+        return self._write(work)
 
     def add_lineage(self, events: Sequence[tuple[str, str, str, dict[str, Any]]]) -> None:
         """Append lineage events ``(record_id, stage, action, details)``.
@@ -1012,13 +1442,15 @@ class SqlStateStore(StateStore):
         self._write(lambda conn: conn.execute(job_runs.insert(), row))
         return run_id
 
-    def finish_job_run(self, run_id: str, status: str, records: int = 0, message: str = "") -> None:
-        """Record a run's end; a second call for a finished run changes nothing."""
+    def finish_job_run(
+        self, run_id: str, status: str, records: int = 0, message: str = "", log: str = ""
+    ) -> None:
+        """Record a run's end (and its log); a second call for a finished run changes nothing."""
         j = job_runs.c
         stmt = (
             sa.update(job_runs)
             .where(j.run_id == run_id, j.finished_at.is_(None))
-            .values(status=status, records=records, message=message, finished_at=_utcnow())
+            .values(status=status, records=records, message=message, log=log, finished_at=_utcnow())
         )
         self._write(lambda conn: conn.execute(stmt))
 
@@ -1044,6 +1476,7 @@ class SqlStateStore(StateStore):
                         "duration_seconds": None if finished is None else finished - started,
                         "records": int(m["records"]),
                         "message": m["message"],
+                        "log": m["log"] or "",
                     }
                 )
         return runs

@@ -1,7 +1,4 @@
-"""The ``file`` source on the real SQLite state store: offsets, torn lines, restart, rewind.
-
-Also the ``rest_api`` source, whose configuration is complete but whose fetching is not built.
-"""
+"""The ``file`` source on the real SQLite state store: offsets, torn lines, restart, rewind."""
 
 from __future__ import annotations
 
@@ -15,7 +12,6 @@ from pydantic import ValidationError
 
 from dps.alpha.sources.base import Fetch
 from dps.alpha.sources.file import FileConnection, FileSource
-from dps.alpha.sources.rest_api import NotBuiltError, RestApiConnection, RestApiSource
 from dps.core.errors import TransientError
 from dps.state import StateStore, open_state
 
@@ -302,56 +298,3 @@ def test_file_connection_defaults_and_strictness() -> None:
         FileConnection.model_validate({"path": "/in", "patern": "*.json"})
     with pytest.raises(ValidationError, match="path"):
         FileConnection.model_validate({})
-
-
-# -- rest_api: configuration only --------------------------------------------------------------
-
-
-A1_CONNECTION = {
-    "endpoint": "https://api.example.com/data",
-    "auth_type": "oauth2",
-    "auth_config": {
-        "token_url": "https://api.example.com/oauth/token",
-        "client_id_ref": "vault:secret/pipeline/new_source/client_id",
-        "client_secret_ref": "vault:secret/pipeline/new_source/client_secret",
-    },
-    "timeout_ms": 30000,
-    "retry_count": 3,
-}
-
-
-def test_rest_api_accepts_the_runbook_a1_connection() -> None:
-    connection = RestApiConnection.model_validate(A1_CONNECTION)
-
-    assert connection.auth_type == "oauth2"
-    assert connection.auth_config.client_secret_ref == (
-        "vault:secret/pipeline/new_source/client_secret"
-    )
-    assert connection.auth_config.client_secret_ref.scheme == "vault"
-
-
-@pytest.mark.parametrize(
-    ("change", "key"),
-    [
-        ({"auth_type": "kerberos"}, "auth_type"),
-        ({"timeout_ms": 0}, "timeout_ms"),
-        ({"retry_count": -1}, "retry_count"),
-        ({"auth_config": {"client_secret_ref": "hunter2"}}, "client_secret_ref"),
-        ({"endpont": "https://x"}, "endpont"),
-    ],
-)
-def test_rest_api_refuses_bad_settings(change: dict[str, object], key: str) -> None:
-    with pytest.raises(ValidationError, match=key):
-        RestApiConnection.model_validate(A1_CONNECTION | change)
-
-
-def test_rest_api_fetch_says_it_is_not_built(state: StateStore) -> None:
-    source = RestApiSource("new_api_source", RestApiConnection.model_validate(A1_CONNECTION), state)
-
-    with pytest.raises(NotBuiltError, match="new_api_source: rest_api sources are not implemented"):
-        source.fetch(10)
-    assert source.test() == {
-        "ok": False,
-        "error": "rest_api sources are not implemented in this version.",
-    }
-    assert not isinstance(NotBuiltError("x"), TransientError)  # not retried as an outage

@@ -105,3 +105,10 @@ def test_ndjson_bad_line_is_a_parse_error(line: bytes, words: str) -> None:
 def test_parsers_are_registered_under_their_format_names() -> None:
     assert get("parsers", "json") is JsonParser
     assert get("parsers", "ndjson") is NdjsonParser
+
+
+@pytest.mark.parametrize("fmt", ["json", "ndjson"])
+def test_invalid_utf8_is_a_parse_error_not_a_crash(fmt: str) -> None:
+    parser = get("parsers", fmt)(None)
+    with pytest.raises(TerminalError, match="Not valid JSON"):
+        parser.parse('{"name": "caf\xe9"}'.encode("latin-1"))

@@ -89,7 +89,7 @@ def test_an_unknown_name_lists_the_known_ones_and_suggests_the_closest() -> None
 
     message = str(caught.value)
     assert "'rest-api' is not a known source type" in message
-    assert "expected one of file, rest_api" in message
+    assert f"expected one of {', '.join(registry.names('sources'))}." in message
     assert "Did you mean 'rest_api'?" in message
     assert isinstance(caught.value, LookupError)
 

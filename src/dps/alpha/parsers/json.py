@@ -31,7 +31,7 @@ class JsonParser(Parser):
     def parse(self, data: bytes) -> list[dict[str, Any]]:
         try:
             document = _decode(data)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise parse_error(f"Not valid JSON: {exc}.") from None
         where = "$"
         if self._path is not None:

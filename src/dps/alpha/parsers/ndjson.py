@@ -19,7 +19,7 @@ class NdjsonParser(Parser):
     def parse(self, data: bytes) -> list[dict[str, Any]]:
         try:
             value = _decode(data)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise parse_error(f"Not valid JSON: {exc}.") from None
         if not isinstance(value, dict):
             raise parse_error(f"The line holds a {type(value).__name__}; expected a JSON object.")

@@ -14,11 +14,22 @@ section (extra keys forbidden, a description on every field), and registering it
 Errors: raise :class:`~dps.core.errors.TransientError` when the source cannot be reached (the
 fetch is retried with backoff and the source's connection status goes to 0); never raise for one
 bad record — hand its bytes out and let the parser send it to the DLQ.
+
+Alpha calls ``fetch`` on every step of its worker (a few times a second when idle), so a polling
+source keeps its own schedule: it answers an empty :class:`Fetch` when its next poll or retry is
+not due. It must not block the worker longer than one request's timeout; sleeping out a backoff
+or a ``Retry-After`` is done by answering empty fetches until the time has come.
+
+A source receives, besides its ``connection``, a :class:`SourceContext`: the source's ``polling``
+and ``parsing`` settings and a view of the ingest buffer (push sources refuse work when it is
+full, pull sources simply are not fetched faster than Alpha makes room). Sources built without
+one (unit and contract tests) get the defaults.
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -57,15 +68,48 @@ class Fetch:
         return bool(self.items) or bool(self.ends)
 
 
+def _always_room() -> int:
+    return 1 << 30
+
+
+def _always_accepting() -> bool:
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class SourceContext:
+    """What Alpha tells a source besides its ``connection:`` section."""
+
+    #: ``polling.interval_seconds``: pause between two polls of a pull source.
+    poll_interval_seconds: float = 60.0
+    #: ``polling.batch_size``: records asked for per request (page size).
+    batch_size: int = 1000
+    #: ``parsing.format`` and ``parsing.record_path``: where records sit in a fetched document.
+    parsing_format: str = "json"
+    record_path: str | None = None
+    #: Records the ingest buffer (transform queue up to BUFFER_CAPACITY) can take right now.
+    buffer_room: Callable[[], int] = _always_room
+    #: False while Alpha does not take work (paused, emergency stop, source paused or disabled).
+    accepting: Callable[[], bool] = _always_accepting
+
+
 class Source(abc.ABC):
     """A source of raw records (see the module docstring)."""
 
     Config: ClassVar[type[BaseModel]]
 
-    def __init__(self, source_id: str, connection: Any, state: StateStore) -> None:
+    def __init__(
+        self,
+        source_id: str,
+        connection: Any,
+        state: StateStore,
+        *,
+        context: SourceContext | None = None,
+    ) -> None:
         self.source_id = source_id
         self.connection = connection
         self.state = state
+        self.context = context or SourceContext()
 
     @abc.abstractmethod
     def fetch(self, max_items: int) -> Fetch:
@@ -85,6 +129,24 @@ class Source(abc.ABC):
     def test(self) -> dict[str, Any]:
         """Connect, authenticate and report (``/admin/sources/<id>/test``)."""
         return {"ok": True}
+
+    def info(self) -> dict[str, Any]:
+        """Source-specific status (request and error counts, token expiry) for ``/status``."""
+        return {}
+
+    def waiting_to_retry(self) -> bool:
+        """True while a failed source waits out its backoff (its empty fetches prove nothing)."""
+        return False
+
+    def pending(self) -> int:
+        """Items received and not yet committed (a push source's waiting batches)."""
+        return 0
+
+    def stop_intake(self) -> None:  # noqa: B027 - optional
+        """Take nothing new (the source is being replaced); what is pending may still be fetched."""
+
+    def refresh_credentials(self) -> None:  # noqa: B027 - optional
+        """Forget cached credentials and tokens: a reload may have rotated the secrets."""
 
     def close(self) -> None:  # noqa: B027 - optional
         """Release connections and files."""

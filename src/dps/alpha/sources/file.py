@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import Field
 
-from dps.alpha.sources.base import Fetch, RawItem, Source
+from dps.alpha.sources.base import Fetch, RawItem, Source, SourceContext
 from dps.core.errors import TransientError
 from dps.core.model import StrictModel
 from dps.core.registry import register
@@ -50,9 +50,17 @@ class FileSource(Source):
     connection: FileConnection
 
     def __init__(
-        self, source_id: str, connection: Any, state: StateStore, *, fmt: str = "ndjson"
+        self,
+        source_id: str,
+        connection: Any,
+        state: StateStore,
+        *,
+        fmt: str | None = None,
+        context: SourceContext | None = None,
     ) -> None:
-        super().__init__(source_id, connection, state)
+        super().__init__(source_id, connection, state, context=context)
+        if fmt is None:
+            fmt = context.parsing_format if context is not None else "ndjson"
         self.whole_documents = fmt == "json"
         committed = state.offsets(source_id)
         # file -> (byte offset, line number) committed, and fetched-but-not-committed.

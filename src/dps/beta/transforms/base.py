@@ -18,7 +18,8 @@ from typing import Any, ClassVar, Final
 
 from pydantic import BaseModel
 
-from dps.core.record import Record
+from dps.core.errors import TerminalError
+from dps.core.record import Record, get_path
 
 DROP: Final = "drop"
 
@@ -64,3 +65,42 @@ def pop_path(payload: dict[str, Any], path: str) -> tuple[bool, Any]:
     if isinstance(node, dict) and last in node:
         return True, node.pop(last)
     return False, None
+
+
+class FieldTransform(Transform):
+    """A transform of one field: ``config.field``, else the field the rule's match tests.
+
+    Subclasses implement :meth:`change`, called with the field's value when the field is present
+    (a missing field leaves the record unchanged); what it returns replaces the value.
+    """
+
+    kind: ClassVar[str] = "transform"
+
+    def __init__(self, config: Any, target_field: str | None) -> None:
+        super().__init__(config, getattr(config, "field", None) or target_field)
+        if not self.target_field:
+            raise ValueError(f"{self.kind} needs a field: set config.field or match a field.")
+        self.field: str = self.target_field
+
+    def apply(self, record: Record) -> str | None:
+        value = get_path(record.payload, self.field, _ABSENT)
+        if value is _ABSENT:
+            return None
+        set_path(record.payload, self.field, self.change(value))
+        return None
+
+    @abc.abstractmethod
+    def change(self, value: Any) -> Any:
+        """The new value of the field."""
+
+    def fail(self, message: str) -> TerminalError:
+        """A record-level failure naming this transform's field."""
+        return TerminalError("transform_failed", message, field=self.field)
+
+    def need_string(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise self.fail(f"{self.field} is a {type(value).__name__}; expected a string.")
+        return value
+
+
+_ABSENT: Final = object()

@@ -7,6 +7,12 @@ in one statement, in one transaction (psycopg 3, pooled); on SQLite it is one ``
 one transaction. A batch the database refuses for its data (a value that does not fit a column)
 is retried row by row so that only the bad rows go to the DLQ.
 
+Errors are classified by SQLSTATE (:func:`~dps.gamma.destinations.base.classify_sqlstate`): a
+lost or refused connection, a server shutting down (57P01) or a pool timeout is ``retryable``;
+too many connections (53300) is ``throttle``; data and constraint errors (22*, 23*) are
+``permanent`` per row; a missing table or column (42*) is ``permanent`` for the batch. SQLite's
+"database is locked" is ``retryable``, its other operational errors (no such table) ``permanent``.
+
 ``column_mapping`` maps a record field to a column. The record fields are the envelope's
 (``record_id``, ``source_id``, ``correlation_id``, ``ingested_at``, ``event_time``,
 ``timestamp`` — the event time, else the ingest time —, ``quality_score``, ``payload`` — the whole
@@ -25,11 +31,17 @@ import msgspec
 from pydantic import Field, field_validator, model_validator
 
 from dps.config.secrets import SecretRef
-from dps.core.errors import TerminalError, TransientError
+from dps.core.errors import TransientError
 from dps.core.model import StrictModel
 from dps.core.record import Record, get_path
 from dps.core.registry import register
-from dps.gamma.destinations.base import Destination, Rejected
+from dps.gamma.destinations.base import (
+    DeliveryError,
+    Destination,
+    RecordError,
+    Rejected,
+    classify_sqlstate,
+)
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _json = msgspec.json.Encoder()
@@ -253,7 +265,7 @@ class DatabaseDestination(Destination):
                 self._sqlite.executemany(sql, rows)
             return []
         except sqlite3.OperationalError as exc:
-            raise TransientError(f"SQLite write failed: {exc}.") from exc
+            raise _sqlite_error(exc) from exc
         except sqlite3.DatabaseError:
             rejected: Rejected = []
             for record, row in zip(records, rows, strict=True):
@@ -261,9 +273,9 @@ class DatabaseDestination(Destination):
                     with self._sqlite:
                         self._sqlite.execute(sql, row)
                 except sqlite3.OperationalError as exc:
-                    raise TransientError(f"SQLite write failed: {exc}.") from exc
+                    raise _sqlite_error(exc) from exc
                 except sqlite3.DatabaseError as exc:
-                    rejected.append((record, TerminalError("destination_rejected", str(exc))))
+                    rejected.append((record, RecordError("destination_rejected", str(exc))))
             return rejected
 
     def _deliver_postgresql(self, records: Sequence[Record]) -> Rejected:
@@ -291,8 +303,21 @@ class DatabaseDestination(Destination):
                     return []
                 except (psycopg.errors.DataError, psycopg.errors.IntegrityError):
                     return self._row_by_row(conn, records, rows)
-        except psycopg.OperationalError as exc:
-            raise TransientError(f"PostgreSQL write failed: {exc}") from exc
+        except psycopg.Error as exc:
+            sqlstate = getattr(exc, "sqlstate", None)
+            klass = (
+                "retryable"
+                if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+                and not sqlstate
+                else classify_sqlstate(sqlstate)
+            )
+            raise DeliveryError(
+                f"PostgreSQL write failed ({sqlstate or 'connection'}): {str(exc).strip()}", klass
+            ) from exc
+        except Exception as exc:  # psycopg_pool.PoolTimeout and the like: no connection now
+            if type(exc).__module__.startswith("psycopg_pool"):
+                raise DeliveryError(f"PostgreSQL pool: {exc}", "retryable") from exc
+            raise
 
     def _row_by_row(
         self, conn: Any, records: Sequence[Record], rows: list[tuple[Any, ...]]
@@ -307,9 +332,7 @@ class DatabaseDestination(Destination):
                     with conn.transaction():  # a savepoint per row
                         conn.execute(sql, row)
                 except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
-                    rejected.append(
-                        (record, TerminalError("destination_rejected", str(exc).strip()))
-                    )
+                    rejected.append((record, RecordError("destination_rejected", str(exc).strip())))
         return rejected
 
     def test(self) -> dict[str, Any]:
@@ -328,6 +351,12 @@ class DatabaseDestination(Destination):
             self._sqlite.close()
         if self._pool is not None:
             self._pool.close()
+
+
+def _sqlite_error(exc: sqlite3.OperationalError) -> DeliveryError:
+    message = str(exc)
+    locked = "locked" in message or "busy" in message or "disk I/O" in message
+    return DeliveryError(f"SQLite write failed: {message}.", "retryable" if locked else "permanent")
 
 
 def _sqlite_value(value: Any) -> Any:

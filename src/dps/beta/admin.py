@@ -1,0 +1,134 @@
+"""Beta's own admin endpoints: Runbook E.2 (``/admin/quality/...``) and H.2
+(``/admin/transform/...``).
+
+Query parameters are read the way operators type them in the manual:
+``low-scores?threshold=0.5&limit=100``, ``slow-records?threshold=100ms&limit=50``. A bad value
+answers 400 saying what was expected.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from dps.admin.common import json_response
+from dps.beta.rules import rule_complexity
+
+if TYPE_CHECKING:
+    from dps.beta.module import BetaModule
+
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|us)?\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """``100ms``, ``0.1s``, ``250us`` or a bare number of milliseconds, in seconds."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise HTTPException(
+            400, f'threshold "{text}" is not a duration; expected e.g. 100ms, 0.5s or 100.'
+        )
+    value, unit = float(match.group(1)), match.group(2) or "ms"
+    return value / {"ms": 1000, "s": 1, "us": 1_000_000}[unit]
+
+
+def _number(request: Request, name: str, default: float, low: float, high: float) -> float:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:
+        raise HTTPException(
+            400, f'{name} "{raw}" is not allowed; expected a number from {low:g} to {high:g}.'
+        )
+    return value
+
+
+def beta_routes(module: BetaModule) -> list[BaseRoute]:
+    """The routes (see the module docstring)."""
+
+    async def quality_stats(request: Request) -> Response:
+        """Quality scores so far: count, average, min, max, records per threshold level."""
+        return json_response(await run_in_threadpool(module.quality_stats.stats, module.scorer))
+
+    async def quality_distribution(request: Request) -> Response:
+        """Quality scores in ten 0.1-wide buckets."""
+        return json_response(await run_in_threadpool(module.quality_stats.distribution))
+
+    async def quality_low_scores(request: Request) -> Response:
+        """Recent records scoring below ``threshold`` (default 0.5), newest first, at most
+        ``limit`` (default 100), each with its dimension scores and the checks that cost points.
+        Records are retained when they score below the ``warn`` threshold."""
+        threshold = _number(request, "threshold", 0.5, 0, 1)
+        limit = int(_number(request, "limit", 100, 1, 10000))
+        return json_response(module.quality_stats.low_scores(threshold, limit))
+
+    async def quality_dimensions(request: Request) -> Response:
+        """Per dimension: enabled, weight, average score; and the checks that fail most."""
+        return json_response(
+            await run_in_threadpool(module.quality_stats.dimensions, module.scorer)
+        )
+
+    async def parallelism(request: Request) -> Response:
+        """Transformation parallelism: configured workers, batch size, recent throughput."""
+        settings = module.config.beta.settings
+        window = module.window()
+        return json_response(
+            {
+                "configured_parallelism": settings.TRANSFORM_PARALLELISM,
+                "batch_size": settings.TRANSFORM_BATCH_SIZE,
+                "active_workers": 1,
+                "mode": "one worker thread per process; scale out with more beta processes",
+                "queue_depth": module.inbox.depth(),
+                "recent": window,
+            }
+        )
+
+    async def complexity(request: Request) -> Response:
+        """Each active rule's static cost (condition tests, regexes) and its counts so far."""
+        rules = module.rules
+        out: list[dict[str, Any]] = []
+        for rule in rules.rules:
+            entry = rule_complexity(rule.config)
+            entry["counts"] = {
+                result: rules.totals.get((rule.rule_id, result), 0)
+                for result in ("applied", "skipped", "failed")
+            }
+            out.append(entry)
+        out.sort(key=lambda e: -int(e["score"]))
+        return json_response({"rules": out, "total_score": sum(int(e["score"]) for e in out)})
+
+    async def slow_records(request: Request) -> Response:
+        """Recent records whose transformation took at least ``threshold`` (default 100ms),
+        slowest first, at most ``limit`` (default 50)."""
+        threshold = parse_duration(request.query_params.get("threshold", "100ms"))
+        limit = int(_number(request, "limit", 50, 1, 10000))
+        with module._stats_lock:
+            hits = [r for r in module.slow_records if r["duration_ms"] >= threshold * 1000]
+        hits.sort(key=lambda r: -float(r["duration_ms"]))
+        return json_response(
+            {
+                "threshold_ms": threshold * 1000,
+                "limit": limit,
+                "count": len(hits[:limit]),
+                "records": hits[:limit],
+            }
+        )
+
+    return [
+        Route("/admin/quality/stats", quality_stats, methods=["GET"]),
+        Route("/admin/quality/distribution", quality_distribution, methods=["GET"]),
+        Route("/admin/quality/low-scores", quality_low_scores, methods=["GET"]),
+        Route("/admin/quality/dimensions", quality_dimensions, methods=["GET"]),
+        Route("/admin/transform/parallelism", parallelism, methods=["GET"]),
+        Route("/admin/transform/rule-complexity", complexity, methods=["GET"]),
+        Route("/admin/transform/slow-records", slow_records, methods=["GET"]),
+    ]

@@ -1,0 +1,539 @@
+"""One destination's delivery loop: its spool, batching, retries by error class, breaker, DLQ.
+
+Why a spool per destination: the router (:meth:`GammaModule.step`) puts each routed record into
+the durable spool queue of each destination it goes to (``spool_<destination>``, the same
+transport as the stage queues) and only then acks the delivery queue. Each destination has its
+own :class:`DestinationWorker` thread that leases from its spool. So a destination that is down,
+slow or rate-limited only fills its own spool; the others keep flowing. While its breaker is
+OPEN the worker leases nothing: the records wait, durable, and nothing is dead-lettered for a
+transient reason. When a spool is full the router stops leasing from the delivery queue, so the
+backpressure reaches Beta and Alpha instead of records being dropped.
+
+A batch (``delivery.batch_size``, waiting up to ``OUTPUT_LINGER_MS`` for it to fill) goes through
+the policy of its error class (see :mod:`dps.gamma.destinations.base`):
+
+- ``retryable``: retried ``min(delivery.retry_count, MAX_DELIVERY_RETRIES)`` times with
+  exponential backoff from ``delivery.retry_delay_ms`` and full jitter; still failing, it is a
+  breaker failure and the batch goes back to the spool (nack) until the breaker lets a probe
+  through.
+- ``throttle``: wait ``Retry-After`` (or the backoff) and try again; not a breaker failure; after
+  the retries the batch goes back to the spool with that delay.
+- ``permanent``: the batch is split in halves until the records at fault are alone; those go to
+  the DLQ with their class, the rest are delivered.
+- ``poison``: the record goes to the DLQ.
+
+Every attempt that fails is written to ``delivery_errors`` (``/admin/destinations/<id>/errors``);
+every outcome to ``delivery_log``; a record is acked off the spool only once it is delivered or in
+the DLQ. A ``deliver`` call that takes longer than ``ACK_WAIT_TIMEOUT_MS`` is abandoned (the
+instance is replaced, since it may still be busy) and counted as an acknowledgement timeout:
+``ACK_TIMEOUT_ACTION: RETRY_DELIVERY`` retries it (idempotent destinations make that safe),
+``ASSUME_SUCCESS`` counts the batch delivered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgspec
+
+from dps.config.models import DestinationConfig, GammaSettings
+from dps.core.errors import TerminalError
+from dps.core.logging import get_logger
+from dps.core.metrics import PIPELINE_END_TO_END_LATENCY_SECONDS
+from dps.core.record import Record, decode, encode
+from dps.gamma import metrics as m
+from dps.gamma.circuit_breaker import STATE_VALUES, BreakerSettings, CircuitBreaker
+from dps.gamma.destinations.base import (
+    DeliveryError,
+    Destination,
+    ErrorClass,
+    classify_exception,
+    record_error_class,
+)
+from dps.queues import Lease, Queue
+from dps.state import DeliveryOutcome, DlqEntry, StateStore
+from dps.state.base import DeliveryError as DeliveryErrorRow
+
+#: Spool messages are never dead-lettered by the transport: Gamma decides what goes to the DLQ.
+SPOOL_MAX_ATTEMPTS: Final = 1_000_000
+_SAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def spool_name(destination_id: str) -> str:
+    """The queue name of a destination's spool (valid for SQLite files and NATS streams)."""
+    safe = _SAFE.sub("_", destination_id).lower()
+    digest = hashlib.blake2b(destination_id.encode(), digest_size=3).hexdigest()
+    return f"spool_{safe[:48]}_{digest}"
+
+
+class Percentiles:
+    """The last ``size`` observations of a duration, for p50/p95/p99 on the admin API."""
+
+    def __init__(self, size: int = 2048) -> None:
+        self.values: deque[float] = deque(maxlen=size)
+        self.count = 0
+        self.total = 0.0
+        self.max = 0.0
+
+    def add(self, value: float) -> None:
+        self.values.append(value)
+        self.count += 1
+        self.total += value
+        self.max = max(self.max, value)
+
+    def summary(self) -> dict[str, Any]:
+        ordered = sorted(self.values)
+
+        def pct(q: float) -> float | None:
+            if not ordered:
+                return None
+            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 6)
+
+        return {
+            "count": self.count,
+            "avg_seconds": round(self.total / self.count, 6) if self.count else None,
+            "p50_seconds": pct(0.50),
+            "p95_seconds": pct(0.95),
+            "p99_seconds": pct(0.99),
+            "max_seconds": round(self.max, 6),
+        }
+
+    def p99(self) -> float | None:
+        value = self.summary()["p99_seconds"]
+        return None if value is None else float(value)
+
+
+@dataclass
+class DestinationStats:
+    """Counters of one destination for the H.3 endpoints and health."""
+
+    delivered: int = 0
+    failed_attempts: int = 0
+    dlq: int = 0
+    batches: int = 0
+    retries: int = 0
+    throttled: int = 0
+    splits: int = 0
+    ack_timeouts: int = 0
+    ack_wait: Percentiles = field(default_factory=Percentiles)
+    delivery: Percentiles = field(default_factory=Percentiles)
+    render: Percentiles = field(default_factory=Percentiles)
+    queue_wait: Percentiles = field(default_factory=Percentiles)
+    in_flight: int = 0
+    last_success: float | None = None
+    last_error: str | None = None
+    #: (time, delivered count, failed attempts) samples for rates over a window.
+    window: deque[tuple[float, int, int]] = field(default_factory=lambda: deque(maxlen=600))
+
+
+@dataclass
+class _Result:
+    delivered: list[Record] = field(default_factory=list)
+    dlq: list[tuple[Record, ErrorClass, str, str]] = field(default_factory=list)
+    retry_later: list[Record] = field(default_factory=list)
+    retry_delay: float = 1.0
+
+
+class _AckTimeout(Exception):
+    pass
+
+
+class DestinationWorker:
+    """Delivers one destination's spool (see the module docstring). Runs in its own thread."""
+
+    def __init__(
+        self,
+        config: DestinationConfig,
+        settings: GammaSettings,
+        *,
+        factory: Callable[[DestinationConfig], Destination],
+        spool: Queue,
+        state: StateStore,
+        config_version: str,
+        paused: Callable[[], bool],
+        breaker: CircuitBreaker | None = None,
+        stats: DestinationStats | None = None,
+    ) -> None:
+        self.dest_id = config.destination_id
+        self.config = config
+        self.settings = settings
+        self.factory = factory
+        self.spool = spool
+        self.state = state
+        self.config_version = config_version
+        self.paused = paused
+        self.log = get_logger("delivery")
+        cb = config.circuit_breaker
+        self.breaker = breaker or CircuitBreaker(
+            self.dest_id,
+            BreakerSettings(
+                failure_threshold=cb.failure_threshold,
+                window_s=cb.window_seconds,
+                cooldown_s=cb.cooldown_seconds,
+                max_cooldown_s=cb.max_cooldown_seconds,
+                success_threshold=cb.success_threshold,
+            ),
+        )
+        self.breaker._on_change = self._breaker_changed
+        m.GAMMA_CIRCUIT_BREAKER_STATE.labels(destination=self.dest_id).set(
+            STATE_VALUES[self.breaker.state]
+        )
+        self.stats = stats or DestinationStats()
+        self.destination: Destination | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.busy = False
+        self.rng = random.Random()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._loop, name=f"gamma-deliver-{self.dest_id}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self.destination is not None:
+            self.destination.close()
+            self.destination = None
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _breaker_changed(self, old: str, new: str) -> None:
+        m.GAMMA_CIRCUIT_BREAKER_STATE.labels(destination=self.dest_id).set(STATE_VALUES[new])
+        self.log.warning(
+            "Circuit breaker changed state.", destination=self.dest_id, old=old, new=new
+        )
+
+    def _open(self) -> Destination:
+        if self.destination is None:
+            destination = self.factory(self.config)
+            self.destination = destination
+        return self.destination
+
+    def _abandon(self) -> None:
+        """Drop an instance whose call hung; a fresh one is built for the next attempt."""
+        stuck, self.destination = self.destination, None
+        if stuck is not None:
+            threading.Thread(target=stuck.close, daemon=True).start()
+
+    # -- the loop -------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            if self.paused():
+                self._stop.wait(0.2)
+                continue
+            try:
+                worked = self.step()
+            except Exception as exc:
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                self.log.error(
+                    "Delivery loop failed; retrying after a pause.",
+                    destination=self.dest_id,
+                    error=self.stats.last_error,
+                )
+                self._stop.wait(1.0)
+                continue
+            if not worked:
+                self._stop.wait(0.05)
+
+    def step(self) -> bool:
+        """Lease one batch from the spool and deliver it; False when there was nothing to do."""
+        if not self.breaker.allow():
+            self._stop.wait(min(0.5, max(0.05, self.breaker.retry_in())))
+            return True
+        size = self.config.delivery.batch_size
+        lease = self.spool.lease(size, wait=0.2)
+        leases = [lease] if lease else []
+        linger = self.settings.OUTPUT_LINGER_MS / 1000.0
+        if lease and len(lease) < size and linger > 0:
+            self._stop.wait(linger)
+            more = self.spool.lease(size - len(lease), wait=0.0)
+            if more:
+                leases.append(more)
+        if not leases:
+            self.breaker.release_probe()
+            return False
+        self.busy = True
+        try:
+            self._handle(leases)
+        finally:
+            self.busy = False
+        return True
+
+    def _handle(self, leases: list[Lease]) -> None:
+        started = time.perf_counter()
+        records: list[Record] = []
+        msg_of: dict[str, list[tuple[Lease, str]]] = {}
+        poison: list[DlqEntry] = []
+        undecodable: list[tuple[Lease, str]] = []
+        for lease in leases:
+            for msg in lease.messages:
+                try:
+                    record = decode(msg.body)
+                except msgspec.DecodeError as exc:
+                    poison.append(
+                        DlqEntry(
+                            "gamma",
+                            msg.msg_id,
+                            "",
+                            "",
+                            "decode_error",
+                            str(exc),
+                            msg.body,
+                            error_class="poison",
+                            destination_id=self.dest_id,
+                            stage="deliver",
+                        )
+                    )
+                    undecodable.append((lease, msg.msg_id))
+                    continue
+                if record.record_id not in msg_of:
+                    records.append(record)
+                msg_of.setdefault(record.record_id, []).append((lease, msg.msg_id))
+        self.stats.render.add(time.perf_counter() - started)
+        m.GAMMA_RENDER_DURATION_SECONDS.observe(time.perf_counter() - started)
+
+        done = self.state.delivered_records([r.record_id for r in records], self.dest_id)
+        todo = [r for r in records if r.record_id not in done]
+        now = time.time()
+        for r in todo:
+            self.stats.queue_wait.add(max(0.0, now - r.ingested_at))
+        result = self._deliver(todo) if todo else _Result()
+
+        entries = list(poison)
+        outcomes: list[DeliveryOutcome] = []
+        for record, klass, reason, error in result.dlq:
+            entries.append(
+                DlqEntry(
+                    "gamma",
+                    record.record_id,
+                    record.source_id,
+                    record.origin,
+                    reason,
+                    error,
+                    encode(record),
+                    error_class=klass,
+                    destination_id=self.dest_id,
+                    attempts=record.attempts + 1,
+                    stage="deliver",
+                    correlation_id=record.correlation_id,
+                    config_version=self.config_version,
+                )
+            )
+            outcomes.append(DeliveryOutcome(record.record_id, self.dest_id, "failed", error=error))
+        outcomes.extend(
+            DeliveryOutcome(r.record_id, self.dest_id, "delivered") for r in result.delivered
+        )
+        if entries:
+            self.state.add_dlq_entries(entries)
+        if outcomes:
+            self.state.record_deliveries(outcomes)
+        now = time.time()
+        for r in result.delivered:
+            PIPELINE_END_TO_END_LATENCY_SECONDS.observe(max(0.0, now - r.ingested_at))
+        if result.delivered:
+            self.stats.delivered += len(result.delivered)
+            self.stats.last_success = now
+            m.GAMMA_RECORDS_DELIVERED_TOTAL.labels(destination=self.dest_id).inc(
+                len(result.delivered)
+            )
+        if entries:
+            self.stats.dlq += len(entries)
+        self.stats.window.append((now, self.stats.delivered, self.stats.failed_attempts))
+
+        retry_ids = {r.record_id for r in result.retry_later}
+        for lease in leases:
+            back = [
+                msg_id
+                for rid, refs in msg_of.items()
+                if rid in retry_ids
+                for ls, msg_id in refs
+                if ls is lease
+            ]
+            if back:
+                self.spool.nack(
+                    lease, back, reason="destination_unavailable", delay=result.retry_delay
+                )
+                backs = set(back)
+                self.spool.ack(lease, [x.msg_id for x in lease.messages if x.msg_id not in backs])
+            else:
+                self.spool.ack(lease)
+
+    # -- the policy -----------------------------------------------------------------------------
+    def _retries(self) -> int:
+        return min(self.config.delivery.retry_count, self.settings.MAX_DELIVERY_RETRIES)
+
+    def _backoff(self, attempt: int) -> float:
+        base = self.config.delivery.retry_delay_ms / 1000.0
+        # Full jitter (AWS architecture blog): spreads retries of many workers apart.
+        return float(self.rng.uniform(0, base * (2**attempt))) if base > 0 else 0.0
+
+    def _deliver(self, records: list[Record]) -> _Result:
+        result = _Result()
+        size = self.config.delivery.batch_size
+        for start in range(0, len(records), size):
+            chunk = records[start : start + size]
+            if result.retry_later:
+                result.retry_later.extend(chunk)  # the destination is failing: do not pile on
+                continue
+            self._deliver_chunk(chunk, result, top=True)
+        return result
+
+    def _deliver_chunk(self, chunk: list[Record], result: _Result, *, top: bool) -> None:
+        attempt = 0
+        throttles = 0
+        unknown_seen = False
+        while True:
+            if self._stop.is_set() and not top:
+                result.retry_later.extend(chunk)
+                return
+            try:
+                rejected = self._call(chunk)
+            except Exception as exc:
+                klass = classify_exception(exc)
+                if not isinstance(exc, DeliveryError | TerminalError | OSError | TimeoutError):
+                    # Not classified by the destination: retry once, then isolate by splitting.
+                    klass = "permanent" if unknown_seen else "retryable"
+                    unknown_seen = True
+                message = f"{type(exc).__name__}: {exc}" if klass == "retryable" else str(exc)
+                self._failed_attempt(klass, message, len(chunk))
+                if klass == "throttle":
+                    throttles += 1
+                    self.stats.throttled += 1
+                    wait = getattr(exc, "retry_after", None) or self._backoff(throttles) or 1.0
+                    if throttles > self._retries() + 2:
+                        result.retry_later.extend(chunk)
+                        result.retry_delay = wait
+                        return
+                    self._stop.wait(wait)
+                    continue
+                if klass == "retryable":
+                    m.GAMMA_DESTINATION_STATUS.labels(destination=self.dest_id).set(0)
+                    if attempt < self._retries() and not self._stop.is_set():
+                        attempt += 1
+                        self.stats.retries += 1
+                        self._stop.wait(self._backoff(attempt - 1))
+                        continue
+                    self.breaker.record_failure(message)
+                    result.retry_later.extend(chunk)
+                    # The breaker decides when to try again; the nack delay only spaces leases.
+                    result.retry_delay = 1.0
+                    return
+                # permanent or poison for the batch: isolate the records at fault.
+                if len(chunk) == 1:
+                    reason = getattr(exc, "reason", None) or (
+                        "destination_rejected" if klass == "permanent" else "poison_record"
+                    )
+                    result.dlq.append((chunk[0], klass, reason, message))
+                    return
+                self.stats.splits += 1
+                half = len(chunk) // 2
+                self._deliver_chunk(chunk[:half], result, top=False)
+                self._deliver_chunk(chunk[half:], result, top=False)
+                return
+            # acknowledged
+            self.breaker.record_success()
+            m.GAMMA_DESTINATION_STATUS.labels(destination=self.dest_id).set(1)
+            refused = {r.record_id for r, _ in rejected}
+            for record, error in rejected:
+                result.dlq.append((record, record_error_class(error), error.reason, str(error)))
+            if rejected:
+                self._failed_attempt("permanent", str(rejected[0][1]), len(rejected))
+            result.delivered.extend(r for r in chunk if r.record_id not in refused)
+            return
+
+    def _call(self, chunk: Sequence[Record]) -> list[tuple[Record, TerminalError]]:
+        """One ``deliver`` call, bounded by ``ACK_WAIT_TIMEOUT_MS``."""
+        destination = self._open()
+        timeout = self.settings.ACK_WAIT_TIMEOUT_MS / 1000.0
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                box["rejected"] = destination.deliver(chunk)
+            except BaseException as exc:
+                box["error"] = exc
+
+        started = time.perf_counter()
+        self.stats.in_flight += 1
+        self.stats.batches += 1
+        m.GAMMA_PENDING_DELIVERIES.inc(len(chunk))
+        try:
+            thread = threading.Thread(target=run, name=f"gamma-call-{self.dest_id}", daemon=True)
+            thread.start()
+            thread.join(timeout)
+        finally:
+            self.stats.in_flight -= 1
+            m.GAMMA_PENDING_DELIVERIES.dec(len(chunk))
+        elapsed = time.perf_counter() - started
+        self.stats.ack_wait.add(elapsed)
+        m.GAMMA_ACK_WAIT_DURATION_SECONDS.observe(elapsed)
+        if thread.is_alive():
+            self.stats.ack_timeouts += 1
+            self._abandon()
+            if self.settings.ACK_TIMEOUT_ACTION == "ASSUME_SUCCESS":
+                self.log.warning(
+                    "Acknowledgement timed out; counted as delivered (ASSUME_SUCCESS).",
+                    destination=self.dest_id,
+                    records=len(chunk),
+                )
+                return []
+            raise DeliveryError(
+                f"No acknowledgement within {self.settings.ACK_WAIT_TIMEOUT_MS} ms "
+                "(ACK_WAIT_TIMEOUT_MS).",
+                "retryable",
+                reason="ack_timeout",
+            )
+        if "error" in box:
+            raise box["error"]
+        self.stats.delivery.add(elapsed)
+        m.GAMMA_DELIVERY_DURATION_SECONDS.labels(destination=self.dest_id).observe(elapsed)
+        rejected: list[tuple[Record, TerminalError]] = box.get("rejected") or []
+        return rejected
+
+    def _failed_attempt(self, klass: str, message: str, count: int) -> None:
+        self.stats.failed_attempts += 1
+        self.stats.last_error = message
+        m.GAMMA_DELIVERY_FAILURES_TOTAL.labels(destination=self.dest_id).inc(count)
+        self.log.warning(
+            "Delivery attempt failed.",
+            destination=self.dest_id,
+            error_class=klass,
+            records=count,
+            error=message,
+        )
+        try:
+            self.state.add_delivery_errors([DeliveryErrorRow(self.dest_id, klass, message, count)])
+        except Exception as exc:  # the error log is diagnostics: never fail a batch for it
+            self.log.warning("Could not record a delivery error.", error=str(exc))
+
+    # -- views ----------------------------------------------------------------------------------
+    def rates(self, window_s: float = 300.0) -> tuple[float, float]:
+        """(delivered records/s, share of failed attempts) over the last ``window_s`` seconds."""
+        now = time.time()
+        samples = [s for s in self.stats.window if now - s[0] <= window_s]
+        if len(samples) < 2:
+            return 0.0, 0.0
+        first, last = samples[0], samples[-1]
+        span = max(1.0, last[0] - first[0])
+        delivered = last[1] - first[1]
+        failed = last[2] - first[2]
+        batches = max(1, delivered + failed)
+        return delivered / span, failed / batches
+
+
+__all__ = ["SPOOL_MAX_ATTEMPTS", "DestinationStats", "DestinationWorker", "spool_name"]
