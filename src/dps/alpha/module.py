@@ -37,9 +37,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from dps.alpha import metrics as m
-from dps.alpha.parsers.base import Parser
+from dps.alpha.parsers.base import BadRecord, Parser
 from dps.alpha.sources.base import Fetch, Source, SourceContext
 from dps.alpha.timestamps import TimestampParser
+from dps.alpha.validation.base import SourceValidator
 from dps.config import PipelineConfig
 from dps.config.models import SourceConfig
 from dps.core import registry
@@ -53,10 +54,13 @@ from dps.state import DedupeCandidate, DlqEntry, ValidationFailure
 class SourceRunner:
     """One configured source with its parser and its last known state."""
 
-    def __init__(self, config: SourceConfig, source: Source, parser: Parser) -> None:
+    def __init__(
+        self, config: SourceConfig, source: Source, parser: Parser, validator: SourceValidator
+    ) -> None:
         self.config = config
         self.source = source
         self.parser = parser
+        self.validator = validator
         self.timestamps = TimestampParser(
             config.parsing.timestamp_format, config.parsing.timestamp_timezone
         )
@@ -105,16 +109,25 @@ class AlphaModule(ModuleHost):
     def _build(self, config: PipelineConfig) -> None:
         old = self.runners
         runners: dict[str, SourceRunner] = {}
+        # Schemas and rule files are compiled here, once per load or reload; one that does not
+        # compile refuses the whole configuration before anything changes.
+        validators = {
+            source_id: SourceValidator.build(sc, config.alpha.validation, config.root / "alpha")
+            for source_id, sc in config.alpha.sources.items()
+        }
         try:
             for source_id, sc in config.alpha.sources.items():
                 kept = old.get(source_id)
                 if kept is not None and _same_source(kept.config, sc):
                     kept.config = sc
+                    kept.validator = validators[source_id]
                     kept.source.refresh_credentials()
                     runners[source_id] = kept
                     continue
                 source = self._make_source(config, sc)
-                runners[source_id] = SourceRunner(sc, source, self._make_parser(sc))
+                runners[source_id] = SourceRunner(
+                    sc, source, self._make_parser(sc), validators[source_id]
+                )
         except BaseException:
             for source_id, runner in runners.items():
                 if old.get(source_id) is not runner:
@@ -154,6 +167,8 @@ class AlphaModule(ModuleHost):
             batch_size=sc.polling.batch_size,
             parsing_format=sc.parsing.format,
             record_path=sc.parsing.record_path,
+            csv_header=sc.parsing.csv.header,
+            csv_quote=sc.parsing.csv.quote,
             buffer_room=lambda: self._room,
             accepting=accepting,
         )
@@ -173,7 +188,9 @@ class AlphaModule(ModuleHost):
 
     @staticmethod
     def _make_parser(sc: SourceConfig) -> Parser:
-        parser: Parser = registry.get("parsers", sc.parsing.format)(sc.parsing.record_path)
+        parser: Parser = registry.get("parsers", sc.parsing.format)(
+            sc.parsing.record_path, parsing=sc.parsing
+        )
         return parser
 
     def apply_config(self, new: PipelineConfig) -> None:
@@ -259,29 +276,30 @@ class AlphaModule(ModuleHost):
         failures: list[ValidationFailure] = []
         candidates: list[tuple[Record, DedupeCandidate]] = []
         parse_errors = 0
+        failed_records = 0
+        strict = self.config.alpha.settings.VALIDATION_STRICT_MODE
         started = time.perf_counter()
         for item in fetch.items:
-            try:
-                payloads = runner.parser.parse(item.data)
-            except TerminalError as exc:
-                read[item.position_key] += 1
-                parse_errors += 1
-                dlq.append(
-                    DlqEntry(
-                        "alpha",
-                        f"{sid}:{item.origin}",
-                        sid,
-                        item.origin,
-                        exc.reason,
-                        str(exc),
-                        item.data,
-                    )
-                )
-                continue
-            multi = len(payloads) > 1
-            for index, payload in enumerate(payloads):
+            parsed = runner.parser.parse_each(item.data)
+            multi = len(parsed) > 1
+            for index, payload in enumerate(parsed):
                 read[item.position_key] += 1
                 origin = f"{item.origin}#{index}" if multi else item.origin
+                if isinstance(payload, BadRecord):
+                    parse_errors += 1
+                    bad_origin = item.origin + payload.where
+                    dlq.append(
+                        DlqEntry(
+                            "alpha",
+                            f"{sid}:{bad_origin}",
+                            sid,
+                            bad_origin,
+                            payload.error.reason,
+                            str(payload.error),
+                            payload.raw,
+                        )
+                    )
+                    continue
                 event_time, time_problem = self._event_time(runner, payload)
                 record = new_record(
                     sid,
@@ -290,20 +308,19 @@ class AlphaModule(ModuleHost):
                     event_time=event_time,
                     origin=origin,
                 )
-                problem = time_problem or self._validate(sc, record)
-                if problem is not None:
-                    failures.append(
-                        ValidationFailure(
-                            sid,
-                            record.record_id,
-                            origin,
-                            problem.reason,
-                            problem.field,
-                            str(problem),
-                        )
+                outcome = runner.validator.check(record)
+                if time_problem is not None:
+                    outcome.hard.insert(0, time_problem)
+                problems = outcome.problems
+                if problems:
+                    failed_records += 1
+                    failures.extend(
+                        ValidationFailure(sid, record.record_id, origin, p.reason, p.field, str(p))
+                        for p in problems
                     )
-                    dlq.append(self._dlq_entry(record, problem))
-                    continue
+                    if outcome.hard or strict:
+                        dlq.append(self._dlq_entry(record, problems))
+                        continue
                 candidates.append(
                     (
                         record,
@@ -330,7 +347,8 @@ class AlphaModule(ModuleHost):
         runner.records_ingested += total
         m.ALPHA_RECORDS_INGESTED_TOTAL.labels(source_id=sid).inc(total)
         m.ALPHA_RECORDS_VALIDATED_TOTAL.labels(source_id=sid).inc(len(valid))
-        m.ALPHA_VALIDATION_FAILURES_TOTAL.labels(source_id=sid).inc(len(failures))
+        m.ALPHA_VALIDATION_FAILURES_TOTAL.labels(source_id=sid).inc(failed_records)
+        m.ALPHA_DLQ_TOTAL.labels(source_id=sid).inc(len(dlq))
         m.ALPHA_PARSE_ERRORS_TOTAL.labels(source_id=sid).inc(parse_errors)
         m.ALPHA_DUPLICATES_TOTAL.labels(source_id=sid).inc(len(duplicates))
         m.ALPHA_VALIDATION_DURATION_SECONDS.observe(
@@ -365,17 +383,8 @@ class AlphaModule(ModuleHost):
             return str(value), None
 
     @staticmethod
-    def _validate(sc: SourceConfig, record: Record) -> TerminalError | None:
-        for field in sc.validation.required_fields:
-            value = get_path(record.payload, field)
-            if value is None or value == "":
-                return TerminalError(
-                    "missing_field", f"Required field {field} is missing.", field=field
-                )
-        return None
-
-    @staticmethod
-    def _dlq_entry(record: Record, problem: TerminalError) -> DlqEntry:
+    def _dlq_entry(record: Record, problems: list[TerminalError]) -> DlqEntry:
+        """The record with its first problem's code as the reason and every problem's message."""
         from dps.core.record import encode
 
         return DlqEntry(
@@ -383,8 +392,8 @@ class AlphaModule(ModuleHost):
             record.record_id,
             record.source_id,
             record.origin,
-            problem.reason,
-            str(problem),
+            problems[0].reason,
+            " ".join(str(p) for p in problems),
             encode(record),
         )
 

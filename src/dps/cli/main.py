@@ -79,12 +79,10 @@ def test_(config_dir: ConfigDir) -> None:
     raise typer.Exit(test_command(config_dir))
 
 
-@app.command()
-def bench() -> None:
-    """Benchmark the whole pipeline (not built yet: see BENCHMARKS.md)."""
-    typer.echo(
-        "dps bench is not implemented in this version: the benchmark workload and harness "
-        "are planned work (see BENCHMARKS.md).",
-        err=True,
-    )
-    raise typer.Exit(1)
+def _register_bench() -> None:
+    from dps.cli.bench import bench
+
+    app.command(name="bench")(bench)
+
+
+_register_bench()

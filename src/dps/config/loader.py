@@ -46,6 +46,7 @@ from dps.config.models import (
     RuleConfig,
     ScoringFile,
     SourceConfig,
+    ValidationRuleFile,
     files_checksum,
 )
 from dps.core.errors import ConfigError, ConfigIssue
@@ -70,7 +71,7 @@ KINDS: dict[str, FileKind] = {
         FileKind("pipeline", "pipeline settings (pipeline.yaml)", "pipeline", PipelineSettings),
         FileKind("alpha", "Alpha settings (alpha.yaml)", "alpha", AlphaSettings),
         FileKind("source", "Alpha source", "alpha", SourceConfig),
-        FileKind("validation", "Alpha validation rules", "alpha", None),
+        FileKind("validation", "Alpha validation rules", "alpha", ValidationRuleFile),
         FileKind("schema", "JSON Schema", "any", None),
         FileKind("beta", "Beta settings (beta.yaml)", "beta", BetaSettings),
         FileKind("rule", "Beta transformation rule", "beta", RuleConfig),
@@ -325,12 +326,25 @@ def _check_schema(doc: Document, source: SourceConfig, base: Path, seen: dict[Pa
             try:
                 schema = json.loads(path.read_text(encoding="utf-8"))
                 seen[path] = "" if isinstance(schema, dict) else "is not a JSON object."
+                if not seen[path]:
+                    seen[path] = _schema_problem(schema)
             except (OSError, UnicodeDecodeError) as exc:
                 seen[path] = f"cannot be read ({path}): {exc}."
             except json.JSONDecodeError as exc:
                 seen[path] = f"is not valid JSON ({path}, line {exc.lineno}: {exc.msg})."
     if seen[path]:
         doc.issues.append(doc.issue(key, f'"{source.validation.schema_ref}" {seen[path]}'))
+
+
+def _schema_problem(schema: dict[str, Any]) -> str:
+    """Why ``schema`` does not compile as JSON Schema draft-07 (fastjsonschema); "" if it does."""
+    import fastjsonschema
+
+    try:
+        fastjsonschema.compile(schema)
+    except Exception as exc:  # JsonSchemaDefinitionException, or its code generation failing
+        return f"is not a valid JSON Schema (draft-07): {exc}."
+    return ""
 
 
 # -- the whole directory ----------------------------------------------------------------------
@@ -458,10 +472,22 @@ class _DirectoryLoader:
                 _check_schema(doc, source, folder, schemas)
                 if ids.unique(source.source_id, doc):
                     sources[source.source_id] = source
+        rule_files: list[ValidationRuleFile] = []
         for path in _yaml_files(folder / "validation", recursive=True):
-            self.one(path, "validation")
+            rules, doc = self.one(path, "validation")
+            if isinstance(rules, ValidationRuleFile):
+                rule_files.append(rules)
+                for i, source_id in enumerate(rules.applies_to or []):
+                    if source_id not in sources:
+                        known = ", ".join(sorted(sources)) or "none"
+                        doc.issues.append(
+                            doc.issue(
+                                ("applies_to", i),
+                                f'"{source_id}" is not a configured source; known: {known}.',
+                            )
+                        )
         self.read_schemas(folder / "schemas")
-        return AlphaConfig(settings=settings, sources=sources)
+        return AlphaConfig(settings=settings, sources=sources, validation=rule_files)
 
     def read_schemas(self, folder: Path) -> None:
         if folder.is_dir():

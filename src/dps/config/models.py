@@ -237,6 +237,56 @@ class AdminSettings(ConfigModel):
     )
 
 
+def _cron(value: str) -> str:
+    """A five-field cron expression that fires at least once (checked with croniter)."""
+    from datetime import UTC, datetime
+
+    from croniter import CroniterBadDateError, croniter
+
+    if not croniter.is_valid(value) or len(value.split()) != 5:
+        raise config_error(
+            f"{value!r} is not a cron expression; expected five fields such as '15 * * * *'."
+        )
+    try:
+        croniter(value, datetime(2000, 1, 1, tzinfo=UTC)).get_next(datetime)
+    except CroniterBadDateError:
+        raise config_error(
+            f"{value!r} never fires; expected a schedule that has a next run."
+        ) from None
+    return value
+
+
+class JobOverride(ConfigModel):
+    """``jobs.overrides.<job_name>:``: changes to one job of the control service's catalog."""
+
+    schedule: Annotated[str, AfterValidator(_cron)] | None = Field(
+        default=None,
+        description="Cron expression (five fields, UTC) replacing the catalog's schedule.",
+    )
+    enabled: bool | None = Field(
+        default=None, description="false: the job is suspended until resumed or re-enabled."
+    )
+    expected_duration_minutes: float | None = Field(
+        default=None,
+        gt=0,
+        description="A run longer than this is flagged as overrunning.",
+    )
+
+
+class JobsSettings(ConfigModel):
+    """``jobs:`` in pipeline.yaml: the control service's scheduler (see docs/jobs.md)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="false: no job runs on its schedule (manual triggers still work).",
+    )
+    overrides: dict[str, JobOverride] = Field(
+        default_factory=dict,
+        description="Per job name: schedule, enabled, expected duration. Unknown job names are "
+        "refused when the control service loads the configuration.",
+    )
+
+
 class LoggingSettings(ConfigModel):
     """``logging:`` in pipeline.yaml."""
 
@@ -260,6 +310,7 @@ class PipelineSettings(ConfigModel):
     state: StateSettings = Field(default_factory=StateSettings, description="State store.")
     admin: AdminSettings = Field(default_factory=AdminSettings, description="Admin APIs.")
     logging: LoggingSettings = Field(default_factory=LoggingSettings, description="Logging.")
+    jobs: JobsSettings = Field(default_factory=JobsSettings, description="Scheduled jobs.")
 
     def resolved_data_dir(self, root: Path) -> Path | None:
         """``data_dir`` as an absolute path (relative to ``root``, the CONFIG_DIR), or None."""
@@ -322,6 +373,46 @@ class PollingConfig(ConfigModel):
     )
 
 
+class CsvOptions(ConfigModel):
+    """``parsing.csv:`` of a source read with the csv parser (see docs/sources/csv.md)."""
+
+    header: bool = Field(
+        default=True,
+        description="The first line of each file (or of each fetched document) names the columns.",
+    )
+    columns: list[str] | None = Field(
+        default=None,
+        description="Column names, in order; required when header is false, and replaces the "
+        "header's names when given with header true.",
+    )
+    delimiter: str = Field(
+        default=",", min_length=1, max_length=1, description="Field separator (one character)."
+    )
+    quote: str = Field(
+        default='"',
+        min_length=1,
+        max_length=1,
+        description="Quote character; a quoted field may hold the delimiter, quotes (doubled) and "
+        "newlines.",
+    )
+    types: dict[str, Literal["string", "integer", "number", "boolean"]] = Field(
+        default_factory=dict,
+        description="Column name to type; an empty cell of a typed column becomes null, a value "
+        "that does not convert sends the row to the DLQ. Untyped columns stay strings.",
+    )
+    skip_empty: bool = Field(
+        default=True, description="Empty cells are left out of the record instead of being ''."
+    )
+
+    @model_validator(mode="after")
+    def _names(self) -> CsvOptions:
+        if not self.header and not self.columns:
+            raise config_error("header is false, so columns must list the column names.")
+        if self.delimiter == self.quote:
+            raise config_error("delimiter and quote must be different characters.")
+        return self
+
+
 class ParsingConfig(ConfigModel):
     """``parsing:`` of a source: how fetched bytes become records."""
 
@@ -344,6 +435,10 @@ class ParsingConfig(ConfigModel):
     id_field: str | None = Field(
         default="id",
         description="Payload field giving the record id; records without it get a content hash.",
+    )
+    csv: CsvOptions = Field(
+        default_factory=CsvOptions,
+        description="Options of the csv parser (header, columns, delimiter, quote, types).",
     )
 
     @field_validator("format")
@@ -415,6 +510,84 @@ class SourceValidation(ConfigModel):
         return path if path.is_absolute() else alpha_dir / path
 
 
+def _regex(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise config_error(f'"{value}" is not a valid regular expression: {exc}.') from None
+    return value
+
+
+class FieldCompare(ConfigModel):
+    """``compare:`` of a validation rule: the rule's field against another field of the record."""
+
+    op: Literal["eq", "ne", "lt", "lte", "gt", "gte"] = Field(
+        description="How the rule's field must compare to the other field (e.g. gte)."
+    )
+    other: str = Field(description="Payload path of the other field.")
+
+
+class ValidationRule(ConfigModel):
+    """One entry of ``rules:`` in alpha/validation/*.yaml (see docs/sources/validation.md)."""
+
+    field: str = Field(description="Payload path the rule checks (dotted, e.g. customer.email).")
+    name: str = Field(default="", description="Name of the rule, shown in failures (optional).")
+    required: bool = Field(default=False, description="The field must be present and not null.")
+    type: Literal["string", "integer", "number", "boolean", "object", "array"] | None = Field(
+        default=None, description="JSON type the value must have."
+    )
+    min: float | None = Field(default=None, description="Smallest allowed number (inclusive).")
+    max: float | None = Field(default=None, description="Largest allowed number (inclusive).")
+    min_length: int | None = Field(
+        default=None, ge=0, description="Shortest allowed string or list."
+    )
+    max_length: int | None = Field(
+        default=None, ge=0, description="Longest allowed string or list."
+    )
+    regex: Annotated[str, AfterValidator(_regex)] | None = Field(
+        default=None, description="Regular expression a string value must match (re.search)."
+    )
+    enum: list[Any] | None = Field(default=None, description="The allowed values.")
+    compare: FieldCompare | None = Field(
+        default=None, description="Cross-field check: this field against another field."
+    )
+    when: dict[str, Any] | None = Field(
+        default=None,
+        description="Condition (the rule-match language) on the record; the rule applies only "
+        "to records it matches.",
+    )
+
+    _check_when = field_validator("when")(_condition)
+
+    @model_validator(mode="after")
+    def _something(self) -> ValidationRule:
+        checks = (self.type, self.min, self.max, self.min_length, self.max_length, self.regex)
+        if not self.required and all(c is None for c in checks) and not (self.enum or self.compare):
+            raise config_error(
+                f"rule on {self.field} checks nothing; expected at least one of required, type, "
+                "min, max, min_length, max_length, regex, enum, compare."
+            )
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise config_error(f"min {self.min} is above max {self.max}.", at="min")
+        return self
+
+
+class ValidationRuleFile(ConfigModel):
+    """alpha/validation/*.yaml: field rules for some or all sources (docs/sources/validation.md)."""
+
+    yaml_hidden_fields = frozenset({"file"})
+
+    applies_to: list[Identifier] | None = Field(
+        default=None,
+        description="source_ids the rules apply to; omitted: every source.",
+    )
+    rules: list[ValidationRule] = Field(description="The rules, checked in order.")
+    file: Path = Field(
+        default=Path(), exclude=True, description="The file these rules were loaded from."
+    )
+
+
 class SourceConfig(SpecializedModel):
     """alpha/sources/*.yaml: one source (the manual's A.1 format)."""
 
@@ -465,6 +638,9 @@ class AlphaConfig(ConfigModel):
     settings: AlphaSettings = Field(default_factory=AlphaSettings, description="alpha.yaml.")
     sources: dict[str, SourceConfig] = Field(
         default_factory=dict, description="sources/*.yaml, by source_id."
+    )
+    validation: list[ValidationRuleFile] = Field(
+        default_factory=list, description="validation/*.yaml, in file name order."
     )
 
 

@@ -1,26 +1,40 @@
 """The control service (``dps control``, port 8080 in the all-in-one).
 
-So far it serves what the run summary and operators need across modules: the durable accounting
-of the pipeline (``GET /api/accounting``: ingested, duplicates, DLQ per module, delivered per
-destination — read from the state store, so it is right after any crash or restart) and the
-depth of both stage queues. The scheduler, audit, lineage and backup jobs come with the
-operations-plane work.
+It serves what operators need across modules:
+
+- the durable accounting of the pipeline (``GET /api/accounting``) and both stage queues' depth;
+- the scheduler with the manual's job catalog (``/admin/jobs/...``, runbook F; see
+  :mod:`dps.control.scheduler` and docs/jobs.md);
+- the audit log export (``GET /api/export?since=24h&format=json``, runbook L.1) and its hash
+  chain check (``GET /api/audit/verify``);
+- the monitoring summaries of runbook J.3 (``/api/health/summary``, ``/api/throughput/summary``,
+  ``/api/errors/summary``), the pipeline's status aggregated from the modules' health;
+- configuration history and drift (``/api/config/history``, ``/api/config/drift``).
+
+It reaches alpha, beta and gamma only through their admin APIs (:mod:`dps.control.modules`).
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
+from dps.config import PipelineConfig
+from dps.control.jobs import JobContext
+from dps.control.modules import ModuleClient, module_urls
+from dps.control.monitoring import ThroughputSampler
+from dps.control.scheduler import Scheduler
 from dps.runtime.module import DELIVERY_QUEUE, TRANSFORM_QUEUE, ModuleHost
+
+#: Seconds between two throughput samples.
+SAMPLE_EVERY = 5.0
 
 
 class ControlModule(ModuleHost):
-    """Cross-module views (see the module docstring)."""
+    """Cross-module views, the scheduler and the operations APIs (see the module docstring)."""
 
     name = "control"
 
@@ -28,7 +42,54 @@ class ControlModule(ModuleHost):
         super().__init__(config_dir, data_dir=data_dir)
         self.transform = self.open_queue(TRANSFORM_QUEUE)
         self.delivery = self.open_queue(DELIVERY_QUEUE)
+        admin = self.config.pipeline.admin
+        token = admin.auth_token_ref.resolve() if admin.auth_token_ref else None
+        self.modules = ModuleClient(module_urls(self.config), token)
+        self.sampler = ThroughputSampler(self.state_store)
+        self._last_sample = 0.0
+        self.scheduler = Scheduler(
+            self.config,
+            self.state_store,
+            self._job_context,
+            self.data_dir / "scheduler.json",
+            audit=self.state_store.append_audit,
+        )
 
+    def _job_context(self, job_name: str, run_id: str) -> JobContext:
+        return JobContext(
+            job_name=job_name,
+            run_id=run_id,
+            store=self.state_store,
+            modules=self.modules,
+            config=self.config,
+            config_dir=self.config_dir,
+            data_dir=self.data_dir,
+        )
+
+    # -- the worker: throughput samples ------------------------------------------------------
+    def step(self) -> bool:
+        now = time.time()
+        if now - self._last_sample >= SAMPLE_EVERY:
+            self._last_sample = now
+            self.sampler.sample(now)
+        return False
+
+    def start_worker(self) -> None:
+        super().start_worker()
+        self.scheduler.start()
+
+    def stop_worker(self, timeout: float = 30.0) -> None:
+        self.scheduler.stop()
+        super().stop_worker(timeout)
+
+    def close(self) -> None:
+        self.modules.close()
+        super().close()
+
+    def apply_config(self, new: PipelineConfig) -> None:
+        self.scheduler.apply_config(new)
+
+    # -- views ------------------------------------------------------------------------------------
     def queue_depths(self) -> dict[str, int]:
         return {TRANSFORM_QUEUE: self.transform.depth(), DELIVERY_QUEUE: self.delivery.depth()}
 
@@ -47,12 +108,14 @@ class ControlModule(ModuleHost):
     def status(self) -> dict[str, Any]:
         status = super().status()
         status["accounting"] = self.accounting()
+        status["jobs"] = {
+            "schedule_enabled": self.scheduler.schedule_enabled,
+            "running": [n for n, j in self.scheduler.jobs.items() if j.running_run_id],
+            "suspended": [n for n, j in self.scheduler.jobs.items() if j.suspended],
+        }
         return status
 
     def routes(self) -> list[BaseRoute]:
-        async def accounting(_: Request) -> JSONResponse:
-            from starlette.concurrency import run_in_threadpool
+        from dps.control.admin import control_routes
 
-            return JSONResponse(await run_in_threadpool(self.accounting))
-
-        return [Route("/api/accounting", accounting)]
+        return control_routes(self)

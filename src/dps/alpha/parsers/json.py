@@ -6,12 +6,15 @@ once per source.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from dps.alpha.parsers.base import Parser, parse_error, require_objects
 from dps.core.registry import register
+
+if TYPE_CHECKING:
+    from dps.config.models import ParsingConfig
 
 _decode = msgspec.json.Decoder().decode
 
@@ -20,8 +23,10 @@ _decode = msgspec.json.Decoder().decode
 class JsonParser(Parser):
     """A whole JSON document per item."""
 
-    def __init__(self, record_path: str | None = None) -> None:
-        super().__init__(record_path)
+    def __init__(
+        self, record_path: str | None = None, *, parsing: ParsingConfig | None = None
+    ) -> None:
+        super().__init__(record_path, parsing=parsing)
         self._path = None
         if record_path and record_path not in ("$", ""):
             import jsonpath

@@ -87,6 +87,10 @@ class SourceContext:
     #: ``parsing.format`` and ``parsing.record_path``: where records sit in a fetched document.
     parsing_format: str = "json"
     record_path: str | None = None
+    #: ``parsing.csv.header`` and ``.quote``: a line-reading source hands every CSV row out with
+    #: its file's header line in front, and keeps a quoted field's newlines inside one row.
+    csv_header: bool = True
+    csv_quote: str = '"'
     #: Records the ingest buffer (transform queue up to BUFFER_CAPACITY) can take right now.
     buffer_room: Callable[[], int] = _always_room
     #: False while Alpha does not take work (paused, emergency stop, source paused or disabled).

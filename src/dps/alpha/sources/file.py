@@ -8,6 +8,13 @@ cache recognises them as replays, the queue's idempotent put drops the copies).
 NDJSON files are read line by line (a last line without its newline is left until it is complete,
 or until the file has not changed for ``partial_line_grace_seconds``); a JSON document
 (``parsing.format: json``) is read whole, as one item.
+
+CSV files (``parsing.format: csv``) are read row by row like NDJSON, with two differences: with
+``parsing.csv.header`` (the default) a file's first line is its header, which is not a record
+but is put in front of every row handed out (so the ``csv`` parser names the columns of each row
+on its own, and each row keeps its ``file:line`` origin; after a restart the header is read
+again from the top of the file); and a row whose quotes are not balanced continues on the next
+line (a quoted field holding a newline), its origin being the line where it starts.
 """
 
 from __future__ import annotations
@@ -62,6 +69,13 @@ class FileSource(Source):
         if fmt is None:
             fmt = context.parsing_format if context is not None else "ndjson"
         self.whole_documents = fmt == "json"
+        self.csv = fmt == "csv"
+        self.csv_header = self.csv and (context.csv_header if context is not None else True)
+        self.quote = (context.csv_quote if context is not None else '"').encode()
+        # CSV file -> its header line (with its newline), read once per file.
+        self._headers: dict[str, bytes] = {}
+        self._header_skip: dict[str, int] = {}
+        self._header_lines: dict[str, int] = {}
         committed = state.offsets(source_id)
         # file -> (byte offset, line number) committed, and fetched-but-not-committed.
         self._committed: dict[str, tuple[int, int]] = {
@@ -128,21 +142,78 @@ class FileSource(Source):
         settled: bool,
     ) -> None:
         with path.open("rb") as fh:
+            header = b""
+            if self.csv_header:
+                found = self._header(fh, key, offset, settled=settled)
+                if found is None:
+                    return  # the header line is not complete yet
+                header, header_end, header_lines = found
+                if offset < header_end:
+                    offset, line_no = header_end, header_lines
             fh.seek(offset)
             while room > 0:
-                line = fh.readline()
-                if not line.endswith(b"\n") and not (line and settled):
+                line, lines = self._next_row(fh, settled=settled)
+                if not lines:
                     # End of file, or a last line still being written: wait for its newline,
                     # or for the file to settle.
                     break
                 offset += len(line)
-                line_no += 1
+                line_no += lines
                 if line.strip():
-                    out.items.append(RawItem(line, f"{key}:{line_no}", key))
+                    origin = f"{key}:{line_no - lines + 1}"
+                    out.items.append(RawItem(header + line, origin, key))
                     room -= 1
         self._cursor[key] = (offset, line_no)
         self._line_at[key, offset] = line_no
         out.ends[key] = offset
+
+    def _next_row(self, fh: Any, *, settled: bool) -> tuple[bytes, int]:
+        """The next line (a CSV row: the next lines until its quotes balance) and its line count.
+
+        ``(b"", 0)`` when nothing complete is there yet.
+        """
+        start = fh.tell()
+        line = fh.readline()
+        if not line.endswith(b"\n") and not (line and settled):
+            fh.seek(start)
+            return b"", 0
+        lines = 1
+        while self.csv and line.count(self.quote) % 2:
+            more = fh.readline()
+            if not more.endswith(b"\n") and not (more and settled):
+                if settled and not more:
+                    break  # an unbalanced quote at the end of the file: the parser reports it
+                fh.seek(start)
+                return b"", 0
+            line += more
+            lines += 1
+        return line, lines
+
+    def _header(
+        self, fh: Any, key: str, offset: int, *, settled: bool
+    ) -> tuple[bytes, int, int] | None:
+        """The file's header row, the byte offset after it and its line count (None: not yet)."""
+        cached = self._headers.get(key)
+        fh.seek(0)
+        if cached is not None:
+            return cached, len(cached) + self._header_skip.get(key, 0), self._header_lines[key]
+        skipped = 0
+        skipped_lines = 0
+        while True:
+            row, lines = self._next_row(fh, settled=settled)
+            if not lines:
+                return None
+            if row.strip():
+                break
+            skipped += len(row)  # blank lines before the header
+            skipped_lines += lines
+        if not row.endswith(b"\n"):
+            row += b"\n"
+            skipped -= 1  # the byte offset after the header must not count the added newline
+        self._headers[key] = row
+        self._header_skip[key] = skipped
+        self._header_lines[key] = skipped_lines + lines
+        return row, len(row) + skipped, skipped_lines + lines
 
     def commit(self, fetch: Fetch, records_read: dict[str, int]) -> None:
         for key, end in fetch.ends.items():

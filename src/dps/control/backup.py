@@ -1,0 +1,297 @@
+"""Backups of the embedded deployment: ``dps backup create | verify | restore``.
+
+A backup is a folder ``backup-<UTC time>`` in the target directory (``<data_dir>/backups`` by
+default) holding:
+
+- ``data/``: every SQLite database of the data directory (the stage queues, gamma's spools, the
+  state store with the dedupe cache, offsets, DLQs, delivery log, audit log, and an SQLite
+  destination kept there), each copied with SQLite's online backup API, so a file being written
+  is copied consistently; plus the other files of the data directory (a file destination's
+  output), except logs, reports, exports and backups;
+- ``config/``: the configuration directory's files, as loaded (its checksum is in the manifest);
+- ``manifest.json``: each file's size and sha256, the configuration checksum, the state schema
+  version and the time. ``verify`` checks every checksum and runs ``PRAGMA integrity_check`` on
+  every database.
+
+Consistency across files (the manual's state backup pauses ingestion): when the modules answer,
+``create`` pauses alpha, beta and gamma — each finishes its batch in flight — copies, and resumes
+them in the reverse order, so no record is between two files during the copy. Every stage's
+writes are idempotent, so a restored pipeline replays whatever was in flight and delivers each
+record once. A backup is written to ``<name>.partial`` and renamed when complete: a full or
+read-only target leaves no half backup behind and changes nothing in the data directory.
+
+SQLite's online backup is used (not a file copy) because a WAL-mode database's committed pages
+may still be in its ``-wal`` file; ``sqlite3.Connection.backup`` reads them through SQLite.
+PostgreSQL state and NATS queues are not covered yet: ``create`` refuses them with a message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sqlite3
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from dps.config import PipelineConfig
+from dps.config.models import config_files
+from dps.control.modules import MODULES, ModuleClient, ModuleUnreachable
+
+#: Folders of the data directory that are not pipeline data.
+SKIPPED_DIRS = frozenset({"backups", "logs", "reports", "exports"})
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class BackupError(Exception):
+    """A backup could not be created, verified or restored; the message says why and what next."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _is_sqlite(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return f.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
+
+
+def _data_files(data_dir: Path, backup_root: Path | None) -> list[Path]:
+    files = []
+    for path in sorted(data_dir.rglob("*")):
+        rel = path.relative_to(data_dir)
+        if not path.is_file() or rel.parts[0] in SKIPPED_DIRS:
+            continue
+        if backup_root is not None and path.is_relative_to(backup_root):
+            continue
+        if path.name.endswith(("-wal", "-shm", "-journal")) or ".partial" in path.name:
+            continue
+        files.append(path)
+    return files
+
+
+def _pause_all(modules: ModuleClient | None, log: list[str]) -> list[str]:
+    paused: list[str] = []
+    if modules is None:
+        return paused
+    for module in MODULES:
+        try:
+            modules.post_json(module, "/admin/pause")
+            paused.append(module)
+            log.append(f"Paused {module}.")
+        except (ModuleUnreachable, RuntimeError) as exc:
+            log.append(f"{module} not paused (not running?): {exc}")
+    return paused
+
+
+def _resume(modules: ModuleClient | None, paused: list[str], log: list[str]) -> None:
+    if modules is None:
+        return
+    for module in reversed(paused):
+        try:
+            modules.post_json(module, "/admin/resume")
+            log.append(f"Resumed {module}.")
+        except (ModuleUnreachable, RuntimeError) as exc:
+            log.append(f"{module} could not be resumed: {exc}")
+
+
+def create_backup(
+    config: PipelineConfig,
+    data_dir: Path,
+    target: Path | None = None,
+    *,
+    modules: ModuleClient | None = None,
+    keep: int | None = None,
+    schema_version: int | None = None,
+) -> dict[str, Any]:
+    """Create a backup (see the module docstring); its manifest with ``path`` and ``log``."""
+    if config.pipeline.state.backend != "sqlite" or config.pipeline.transport.backend != "sqlite":
+        raise BackupError(
+            "dps backup covers the embedded deployment (sqlite queues and state) only; for "
+            "PostgreSQL use pg_dump -Fc as in the manual's Database Backup, and JetStream's own "
+            "stream backups for NATS."
+        )
+    data_dir = data_dir.resolve()
+    target = (target or data_dir / "backups").resolve()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    final = target / f"backup-{stamp}"
+    partial = target / f"backup-{stamp}.partial"
+    log: list[str] = []
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        partial.mkdir()
+    except OSError as exc:
+        raise BackupError(f"The backup target {target} is not writable: {exc}.") from exc
+    paused = _pause_all(modules, log)
+    try:
+        entries = []
+        for path in _data_files(data_dir, target):
+            rel = path.relative_to(data_dir)
+            dest = partial / "data" / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if _is_sqlite(path):
+                src = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+                out = sqlite3.connect(dest)
+                try:
+                    src.backup(out)
+                finally:
+                    out.close()
+                    src.close()
+                kind = "sqlite"
+            else:
+                shutil.copy2(path, dest)
+                kind = "file"
+            entries.append(
+                {
+                    "path": f"data/{rel.as_posix()}",
+                    "kind": kind,
+                    "size": dest.stat().st_size,
+                    "sha256": _sha256(dest),
+                }
+            )
+        for path in config_files(config.root):
+            rel = path.relative_to(config.root)
+            dest = partial / "config" / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, dest)
+            entries.append(
+                {
+                    "path": f"config/{rel.as_posix()}",
+                    "kind": "config",
+                    "size": dest.stat().st_size,
+                    "sha256": _sha256(dest),
+                }
+            )
+        manifest = {
+            "format": FORMAT_VERSION,
+            "created_at": datetime.now(UTC).isoformat(),
+            "config_checksum": config.checksum(),
+            "state_schema_version": schema_version,
+            "paused_modules": paused,
+            "files": entries,
+        }
+        (partial / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        partial.rename(final)
+    except (OSError, sqlite3.Error) as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise BackupError(
+            f"The backup could not be written to {target}: {exc}. Nothing was changed in the "
+            "data directory; free space or fix permissions and run it again."
+        ) from exc
+    finally:
+        _resume(modules, paused, log)
+    removed = prune(target, keep) if keep else []
+    return {**manifest, "path": str(final), "log": log, "pruned": removed}
+
+
+def list_backups(target: Path) -> list[Path]:
+    """Complete backups in ``target``, oldest first."""
+    if not target.is_dir():
+        return []
+    return sorted(
+        p for p in target.glob("backup-*") if p.is_dir() and not p.name.endswith(".partial")
+    )
+
+
+def prune(target: Path, keep: int) -> list[str]:
+    """Delete all but the newest ``keep`` backups; returns what was removed."""
+    backups = list_backups(target)
+    removed = backups[: max(0, len(backups) - keep)]
+    for path in removed:
+        shutil.rmtree(path)
+    return [str(p) for p in removed]
+
+
+def verify_backup(path: Path) -> dict[str, Any]:
+    """Check every file's sha256 and every database's integrity: ``{"ok", "problems", ...}``."""
+    problems: list[str] = []
+    manifest_path = path / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError) as exc:
+        return {"ok": False, "path": str(path), "problems": [f"No readable manifest: {exc}."]}
+    for entry in files:
+        file = path / entry["path"]
+        if not file.is_file():
+            problems.append(f"{entry['path']} is missing.")
+            continue
+        if _sha256(file) != entry["sha256"]:
+            problems.append(f"{entry['path']} does not match its checksum (corrupted).")
+            continue
+        if entry["kind"] == "sqlite":
+            try:
+                conn = sqlite3.connect(f"file:{file}?mode=ro", uri=True)
+                try:
+                    result = conn.execute("PRAGMA integrity_check").fetchone()
+                finally:
+                    conn.close()
+                if result is None or result[0] != "ok":
+                    problems.append(f"{entry['path']} fails the integrity check: {result}.")
+            except sqlite3.Error as exc:
+                problems.append(f"{entry['path']} is not a readable database: {exc}.")
+    return {
+        "ok": not problems,
+        "path": str(path),
+        "created_at": manifest.get("created_at"),
+        "files": len(files),
+        "problems": problems,
+    }
+
+
+def restore_backup(
+    path: Path, data_dir: Path, *, config_dir: Path | None = None, force: bool = False
+) -> dict[str, Any]:
+    """Restore a verified backup into ``data_dir`` (and its configuration into ``config_dir``).
+
+    Refuses a data directory that already holds pipeline data unless ``force``; the modules must
+    be stopped. Files are written beside their final name and renamed into place.
+    """
+    check = verify_backup(path)
+    if not check["ok"]:
+        raise BackupError(
+            f"The backup {path} failed verification, nothing was restored: "
+            + "; ".join(check["problems"])
+        )
+    data_dir = data_dir.resolve()
+    existing = _data_files(data_dir, None) if data_dir.is_dir() else []
+    if existing and not force:
+        raise BackupError(
+            f"{data_dir} already holds pipeline data ({len(existing)} files); restore into an "
+            "empty data directory, or pass --force to replace it (stop the pipeline first)."
+        )
+    manifest = json.loads((path / MANIFEST).read_text())
+    restored = []
+    for entry in manifest["files"]:
+        kind, rel = entry["kind"], entry["path"].split("/", 1)[1]
+        if kind == "config":
+            if config_dir is None:
+                continue
+            dest = config_dir / rel
+        else:
+            dest = data_dir / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        for suffix in ("-wal", "-shm"):
+            Path(f"{dest}{suffix}").unlink(missing_ok=True)
+        tmp = dest.with_name(dest.name + ".restoring")
+        shutil.copy2(path / entry["path"], tmp)
+        tmp.replace(dest)
+        restored.append(str(dest))
+    return {
+        "restored": len(restored),
+        "path": str(path),
+        "data_dir": str(data_dir),
+        "created_at": manifest.get("created_at"),
+        "files": restored,
+        "at": time.time(),
+    }

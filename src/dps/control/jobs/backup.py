@@ -1,0 +1,69 @@
+"""Backup jobs: weekly_full_backup, daily_backup_verify, monthly_dr_validation."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from dps.control.backup import (
+    BackupError,
+    create_backup,
+    list_backups,
+    restore_backup,
+    verify_backup,
+)
+from dps.control.jobs.base import JobContext, JobResult
+
+#: Backups kept by weekly_full_backup (older ones are deleted).
+KEEP = 4
+
+
+def _target(ctx: JobContext) -> Path:
+    return ctx.data_dir / "backups"
+
+
+def weekly_full_backup(ctx: JobContext) -> JobResult:
+    """``dps backup create`` with the modules paused during the copy; keeps the newest four."""
+    manifest = create_backup(
+        ctx.config,
+        ctx.data_dir,
+        _target(ctx),
+        modules=ctx.modules,
+        keep=KEEP,
+        schema_version=ctx.store.schema_version(),
+    )
+    for line in manifest["log"]:
+        ctx.log(line)
+    ctx.log("Backup created.", path=manifest["path"], files=len(manifest["files"]))
+    return JobResult(
+        len(manifest["files"]), f"Backup {manifest['path']} created.", outputs=[manifest["path"]]
+    )
+
+
+def daily_backup_verify(ctx: JobContext) -> JobResult:
+    """Verify the newest backup (checksums and database integrity); fails when there is none."""
+    backups = list_backups(_target(ctx))
+    if not backups:
+        return JobResult(0, f"No backup found in {_target(ctx)}.", ok=False)
+    result = verify_backup(backups[-1])
+    for problem in result["problems"]:
+        ctx.log("Backup problem.", problem=problem)
+    message = f"Backup {backups[-1].name} " + ("verified." if result["ok"] else "is damaged.")
+    return JobResult(int(result.get("files", 0)), message, ok=bool(result["ok"]))
+
+
+def monthly_dr_validation(ctx: JobContext) -> JobResult:
+    """Restore the newest backup into a scratch directory and check every database opens."""
+    backups = list_backups(_target(ctx))
+    if not backups:
+        return JobResult(0, f"No backup found in {_target(ctx)}.", ok=False)
+    with tempfile.TemporaryDirectory(prefix="dps-dr-") as scratch:
+        try:
+            result = restore_backup(
+                backups[-1], Path(scratch) / "data", config_dir=Path(scratch) / "config"
+            )
+        except BackupError as exc:
+            ctx.log("Restore failed.", error=str(exc))
+            return JobResult(0, str(exc), ok=False)
+        ctx.log("Backup restored into a scratch directory.", files=result["restored"])
+    return JobResult(int(result["restored"]), f"Backup {backups[-1].name} restores.")
