@@ -114,7 +114,7 @@ def test_runbooks_b1_b3_e2_h2_against_a_running_pipeline(tmp_path: Path) -> None
         assert code == 200, body
 
         # Traffic: good orders, one with amount "abc" (cast -> DLQ with the rule id), and one
-        # incomplete and a week old: 0.3 * 0.4 + 0.25 + 0.25 + 0.2 * 0 = 0.62, a warning.
+        # incomplete and a week old: 0.3 * 0.6 + 0.25 + 0.25 + 0.2 * 0 = 0.68, a warning.
         rows: list[dict[str, object]] = [
             {
                 "order_id": f"ORD-{i}",
@@ -129,7 +129,14 @@ def test_runbooks_b1_b3_e2_h2_against_a_running_pipeline(tmp_path: Path) -> None
         rows.append(
             {"order_id": "ORD-BAD", "customer_id": "C", "transaction_date": "x", "amount": "abc"}
         )
-        rows.append({"order_id": "ORD-LOW", "created_at": "2026-11-20T00:00:00Z"})
+        rows.append(
+            {
+                "order_id": "ORD-LOW",
+                "customer_id": "C-LOW",
+                "phone_number": "(555) 123-4567",
+                "created_at": "2026-11-20T00:00:00Z",
+            }
+        )
         _orders(config / "input" / "orders" / "orders-runbook.ndjson", rows)
 
         def scored() -> bool:
@@ -163,7 +170,7 @@ def test_runbooks_b1_b3_e2_h2_against_a_running_pipeline(tmp_path: Path) -> None
         code, body = curl(f"{beta}/admin/quality/low-scores?threshold=0.7&limit=100")
         assert code == 200
         low = json.loads(body)["records"]
-        assert low[0]["score"] == 0.62
+        assert low[0]["score"] == 0.68
         assert [r["record_id"] for r in low] == ["orders_file:ORD-LOW"]
         assert any(c.startswith("completeness: amount is missing") for c in low[0]["checks"])
         assert low[0]["dimensions"]["timeliness"] == 0.0

@@ -25,6 +25,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from dps.admin.common import (
+    AuditMiddleware,
+    AuditSink,
     BearerAuthMiddleware,
     ErrorMiddleware,
     OpenAPIGenerator,
@@ -44,10 +46,14 @@ _log = get_logger("admin_api")
 T = TypeVar("T")
 
 
-def build_app(target: ModuleTarget, *, auth_token: str | None = None) -> Starlette:
+def build_app(
+    target: ModuleTarget, *, auth_token: str | None = None, audit: AuditSink | None = None
+) -> Starlette:
     """The admin API of ``target``: the common endpoints, then ``target.routes()``.
 
     With ``auth_token``, every endpoint but ``OPEN_PATHS`` needs ``Authorization: Bearer <token>``.
+    With ``audit`` (the state store's ``append_audit``), every admin action and refused token is
+    audited (see :class:`~dps.admin.common.AuditMiddleware`).
     """
     set_module_info(target.name)
 
@@ -146,7 +152,11 @@ def build_app(target: ModuleTarget, *, auth_token: str | None = None) -> Starlet
         *target.routes(),
     ]
 
-    middleware = [Middleware(ErrorMiddleware)]
+    middleware = []
+    if audit is not None:
+        # Outermost, so refused tokens and errors are audited with the status the caller saw.
+        middleware.append(Middleware(AuditMiddleware, sink=audit, module=target.name))
+    middleware.append(Middleware(ErrorMiddleware))
     if auth_token:
         middleware.append(Middleware(BearerAuthMiddleware, token=auth_token, open_paths=OPEN_PATHS))
     exception_handlers: dict[Any, Any] = {HTTPException: http_exception_handler}

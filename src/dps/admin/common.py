@@ -16,7 +16,7 @@ from __future__ import annotations
 import hmac
 import inspect
 import re
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any, Final
 
 import msgspec
@@ -31,6 +31,7 @@ from dps.core.errors import ConfigError, TerminalError, TransientError
 from dps.core.logging import get_logger
 
 __all__ = [
+    "AuditMiddleware",
     "BearerAuthMiddleware",
     "ErrorMiddleware",
     "JSONResponse",
@@ -195,6 +196,76 @@ class BearerAuthMiddleware:
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+#: Methods whose requests change something, so they are audited.
+_READ_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+#: Read endpoints whose use is audited all the same (data leaves the system).
+AUDITED_READS: Final = frozenset({"/api/export", "/admin/dlq/export", "/admin/config/export"})
+
+AuditSink = Callable[[str, str, str, dict[str, Any]], None]
+
+
+class AuditMiddleware:
+    """Appends an audit entry for every admin action: who, what, when, from where, outcome.
+
+    Every request that changes something (POST, PUT, PATCH, DELETE), every export and every
+    refused token is recorded with ``sink(actor, action, target, details)`` (the state store's
+    ``append_audit``): the actor is the ``X-DPS-Actor`` header (operators name themselves),
+    else ``token`` when a valid bearer token was given, else ``anonymous``; ``details`` holds the
+    client address, the method and path, the status and the outcome. Tokens are never written.
+    The entry is appended after the response is sent, so a slow state store never delays it; an
+    audit failure is logged, not turned into an error for the caller.
+    """
+
+    def __init__(self, app: ASGIApp, sink: AuditSink, module: str) -> None:
+        self.app = app
+        self.sink = sink
+        self.module = module
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            method = scope.get("method", "")
+            path = scope.get("path", "")
+            if method not in _READ_METHODS or path in AUDITED_READS or status == 401:
+                await self._record(scope, method, path, status)
+
+    async def _record(self, scope: Scope, method: str, path: str, status: int) -> None:
+        from starlette.concurrency import run_in_threadpool
+
+        headers = dict(scope.get("headers", []))
+        actor = headers.get(b"x-dps-actor", b"").decode(errors="replace")[:100]
+        if not actor:
+            has_token = headers.get(b"authorization", b"").startswith(b"Bearer ")
+            actor = "token" if has_token and status != 401 else "anonymous"
+        client = scope.get("client")
+        details = {
+            "module": self.module,
+            "method": method,
+            "path": path,
+            "query": scope.get("query_string", b"").decode(errors="replace")[:500],
+            "client": f"{client[0]}:{client[1]}" if client else None,
+            "status": status,
+            "outcome": "success" if status < 400 else ("denied" if status == 401 else "failure"),
+        }
+        action = "auth.failed" if status == 401 else f"admin{path.replace('/admin', '', 1)}"
+        try:
+            await run_in_threadpool(self.sink, actor, action, self.module, details)
+        except Exception as exc:
+            _log.error("Audit entry could not be written.", path=path, error=str(exc))
 
 
 _PATH_PARAM: Final = re.compile(r"{([^}:]+)}")

@@ -13,6 +13,7 @@ its end (a destination acknowledgement, a DLQ, or the duplicate count), as seen 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -27,11 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 
 REPO_BENCHMARKS = Path(__file__).resolve().parents[3] / "benchmarks"
 POLL = 0.25
 QUIET_POLLS = 8
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_encode_json = msgspec.json.Encoder().encode
 MODULES = ("alpha", "beta", "gamma", "control")
 
 
@@ -72,6 +75,10 @@ class RunResult:
     rows_in_postgresql: int
     review_lines: int
     correct: bool
+    latency_ms: dict[str, float | None] = field(
+        default_factory=lambda: {"p50": None, "p95": None, "p99": None}
+    )
+    latency_offered_rps: int = 0
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -87,6 +94,8 @@ class RunResult:
             "rows_in_postgresql": self.rows_in_postgresql,
             "review_lines": self.review_lines,
             "correct": self.correct,
+            "latency_ms": self.latency_ms,
+            "latency_offered_rps": self.latency_offered_rps,
             "notes": self.notes,
         }
 
@@ -160,6 +169,8 @@ def run_pipeline(
     pg_dsn: str,
     progress: Callable[[str, int, int], None] | None = None,
     timeout: float = 3600.0,
+    latency_rate: int = 5000,
+    latency_seconds: float = 10.0,
 ) -> RunResult:
     """Run ``dps run`` on the workload in ``input_dir`` until drained; measure; clean up."""
     run_id = uuid.uuid4().hex[:8]
@@ -175,7 +186,9 @@ def run_pipeline(
     with _pg_connect(pg_dsn) as conn:
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     base = free_port_base()
+    push_port = free_port_base(1)
     env = {
+        "BENCH_PUSH_PORT": str(push_port),
         **os.environ,
         "BENCH_INPUT_DIR": str(input_dir),
         "BENCH_OUTPUT_DIR": str(out),
@@ -192,7 +205,25 @@ def run_pipeline(
         for i, m in enumerate(("control", "alpha", "beta", "gamma"))
     }
     try:
-        return _measure(process, urls, backend, records, schema, out, pg_dsn, progress, timeout)
+        result = _measure(process, urls, backend, records, schema, out, pg_dsn, progress, timeout)
+        if latency_rate > 0:
+            push_url = f"http://127.0.0.1:{push_port}/ingest"
+            sent = asyncio.run(_push_open_loop(push_url, latency_rate, latency_seconds))
+            _wait_drained(urls, records + len(sent), timeout)
+            delivered = _delivery_times(backend, data, pg_dsn, schema, [f"push:{i}" for i in sent])
+            result.latency_ms = _percentiles(
+                [
+                    (delivered[f"push:{i}"] - t) * 1000
+                    for i, t in sent.items()
+                    if f"push:{i}" in delivered
+                ]
+            )
+            result.latency_offered_rps = latency_rate
+            missing = len(sent) - sum(1 for i in sent if f"push:{i}" in delivered)
+            if missing:
+                result.notes.append(f"latency: {missing} pushed records were not delivered.")
+                result.correct = False
+        return result
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -307,6 +338,121 @@ def _measure(
         review_lines=review,
         correct=correct,
     )
+
+
+async def _push_open_loop(url: str, rate: int, seconds: float) -> dict[str, float]:
+    """POST records at ``rate`` per second for ``seconds``, never waiting for answers.
+
+    Open loop: a batch leaves every 10 ms whatever the previous ones are doing, so a slow
+    pipeline shows up as latency rather than as a lower offered rate. Returns id -> send time.
+    """
+    per_tick = max(1, rate // 100)
+    ticks = int(seconds * 100)
+    sent: dict[str, float] = {}
+    failures: list[str] = []
+    async with httpx.AsyncClient(timeout=60.0) as client:
+
+        async def post(body: bytes) -> None:
+            try:
+                response = await client.post(url, content=body)
+                if response.status_code != 200:
+                    failures.append(f"{response.status_code} {response.text[:200]}")
+            except httpx.HTTPError as exc:
+                failures.append(str(exc))
+
+        tasks = []
+        start = time.perf_counter()
+        for tick in range(ticks):
+            delay = start + tick * 0.01 - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            now = time.time()
+            lines = []
+            for k in range(per_tick):
+                rid = f"L{tick:06d}{k:04d}"
+                sent[rid] = now
+                lines.append(_latency_record(rid))
+            tasks.append(asyncio.create_task(post(b"".join(lines))))
+        await asyncio.gather(*tasks)
+    if failures:
+        raise RuntimeError(f"{len(failures)} pushes failed, e.g. {failures[0]}")
+    return sent
+
+
+def _latency_record(rid: str) -> bytes:
+    return (
+        _encode_json(
+            {
+                "id": rid,
+                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "source_id": "src_1",
+                "customer_id": "C00001",
+                "amount": "10.00",
+                "currency": "usd",
+                "phone_number": "(555) 123-4567",
+                "email": "Latency@Example.com",
+                "country": "DE",
+                "payload": {"channel": "web", "items": 1},
+            }
+        )
+        + b"\n"
+    )
+
+
+def _wait_drained(urls: dict[str, str], expected: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=10.0) as client:
+        while time.monotonic() < deadline:
+            acc = client.get(f"{urls['control']}/api/accounting").json()
+            done = (
+                int(acc.get("delivered_records", 0))
+                + int(acc.get("dlq_total", 0))
+                + int(acc["duplicates"])
+            )
+            if done >= expected and not any(acc.get("in_flight", {}).values()):
+                return
+            time.sleep(POLL)
+    raise TimeoutError("The latency run did not drain.")
+
+
+def _delivery_times(
+    backend: Backend, data: Path, pg_dsn: str, schema: str, record_ids: list[str]
+) -> dict[str, float]:
+    """When each record was first acknowledged by a destination (the delivery log)."""
+    from datetime import UTC, datetime
+
+    out: dict[str, float] = {}
+    if backend.state == "postgresql":
+        with _pg_connect(pg_dsn) as conn:
+            rows = conn.execute(
+                f"SELECT record_id, min(timestamp) FROM {schema}_state.delivery_log "
+                "WHERE status = 'delivered' AND record_id LIKE 'push:%' GROUP BY record_id"
+            ).fetchall()
+        for rid, ts in rows:
+            out[rid] = ts.timestamp()
+    else:
+        import sqlite3
+
+        with sqlite3.connect(data / "state.db") as conn:
+            rows = conn.execute(
+                "SELECT record_id, min(timestamp) FROM delivery_log "
+                "WHERE status = 'delivered' AND record_id LIKE 'push:%' GROUP BY record_id"
+            ).fetchall()
+        for rid, ts in rows:
+            out[rid] = datetime.fromisoformat(ts).replace(tzinfo=UTC).timestamp()
+    wanted = set(record_ids)
+    return {rid: t for rid, t in out.items() if rid in wanted}
+
+
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None, "p99": None}
+    ordered = sorted(values)
+
+    def pick(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+    return {"p50": pick(0.50), "p95": pick(0.95), "p99": pick(0.99)}
 
 
 def _delete_streams(prefix: str) -> None:

@@ -7,7 +7,12 @@ from typing import Annotated
 
 import typer
 
+from dps.cli import audit as audit_cmd
+from dps.cli import backup as backup_cmd
+from dps.cli import config_cmd
 from dps.cli import dlq as dlq_cmd
+from dps.cli import emergency as emergency_cmd
+from dps.cli import jobs as jobs_cmd
 from dps.cli import run as run_cmd
 
 app = typer.Typer(
@@ -61,6 +66,12 @@ for _module in ("alpha", "beta", "gamma", "control"):
     _module_command(_module)
 
 app.add_typer(dlq_cmd.app, name="dlq")
+app.add_typer(jobs_cmd.app, name="jobs")
+app.add_typer(audit_cmd.app, name="audit")
+app.add_typer(config_cmd.app, name="config")
+app.add_typer(backup_cmd.app, name="backup")
+app.command("emergency-stop")(emergency_cmd.emergency_stop)
+app.command("restart")(emergency_cmd.restart)
 
 
 @app.command()

@@ -97,7 +97,9 @@ def run_all(
         configure_logging("supervisor", config.pipeline.logging.level)
     host = config.pipeline.admin.bind
     ports = admin_ports(config, port_base)
-    env = {**os.environ, "DPS_DATA_DIR": str(data)}
+    # The control service reaches the modules through their admin APIs at these URLs.
+    admin_urls = json.dumps({name: f"http://{host}:{port}" for name, port in ports.items()})
+    env = {**os.environ, "DPS_DATA_DIR": str(data), "DPS_ADMIN_URLS": admin_urls}
     children = [
         ChildSpec(
             name=name,

@@ -83,3 +83,15 @@ def _json_or_raise(module: str, path: str, response: httpx.Response) -> Any:
         message = data.get("error") if isinstance(data, dict) else None
         raise RuntimeError(f"{module} {path} answered {response.status_code}: {message or data}")
     return data
+
+
+def client_for(config: PipelineConfig, port_base: int | None = None) -> ModuleClient:
+    """A client for the CLI: ``--admin-port-base N`` as ``dps run`` (control=N, alpha=N+1, ...)."""
+    urls = module_urls(config)
+    if port_base is not None:
+        host = urls["alpha"].rsplit(":", 1)[0]
+        names = ("control", "alpha", "beta", "gamma")
+        urls = {name: f"{host}:{port_base + i}" for i, name in enumerate(names)}
+    admin = config.pipeline.admin
+    token = admin.auth_token_ref.resolve() if admin.auth_token_ref else None
+    return ModuleClient(urls, token)

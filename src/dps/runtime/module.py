@@ -9,6 +9,7 @@ acknowledged that is not durable, so stopping at any point loses nothing.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -64,6 +65,7 @@ class ModuleHost:
             self.config.pipeline.state.backend_settings(),
             self.data_dir,
         )
+        self.record_config("config.load", "system")
         self.run_state = RunState.STARTING
         self.started_at = time.time()
         self.last_step_at: float | None = None
@@ -75,6 +77,22 @@ class ModuleHost:
         self._lock = threading.RLock()
         self._queues: list[Queue] = []
         self._worker: threading.Thread | None = None
+
+    def record_config(self, action: str, actor: str) -> None:
+        """Store the loaded configuration as a version and audit it (with its checksum)."""
+        from dps.config.models import config_files
+
+        root = self.config.root
+        files = {
+            p.relative_to(root).as_posix(): p.read_text(errors="replace")
+            for p in config_files(root)
+        }
+        checksum = self.config.checksum()
+        content = json.dumps(files, sort_keys=True, indent=1)
+        version = self.state_store.save_config_version(self.name, checksum, content, actor)
+        self.state_store.append_audit(
+            actor, action, self.name, {"checksum": checksum, "version": version}
+        )
 
     # -- queues -------------------------------------------------------------------------------
     def open_queue(self, name: str, *, dead_letter: DeadLetterSink | None = None) -> Queue:
@@ -166,6 +184,7 @@ class ModuleHost:
         with self._lock:
             self.apply_config(new)
             self.config = new
+        self.record_config("config.reload", "admin-api")
         self.log.info("Configuration reloaded.", checksum=new.checksum())
         return {"status": "reloaded", "checksum": new.checksum()}
 
@@ -175,6 +194,10 @@ class ModuleHost:
     def pause(self) -> None:
         self._resume.clear()
         self.run_state = RunState.PAUSED
+        # Return once the batch in flight (if any) is done: whoever asked for the pause may then
+        # read a quiescent state (dps backup create copies the files right after).
+        with self._lock:
+            pass
         self.log.info("Processing paused.")
 
     def resume(self) -> None:
@@ -209,7 +232,8 @@ class ModuleHost:
         token = admin.auth_token_ref.resolve() if admin.auth_token_ref else None
         bind_host = host or admin.bind
         bind_port = port if port is not None else 8080
-        server = AdminServer(build_app(self, auth_token=token), bind_host, bind_port)
+        app = build_app(self, auth_token=token, audit=self.state_store.append_audit)
+        server = AdminServer(app, bind_host, bind_port)
         stop = threading.Event()
 
         def on_signal(signum: int, _frame: Any) -> None:

@@ -134,7 +134,7 @@ def test_each_row_comes_with_the_header_and_its_file_line(
     state: StateStore, tmp_path: Path
 ) -> None:
     path = tmp_path / "orders.csv"
-    path.write_bytes(b"id,name\n1,Ann\n\n2,\"B\nob\"\n3,Cy\n")
+    path.write_bytes(b'id,name\n1,Ann\n\n2,"B\nob"\n3,Cy\n')
     fetch = _csv_source(state, path).fetch(100)
     assert [(i.data, i.origin) for i in fetch.items] == [
         (b"id,name\n1,Ann\n", f"{path}:2"),

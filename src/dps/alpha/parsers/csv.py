@@ -110,7 +110,8 @@ class CsvParser(Parser):
         out: list[dict[str, Any] | BadRecord] = []
         for index, (start, end, row) in enumerate(rows):
             where = "" if single else f"#{index}"
-            raw = "".join(lines[start:end]).encode()
+            # One row: the whole item (header and row), which parses again on its own on replay.
+            raw = data if single else "".join(lines[start:end]).encode()
             at = "" if single else f" at line {start + 1} of the document"
             if isinstance(row, TerminalError):
                 out.append(BadRecord(raw, row, where))
