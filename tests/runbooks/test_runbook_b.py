@@ -114,7 +114,7 @@ def test_runbooks_b1_b3_e2_h2_against_a_running_pipeline(tmp_path: Path) -> None
         assert code == 200, body
 
         # Traffic: good orders, one with amount "abc" (cast -> DLQ with the rule id), and one
-        # incomplete and a week old: 0.3 * 0.6 + 0.25 + 0.25 + 0.2 * 0 = 0.68, a warning.
+        # without transaction_date and a week old: 0.3 * 0.8 + 0.25 + 0.25 + 0.2 * 0 = 0.74.
         rows: list[dict[str, object]] = [
             {
                 "order_id": f"ORD-{i}",
@@ -133,6 +133,7 @@ def test_runbooks_b1_b3_e2_h2_against_a_running_pipeline(tmp_path: Path) -> None
             {
                 "order_id": "ORD-LOW",
                 "customer_id": "C-LOW",
+                "amount": "1",
                 "phone_number": "(555) 123-4567",
                 "created_at": "2026-11-20T00:00:00Z",
             }
@@ -158,7 +159,7 @@ def test_runbooks_b1_b3_e2_h2_against_a_running_pipeline(tmp_path: Path) -> None
         code, body = curl(f"{beta}/admin/quality/stats")
         assert code == 200
         stats = json.loads(body)
-        assert stats["levels"] == {"ok": 20, "warn": 1, "error": 0, "reject": 0}
+        assert stats["levels"] == {"ok": 21, "warn": 0, "error": 0, "reject": 0}
         assert stats["thresholds"] == {"warn": 0.7, "error": 0.5, "reject": 0.3}
 
         # -- E.2 ----------------------------------------------------------------------------
@@ -167,12 +168,14 @@ def test_runbooks_b1_b3_e2_h2_against_a_running_pipeline(tmp_path: Path) -> None
         assert sum(b["count"] for b in json.loads(body)["buckets"]) == stats["records_scored"]
         code, body = curl(f"{beta}/admin/quality/low-scores?threshold=0.5&limit=100")
         assert code == 200 and json.loads(body)["records"] == []
-        code, body = curl(f"{beta}/admin/quality/low-scores?threshold=0.7&limit=100")
+        code, body = curl(f"{beta}/admin/quality/low-scores?threshold=0.8&limit=100")
         assert code == 200
         low = json.loads(body)["records"]
-        assert low[0]["score"] == 0.68
+        assert low[0]["score"] == 0.74
         assert [r["record_id"] for r in low] == ["orders_file:ORD-LOW"]
-        assert any(c.startswith("completeness: amount is missing") for c in low[0]["checks"])
+        assert any(
+            c.startswith("completeness: transaction_date is missing") for c in low[0]["checks"]
+        )
         assert low[0]["dimensions"]["timeliness"] == 0.0
         code, body = curl(f"{beta}/admin/quality/dimensions")
         assert code == 200

@@ -169,6 +169,9 @@ class AlphaModule(ModuleHost):
             record_path=sc.parsing.record_path,
             csv_header=sc.parsing.csv.header,
             csv_quote=sc.parsing.csv.quote,
+            buffer_capacity=min(
+                config.alpha.settings.BUFFER_CAPACITY, config.pipeline.transport.capacity
+            ),
             buffer_room=lambda: self._room,
             accepting=accepting,
         )

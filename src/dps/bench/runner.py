@@ -31,8 +31,8 @@ import httpx
 import msgspec
 
 REPO_BENCHMARKS = Path(__file__).resolve().parents[3] / "benchmarks"
-POLL = 0.25
-QUIET_POLLS = 8
+POLL = 1.0
+QUIET_POLLS = 3
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _encode_json = msgspec.json.Encoder().encode
 MODULES = ("alpha", "beta", "gamma", "control")

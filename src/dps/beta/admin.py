@@ -66,7 +66,7 @@ def beta_routes(module: BetaModule) -> list[BaseRoute]:
     async def quality_low_scores(request: Request) -> Response:
         """Recent records scoring below ``threshold`` (default 0.5), newest first, at most
         ``limit`` (default 100), each with its dimension scores and the checks that cost points.
-        Records are retained when they score below the ``warn`` threshold."""
+        The last 1000 records scoring below 1 are retained."""
         threshold = _number(request, "threshold", 0.5, 0, 1)
         limit = int(_number(request, "limit", 100, 1, 10000))
         return json_response(module.quality_stats.low_scores(threshold, limit))

@@ -156,7 +156,7 @@ class BetaModule(ModuleHost):
             m.BETA_QUALITY_SCORE_DISTRIBUTION.observe(record.quality.score)
         scorer = stage.scorer
         if scorer is not None and scored:
-            self.quality_stats.add(scored, scorer.thresholds.warn)
+            self.quality_stats.add(scored, 1.0)
             average = self.quality_stats.stats(scorer)["average_score"]
             if average is not None:
                 m.BETA_QUALITY_SCORE.set(average)

@@ -55,16 +55,23 @@ def diff(
 @app.command()
 def drift(
     config_dir: ConfigDir,
+    data_dir: DataDir = None,
     admin_port_base: Annotated[
         int | None, typer.Option(help="Admin ports as dps run: control=N, alpha=N+1, ...")
     ] = None,
 ) -> None:
     """Compare the files on disk with what each running module uses; exit 1 on drift."""
+    import os
+
     from dps.config import load_config
     from dps.control.configs import detect_drift
     from dps.control.modules import client_for
+    from dps.runtime.module import resolve_data_dir
 
-    client = client_for(load_config(config_dir), admin_port_base)
+    config = load_config(config_dir)
+    # Loaded as the modules load it: ${DPS_DATA_DIR} in the files is their data directory.
+    os.environ["DPS_DATA_DIR"] = str(resolve_data_dir(config, data_dir))
+    client = client_for(config, admin_port_base)
     try:
         report = detect_drift(Path(config_dir), client)
     finally:

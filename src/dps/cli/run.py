@@ -34,8 +34,11 @@ MODULES = {
     "control": "dps.control.module:ControlModule",
 }
 START_ORDER = ("control", "gamma", "beta", "alpha")
-#: Consecutive quiet polls (0.5 s apart) before the input counts as drained.
-QUIET_POLLS = 3
+#: Seconds between polls of the accounting, and how many quiet polls in a row mean drained.
+#: The accounting counts durable rows, so it is not free: poll at a pace that costs the
+#: pipeline nothing measurable.
+POLL_SECONDS = 1.0
+QUIET_POLLS = 2
 
 
 def _print_config_error(exc: ConfigError) -> None:
@@ -160,7 +163,7 @@ def run_all(
                         if quiet >= QUIET_POLLS:
                             drained = True
                             break
-                    stop.wait(0.5)
+                    stop.wait(POLL_SECONDS)
             if drained:
                 _summary(acc, console=Console(), json_out=json_out)
                 if not once:

@@ -91,6 +91,9 @@ class SourceContext:
     #: its file's header line in front, and keeps a quoted field's newlines inside one row.
     csv_header: bool = True
     csv_quote: str = '"'
+    #: BUFFER_CAPACITY (capped by the transform queue's capacity): what a queue consumer may hold
+    #: unacked at most (its prefetch).
+    buffer_capacity: int = 1 << 30
     #: Records the ingest buffer (transform queue up to BUFFER_CAPACITY) can take right now.
     buffer_room: Callable[[], int] = _always_room
     #: False while Alpha does not take work (paused, emergency stop, source paused or disabled).

@@ -16,7 +16,10 @@ too many connections (53300) is ``throttle``; data and constraint errors (22*, 2
 ``column_mapping`` maps a record field to a column. The record fields are the envelope's
 (``record_id``, ``source_id``, ``correlation_id``, ``ingested_at``, ``event_time``,
 ``timestamp`` — the event time, else the ingest time —, ``quality_score``, ``payload`` — the whole
-payload as JSON) and any dotted path into the payload.
+payload as JSON) and any dotted path into the payload. A payload path the record lacks is
+written as NULL, or, with ``format.on_missing_field: dlq``, sends the record to the DLQ as
+``poison`` with reason ``missing_field`` (a mapping that names a field the data does not have
+is then seen at once instead of filling a column with NULLs).
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ from dps.gamma.destinations.base import (
 )
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: What a payload-path extractor returns for a path the record does not have.
+MISSING: Any = object()
 _json = msgspec.json.Encoder()
 
 
@@ -86,6 +91,13 @@ class DatabaseFormat(StrictModel):
         ),
     )
     create_table: bool = Field(default=True, description="Create the table when it is missing.")
+    on_missing_field: Literal["null", "dlq"] = Field(
+        default="null",
+        description=(
+            "A mapped payload field the record lacks: null writes NULL; dlq sends the record to "
+            "the DLQ (poison, reason missing_field) naming the field."
+        ),
+    )
 
     @field_validator("table")
     @classmethod
@@ -133,7 +145,7 @@ def extractor(field: str) -> tuple[Extractor, str]:
         return envelope[field]
 
     def payload_value(r: Record) -> Any:
-        value = get_path(r.payload, field)
+        value = get_path(r.payload, field, MISSING)
         if isinstance(value, dict | list):
             return _json.encode(value).decode()
         return value
@@ -170,6 +182,7 @@ class DatabaseDestination(Destination):
         super().__init__(destination_id, spec)
         mapping = dict(self.spec.format.column_mapping)
         mapping.setdefault("record_id", "record_id")
+        self.mapping = mapping
         self.columns = list(mapping.values())
         self.key_column = mapping["record_id"]
         self._extract = [extractor(field) for field in mapping]
@@ -232,7 +245,40 @@ class DatabaseDestination(Destination):
 
     # -- delivery -----------------------------------------------------------------------------
     def _rows(self, records: Sequence[Record]) -> list[tuple[Any, ...]]:
-        return [tuple(get(r) for get, _ in self._extract) for r in records]
+        return [
+            tuple(None if v is MISSING else v for v in (get(r) for get, _ in self._extract))
+            for r in records
+        ]
+
+    def _missing_fields(self, records: Sequence[Record]) -> tuple[list[Record], Rejected]:
+        """``on_missing_field: dlq``: the records lacking a mapped field, refused as poison."""
+        if self.spec.format.on_missing_field == "null":
+            return list(records), []
+        fields = list(self.mapping.items())
+        ok: list[Record] = []
+        rejected: Rejected = []
+        for record in records:
+            lacking = [
+                (field, column)
+                for (field, column), (get, _) in zip(fields, self._extract, strict=True)
+                if get(record) is MISSING
+            ]
+            if not lacking:
+                ok.append(record)
+                continue
+            names = ", ".join(f"{f} (column {c})" for f, c in lacking)
+            rejected.append(
+                (
+                    record,
+                    RecordError(
+                        "missing_field",
+                        f"The record has no {names}, which format.column_mapping maps "
+                        "(format.on_missing_field: dlq).",
+                        "poison",
+                    ),
+                )
+            )
+        return ok, rejected
 
     def _conflict_clause(self) -> str:
         if self.spec.format.type == "insert":
@@ -250,11 +296,12 @@ class DatabaseDestination(Destination):
         return f"INSERT INTO {table} ({cols}) VALUES ({marks}) {self._conflict_clause()}"
 
     def deliver(self, records: Sequence[Record]) -> Rejected:
+        records, refused = self._missing_fields(records)
         if not records:
-            return []
+            return refused
         if self._sqlite is not None:
-            return self._deliver_sqlite(records)
-        return self._deliver_postgresql(records)
+            return refused + self._deliver_sqlite(records)
+        return refused + self._deliver_postgresql(records)
 
     def _deliver_sqlite(self, records: Sequence[Record]) -> Rejected:
         assert self._sqlite is not None
