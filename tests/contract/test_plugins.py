@@ -1,9 +1,10 @@
 """House rule 9: every registered plugin has an example config that builds it.
 
-For each source, parser, transform and destination in the registry there is
+For each source, parser, transform, destination and enrichment source in the registry there is
 ``examples/plugins/<kind>/<name>.yaml``: a whole file in the runbook format (a source file, a
-rule file, a destination file; for a parser, a source file using that format). It loads through
-the real config loader and its validators, and the plugin class builds from what was loaded.
+rule file, a destination file, an enrichment file; for a parser, a source file using that
+format). It loads through the real config loader and its validators, and the plugin class builds
+from what was loaded.
 The cases come from the registry, so a new plugin without an example fails here.
 """
 
@@ -18,16 +19,17 @@ import pytest
 
 from dps.alpha.parsers.base import Parser
 from dps.alpha.sources.base import Source
+from dps.beta.enrichment.base import EnrichmentSource
 from dps.beta.rules import RuleSet
 from dps.beta.transforms.base import Transform
 from dps.config import load_config, load_file
-from dps.config.models import DestinationConfig, RuleConfig, SourceConfig
+from dps.config.models import DestinationConfig, EnrichmentConfig, RuleConfig, SourceConfig
 from dps.core import registry
 from dps.gamma.destinations.base import Destination
 from dps.state import open_state
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "plugins"
-KINDS = ("sources", "parsers", "transforms", "destinations")
+KINDS = ("sources", "parsers", "transforms", "destinations", "enrichment")
 
 #: The kind of configuration file each plugin kind's example is (see dps.config.loader.KINDS).
 FILE_KIND = {
@@ -35,6 +37,7 @@ FILE_KIND = {
     "parsers": "source",
     "transforms": "rule",
     "destinations": "destination",
+    "enrichment": "enrichment",
 }
 #: Where each kind's example goes in a CONFIG_DIR.
 LAYOUT = {
@@ -42,6 +45,7 @@ LAYOUT = {
     "parsers": "alpha/sources",
     "transforms": "beta/transforms/rules",
     "destinations": "gamma/destinations",
+    "enrichment": "beta/enrichment",
 }
 
 
@@ -104,11 +108,22 @@ def _build_destination(name: str, config: Any, tmp_path: Path) -> object:
     return destination
 
 
+def _build_enrichment(name: str, config: Any, tmp_path: Path) -> object:
+    assert isinstance(config, EnrichmentConfig)
+    assert config.type == name
+    cls = registry.get("enrichment", name)
+    assert isinstance(config.connection, cls.Config)
+    source = cls(config.name, config.connection)
+    assert isinstance(source, EnrichmentSource)
+    return source
+
+
 BUILD: dict[str, Callable[[str, Any, Path], object]] = {
     "sources": _build_source,
     "parsers": _build_parser,
     "transforms": _build_transform,
     "destinations": _build_destination,
+    "enrichment": _build_enrichment,
 }
 
 
@@ -170,3 +185,4 @@ def test_the_examples_load_together_as_one_config_dir(tmp_path: Path) -> None:
     assert {d.destination_type for d in config.gamma.destinations.values()} == set(
         registry.names("destinations")
     )
+    assert {e.type for e in config.beta.enrichment.values()} == set(registry.names("enrichment"))

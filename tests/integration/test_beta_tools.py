@@ -185,3 +185,40 @@ def test_dps_test_reports_a_malformed_test_file(tmp_path: Path, body: str) -> No
     done = _run(sys.executable, "-m", "dps", "test", str(config), cwd=tmp_path)
     assert done.returncode == 1
     assert "bad_test.yaml" in done.stdout
+
+
+LOOKUP_TESTS = """\
+tests:
+  - name: the lookup reads the configured enrichment source
+    rules: [TRX_LOOKUP_TIER]
+    input:
+      - {customer_id: C1}
+      - {customer_id: C404}
+    expect:
+      - fields: {customer_tier: gold}
+      - outcome: dlq
+        reason: "rule_failed:TRX_LOOKUP_TIER"
+"""
+
+
+def test_dps_test_runs_lookups_against_the_configured_sources(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    (tmp_path / "customers.csv").write_text("id,tier\nC1,gold\n")
+    (config / "beta" / "enrichment").mkdir()
+    (config / "beta" / "enrichment" / "customer_db.yaml").write_text(
+        "name: customer_db\ntype: csv\n"
+        f"connection: {{path: {tmp_path / 'customers.csv'}, key_column: id}}\n"
+    )
+    rules = config / "beta" / "transforms" / "rules"
+    (rules / "lookup.yaml").write_text(
+        "rule_id: TRX_LOOKUP_TIER\nmatch: {field: customer_id, condition: exists}\n"
+        "transform:\n  type: lookup\n"
+        "  config: {source: customer_db, fields: {customer_tier: tier}, on_miss: fail}\n"
+        "on_failure: dlq\n"
+    )
+    (rules / "lookup_test.yaml").write_text(LOOKUP_TESTS)
+
+    done = _run(sys.executable, "-m", "dps", "test", str(config), cwd=tmp_path)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ok   beta/transforms/rules/lookup_test.yaml (1 cases)" in done.stdout

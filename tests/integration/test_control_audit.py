@@ -6,6 +6,7 @@ server at 127.0.0.1:5432 and fails (not skips) when it is down.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import uuid
@@ -16,10 +17,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
+from tests.integration.test_state import PG_DSN
 
 from dps.state import open_state
 from dps.state.sql import LATEST_VERSION, SqlStateStore, audit_entry_hash, audit_log
-from tests.integration.test_state import PG_DSN
 
 BACKENDS = [
     pytest.param("sqlite", id="sqlite"),
@@ -72,7 +73,7 @@ def test_entries_chain_and_verify(store: SqlStateStore) -> None:
     entries = store.export_audit()
     assert [e["actor"] for e in entries] == [f"user{i}" for i in range(5)]
     assert entries[0]["prev_hash"] == ""
-    for before, after in zip(entries, entries[1:], strict=False):
+    for before, after in itertools.pairwise(entries):
         assert after["prev_hash"] == before["entry_hash"]
     result = store.verify_audit()
     assert result == {"ok": True, "entries": 5, "chained": 5, "unchained": 0, "problems": []}

@@ -13,6 +13,7 @@ so the per-destination spools are JetStream streams, and PostgreSQL state).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
@@ -110,6 +111,71 @@ class Receiver:
             return set(self.records)
 
 
+class TcpProxy:
+    """A TCP proxy on a fixed local port to a real server; ``stop()`` cuts every connection.
+
+    Stopping it is, for the pipeline, the server going away (connections reset, new ones
+    refused); starting it again is the server coming back.
+    """
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.port = _free_port()
+        self._listener: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.upstream)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            # close() alone does not wake a thread blocked in accept(): it would go on accepting.
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+
 def order(n: int, **extra: Any) -> dict[str, Any]:
     return {
         "order_id": f"F-{n:05d}",
@@ -174,10 +240,13 @@ def http_destination(receiver: Receiver, extra_connection: str = "", **delivery:
     )
 
 
-def pg_destination(table: str, mapping: dict[str, str], extra_format: str = "") -> str:
+def pg_destination(
+    table: str, mapping: dict[str, str], extra_format: str = "", port: int = 5432
+) -> str:
     return (
         "destination_type: database\n"
-        "connection:\n  type: postgresql\n  host: 127.0.0.1\n  port: 5432\n  database: test\n"
+        "connection:\n  type: postgresql\n  host: 127.0.0.1\n"
+        f"  port: {port}\n  database: test\n"
         "  username: postgres\n  ssl_mode: disable\n  pool_size: 2\n"
         "delivery:\n  batch_size: 100\n  timeout_ms: 10000\n  retry_count: 2\n"
         "  retry_delay_ms: 100\n"
@@ -321,7 +390,12 @@ def test_a_destination_down_for_a_while_loses_nothing_and_stalls_no_other(
     with psycopg.connect(PG_DSN, autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {table} (event_id TEXT PRIMARY KEY, event_data JSONB)")
     api = Receiver()
-    add_destination(config, "api", http_destination(api))
+    # Several batches in flight at once (H.3's async mode) through the outage and the recovery.
+    add_destination(
+        config,
+        "api",
+        http_destination(api, max_in_flight=3) + "delivery_mode: async\nack_mode: record\n",
+    )
     add_destination(
         config,
         "warehouse",
@@ -335,6 +409,12 @@ def test_a_destination_down_for_a_while_loses_nothing_and_stalls_no_other(
     try:
         run.wait_ready()
         gamma_pid = run.get("gamma", "/admin/status").json()["pid"]
+        modes = run.get("gamma", "/admin/delivery/parallelism").json()["destinations"]["api"]
+        assert (modes["delivery_mode"], modes["ack_mode"], modes["max_in_flight"]) == (
+            "async",
+            "record",
+            3,
+        )
         wait_until(lambda: len(api.ids()) == 200, 120, "the first wave never reached the API")
 
         api.stop()  # down
@@ -367,6 +447,70 @@ def test_a_destination_down_for_a_while_loses_nothing_and_stalls_no_other(
         api.stop()
         if backend == "scale_out":
             _delete_streams(prefix)
+
+
+# -- PostgreSQL going away during a run ----------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_postgresql_gone_during_a_run_then_back_no_row_lost_or_duplicated(
+    tmp_path: Path, pg_schema: str
+) -> None:
+    config = fault_config(tmp_path)
+    state = StateView(tmp_path / "data")
+    table = f"{pg_schema}.events"
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(
+            f"CREATE TABLE {table} (event_id TEXT PRIMARY KEY, event_data JSONB, "
+            "CONSTRAINT not_order_7 CHECK (event_id <> 'orders_file:F-00007'))"
+        )
+    proxy = TcpProxy(("127.0.0.1", 5432))
+    text = (
+        pg_destination(table, {"record_id": "event_id", "payload": "event_data"}, port=proxy.port)
+        .replace("retry_count: 2", "retry_count: 1")
+        .replace("timeout_ms: 10000", "timeout_ms: 3000")
+    )
+    text += (
+        "circuit_breaker:\n  failure_threshold: 2\n  window_seconds: 60\n"
+        "  cooldown_seconds: 1\n  max_cooldown_seconds: 2\n"
+    )
+    add_destination(config, "warehouse", text)
+    api = Receiver()
+    add_destination(config, "api", http_destination(api))
+    write_orders(config, "first", [order(n) for n in range(200)])
+    proxy.start()
+    api.start()
+    run = start_pipeline(config, tmp_path / "data")
+    try:
+        run.wait_ready()
+        gamma_pid = run.get("gamma", "/admin/status").json()["pid"]
+        wait_until(lambda: len(pg_ids(table)) == 199, 120, "the first wave never landed")
+
+        proxy.stop()  # PostgreSQL is gone
+        write_orders(config, "second", [order(n) for n in range(200, 500)])
+        wait_until(lambda: breakers(run).get("warehouse") == "OPEN", 90, "the breaker never opened")
+        wait_until(lambda: len(api.ids()) == 500, 120, "the API stalled behind PostgreSQL")
+        time.sleep(2.0)
+        assert breakers(run)["warehouse"] in ("OPEN", "HALF_OPEN")
+        assert run.get("gamma", "/admin/destinations/warehouse/test").status_code == 503
+
+        proxy.start()  # back
+        wait_until(
+            lambda: breakers(run).get("warehouse") == "CLOSED", 60, "the breaker never closed"
+        )
+        wait_until(lambda: gamma_idle(run), 120, "the warehouse never caught up")
+
+        expected = {rid(n) for n in range(500)}
+        dead = check_exactly_once(state, "warehouse", expected, pg_ids(table))
+        assert dead == {rid(7): ("permanent", "destination_rejected")}  # only the bad row
+        assert check_exactly_once(state, "api", expected, api.ids()) == {}
+        assert state.gamma_dlq_total() == 1
+        check_running(run, gamma_pid)
+    finally:
+        run.stop()
+        proxy.stop()
+        api.stop()
 
 
 # -- bad records and a hanging destination --------------------------------------------------------
@@ -475,3 +619,45 @@ def test_receiver_answers() -> None:
     finally:
         receiver.stop()
     assert receiver.ids() == {"a", "b"} and receiver.copies == {"a": 2, "b": 2}
+
+
+# -- data classification at run time -------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_confidential_data_never_reaches_a_public_destination(tmp_path: Path) -> None:
+    """The default destination takes what no route matches, so the loader cannot check it: at run
+    time each confidential record goes to the DLQ as ``unauthorized``, never to the file."""
+    config = fault_config(tmp_path)
+    orders = config / "alpha" / "sources" / "orders.yaml"
+    orders.write_text(orders.read_text() + "\ndata_classification: confidential\n")
+    out = tmp_path / "public" / "out.jsonl"
+    (config / "gamma" / "destinations" / "public_feed.yaml").write_text(
+        "destination_id: public_feed\ndestination_type: file\n"
+        f"connection:\n  path: {out}\nauthorization:\n  data_classification: public\n"
+    )
+    (config / "gamma" / "gamma.yaml").write_text("default_destination: public_feed\n")
+    write_orders(config, "orders", [order(n) for n in range(20)])
+    state = StateView(tmp_path / "data")
+    run = start_pipeline(config, tmp_path / "data")
+    try:
+        run.wait_ready()
+        gamma_pid = run.get("gamma", "/admin/status").json()["pid"]
+
+        def all_dead() -> bool:
+            return int(run.get("gamma", "/admin/dlq/stats").json()["size"]) == 20
+
+        wait_until(all_dead, 120, "the records never reached the DLQ")
+        entries = run.get("gamma", "/admin/dlq/entries?limit=100&offset=0").json()["entries"]
+        assert {e["record_id"] for e in entries} == {rid(n) for n in range(20)}
+        assert {(e["reason"], e["stage"], e["error_class"]) for e in entries} == {
+            ("unauthorized", "route", "permanent")
+        }
+        assert (
+            "confidential" in entries[0]["error"] and "public_feed (public)" in entries[0]["error"]
+        )
+        assert state.delivered("public_feed") == set()
+        assert not out.exists() or out.read_text() == ""
+        check_running(run, gamma_pid)
+    finally:
+        run.stop()

@@ -1,11 +1,15 @@
-"""Runbooks B.1, B.3, E.2 and H.2 (investigation steps) performed as written against ``dps run``.
+"""Runbooks B.1, B.2, B.3, E.2 and H.2 (investigation steps) performed as written against
+``dps run``.
 
 The manual's hosts (``beta:8080``) become the test pipeline's beta admin port; its paths
 (``/opt/pipeline/beta/config/...``) become the copied CONFIG_DIR. Commands are run as the
 manual shows them: the validators and ``beta-rule-tester`` as console scripts, ``curl`` for
 the admin API, ``jq '.summary'`` on the tester's output.
 
-Runbook B.2 (enrichment cache) is not here: enrichment is not built yet.
+B.2 (enrichment cache) has its own test, with an enrichment database (SQLite) and an HTTP
+enrichment source served by the test, which stops and restarts it: with ``STALE_CACHE`` records
+keep flowing from the cache, with ``FAIL`` they go to the Beta DLQ with the rule id and why, and
+they flow again when the source is back.
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from tests.integration.pipeline_harness import copy_quickstart, start_pipeline, wait_until
@@ -34,12 +42,13 @@ on_failure: dlq
 """
 
 
-def curl(*args: str) -> tuple[int, str]:
+def curl(*args: str, cwd: Path | None = None) -> tuple[int, str]:
     done = subprocess.run(
         ["curl", "-s", "-o", "-", "-w", "\n%{http_code}", *args],
         capture_output=True,
         text=True,
         timeout=30,
+        cwd=cwd,
     )
     body, _, code = done.stdout.rpartition("\n")
     return int(code), body
@@ -187,7 +196,8 @@ def test_runbooks_b1_b3_e2_h2_against_a_running_pipeline(tmp_path: Path) -> None
         code, body = curl(f"{beta}/admin/transform/parallelism")
         assert code == 200 and json.loads(body)["configured_parallelism"] >= 1
         code, body = curl(f"{beta}/admin/cache/stats")
-        assert code == 404  # enrichment is not built yet
+        assert code == 200  # no enrichment source is configured here: B.2's test has them
+        assert json.loads(body)["entries"] == 0 and json.loads(body)["sources"] == {}
         code, body = curl(f"{beta}/admin/transform/rule-complexity")
         assert code == 200
         ids = {r["rule_id"] for r in json.loads(body)["rules"]}
@@ -212,3 +222,333 @@ def test_runbooks_b1_b3_e2_h2_against_a_running_pipeline(tmp_path: Path) -> None
     assert by_id["orders_file:ORD-BAD"][0] == "rule_failed:TRX_050_AMOUNT_DECIMAL"
     assert "cannot be cast to decimal" in by_id["orders_file:ORD-BAD"][1]
     assert "orders_file:ORD-LOW" not in by_id
+
+
+# -- B.2 and the enrichment outage --------------------------------------------------------------
+
+CUSTOMER_DB = """\
+name: customer_db
+type: database
+connection:
+  url: sqlite:///{db}
+  query: SELECT customer_id, tier FROM customers WHERE customer_id = :key
+  scan_query: SELECT customer_id, tier FROM customers
+cache:
+  warmup: true
+"""
+CUSTOMER_API = """\
+name: customer_api
+type: http
+connection:
+  url: http://127.0.0.1:{port}/customers/{{key}}
+  auth: {{type: bearer, token_ref: "file:{token}"}}
+  timeout_seconds: 1
+  connect_timeout_seconds: 0.5
+cache:
+  ttl_seconds: 1
+"""
+LOOKUP_RULES = {
+    "lookup_tier.yaml": """\
+rule_id: TRX_060_CUSTOMER_TIER
+priority: 80
+match: {field: customer_id, condition: exists}
+transform:
+  type: lookup
+  config: {source: customer_db, fields: {customer_tier: tier}}
+on_failure: dlq
+""",
+    "lookup_name.yaml": """\
+rule_id: TRX_061_CUSTOMER_NAME
+priority: 70
+match: {field: customer_id, condition: exists}
+transform:
+  type: lookup
+  config: {source: customer_api, fields: {customer_name: name}, on_miss: fail}
+on_failure: dlq
+""",
+}
+TOKEN = "b2-token"
+ORDER_V1 = {
+    "type": "object",
+    "required": ["order_id", "amount"],
+    "properties": {"amount": {"type": "number"}},
+}
+ORDER_V2 = {
+    "x-dps": {"match": {"field": "amount_cents", "condition": "exists"}},
+    "type": "object",
+    "required": ["order_id", "amount_cents"],
+    "properties": {"amount_cents": {"type": "integer"}},
+}
+
+
+class _Crm(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        key = self.path.rsplit("/", 1)[-1]
+        if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+            status, body = 401, {"error": "unauthorized"}
+        elif key.startswith("C") and key[1:].isdigit() and int(key[1:]) <= 60:
+            status, body = 200, {"id": key, "name": f"Customer {key}"}
+        else:
+            status, body = 404, {"error": "not found"}
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def _crm(port: int = 0) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", port), _Crm)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def _order(order_id: str, customer: str) -> dict[str, object]:
+    return {
+        "order_id": order_id,
+        "customer_id": customer,
+        "amount": "10",
+        "country": "GB",
+        "email": "x@example.com",
+        "phone_number": "+15551234567",
+        "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def _outcomes(data_dir: Path, ids: list[str]) -> dict[str, tuple[str, str]]:
+    """record id -> ("delivered", payload JSON) or ("dlq", reason + error), for ``ids``."""
+    found: dict[str, tuple[str, str]] = {}
+    warehouse = data_dir / "warehouse.db"
+    if warehouse.exists():
+        with sqlite3.connect(warehouse) as db:
+            try:
+                for rid, data in db.execute("SELECT event_id, event_data FROM pipeline_events"):
+                    found[rid] = ("delivered", str(data))
+            except sqlite3.OperationalError:
+                pass
+    with sqlite3.connect(data_dir / "state.db") as db:
+        for rid, reason, error in db.execute(
+            "SELECT record_id, reason, error FROM dlq_entries WHERE module = 'beta'"
+        ):
+            found[rid] = ("dlq", f"{reason}: {error}")
+    return {
+        f"orders_file:{i}": found[f"orders_file:{i}"] for i in ids if f"orders_file:{i}" in found
+    }
+
+
+def test_runbook_b2_and_an_enrichment_outage_against_a_running_pipeline(tmp_path: Path) -> None:
+    config = copy_quickstart(tmp_path / "config")
+    shutil.rmtree(config / "input" / "orders")
+    (config / "input" / "orders").mkdir()
+    shutil.rmtree(config / "input" / "crm")
+    (config / "input" / "crm").mkdir()
+    for name, text in LOOKUP_RULES.items():
+        (config / "beta" / "transforms" / "rules" / name).write_text(text)
+    db = tmp_path / "customers.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE customers (customer_id TEXT, tier TEXT)")
+        conn.executemany(
+            "INSERT INTO customers VALUES (?, ?)", [(f"C{i}", "gold") for i in range(1, 61)]
+        )
+    (tmp_path / "token").write_text(TOKEN)
+    server = _crm()
+    port = server.server_address[1]
+    (config / "beta" / "enrichment").mkdir()
+    (config / "beta" / "enrichment" / "customer_db.yaml").write_text(CUSTOMER_DB.format(db=db))
+    (config / "beta" / "enrichment" / "customer_api.yaml").write_text(
+        CUSTOMER_API.format(port=port, token=tmp_path / "token")
+    )
+    beta_yaml = config / "beta" / "beta.yaml"
+    settings = beta_yaml.read_text()
+    beta_yaml.write_text(
+        settings
+        + "enrichment_sources:\n  customer_api:\n"
+        + "    on_unavailable: STALE_CACHE\n    stale_ttl_seconds: 300\n"
+    )
+    data_dir = tmp_path / "data"
+    run = start_pipeline(config, data_dir)
+    beta = run.url("beta")
+    batches = iter(range(100))
+
+    def send(rows: list[dict[str, object]]) -> list[str]:
+        _orders(config / "input" / "orders" / f"batch-{next(batches)}.ndjson", rows)
+        return [str(r["order_id"]) for r in rows]
+
+    def settled(ids: list[str]) -> dict[str, tuple[str, str]]:
+        wait_until(lambda: len(_outcomes(data_dir, ids)) == len(ids), 60, f"{ids} not settled")
+        return _outcomes(data_dir, ids)
+
+    def refreshed() -> bool:
+        status = json.loads(curl(f"{beta}/admin/cache/refresh/status")[1])
+        return not status["in_progress"] and status["completion_percent"] == 100.0
+
+    try:
+        run.wait_ready()
+        wait_until(lambda: curl(f"{beta}/admin/health")[0] == 200, 60, "beta never healthy")
+
+        # 1. Check current cache status: the warmup of customer_db loaded all 60 rows.
+        wait_until(refreshed, 30, "the warmup never completed")
+        code, body = curl(f"{beta}/admin/cache/status")
+        assert code == 200
+        status = json.loads(body)
+        assert set(status["sources"]) == {"customer_db", "customer_api"}
+        db_status = status["sources"]["customer_db"]
+        assert db_status["entries"] == 60 and db_status["refresh"]["kind"] == "warmup"
+        assert db_status["refresh"]["completion_percent"] == 100.0
+        assert status["sources"]["customer_api"]["on_unavailable"] == "STALE_CACHE"
+
+        # 2. For a specific enrichment source (its data changed at the source).
+        with sqlite3.connect(db) as conn:
+            conn.execute("UPDATE customers SET tier = 'platinum' WHERE customer_id = 'C1'")
+        code, body = curl("-X", "POST", f"{beta}/admin/cache/refresh/customer_db")
+        assert code == 202, body
+        assert json.loads(body)["refreshes"][0]["source"] == "customer_db"
+        # 4. Monitor refresh progress
+        wait_until(refreshed, 30, "the refresh of customer_db never completed")
+        # 3. For full cache refresh
+        code, body = curl("-X", "POST", f"{beta}/admin/cache/refresh/all")
+        assert code == 202, body
+        assert {r["source"] for r in json.loads(body)["refreshes"]} == {
+            "customer_db",
+            "customer_api",
+        }
+        wait_until(refreshed, 30, "the full refresh never completed")
+        code, body = curl(f"{beta}/admin/cache/refresh/status")
+        jobs = {j["source"]: j for j in json.loads(body)["refreshes"]}
+        assert jobs["customer_db"]["strategy"] == "full_scan"
+        assert jobs["customer_api"]["strategy"] == "refetch_cached_keys"
+        code, body = curl("-X", "POST", f"{beta}/admin/cache/refresh/nope")
+        assert code == 404 and "customer_api" in body
+
+        # Traffic with both sources up: enriched from both.
+        ids = send([_order(f"UP-{i}", f"C{i}") for i in range(1, 6)])
+        first = settled(ids)
+        assert {v[0] for v in first.values()} == {"delivered"}, first
+        payload = first["orders_file:UP-1"][1]
+        assert "platinum" in payload and "Customer C1" in payload
+
+        # 5. Verify cache populated: entry counts and hit rates.
+        code, body = curl(f"{beta}/admin/cache/stats")
+        assert code == 200
+        stats = json.loads(body)
+        assert stats["sources"]["customer_db"]["entries"] == 60
+        assert stats["sources"]["customer_db"]["hit_rate"] == 1.0  # warmed: every lookup hit
+        assert stats["sources"]["customer_api"]["entries"] == 5
+        assert stats["sources"]["customer_api"]["misses"] == 5
+        assert stats["entries"] == 65 and 0 < stats["hit_rate"] < 1
+        code, metrics = curl(f"{beta}/metrics")
+        values = {
+            line.split(" ")[0]: float(line.split(" ")[1])
+            for line in metrics.splitlines()
+            if line.startswith("beta_") and " " in line
+        }
+        assert values["beta_cache_size"] == 65
+        assert values["beta_enrichment_lookups_total"] == 10
+        assert values["beta_enrichment_cache_hit_rate"] == 0.5
+        assert values["beta_enrichment_duration_seconds_count"] >= 1
+
+        # The HTTP source stops. STALE_CACHE: C1-C5 (expired, TTL 1 s) keep flowing from the
+        # cache; C40 was never cached, so its record goes to the DLQ with the rule id and why.
+        server.shutdown()
+        server.server_close()
+        time.sleep(1.2)
+        ids = send([_order(f"STALE-{i}", f"C{i}") for i in (1, 2, 3, 4, 5, 40)])
+        stale = settled(ids)
+        for i in range(1, 6):
+            assert stale[f"orders_file:STALE-{i}"][0] == "delivered", stale
+            assert f"Customer C{i}" in stale[f"orders_file:STALE-{i}"][1]
+        kind, why = stale["orders_file:STALE-40"]
+        assert kind == "dlq" and why.startswith("rule_failed:TRX_061_CUSTOMER_NAME")
+        assert "customer_api is unavailable" in why
+        status = json.loads(curl(f"{beta}/admin/cache/status")[1])
+        assert status["sources"]["customer_api"]["available"] is False
+        code, body = curl(f"{beta}/admin/health")
+        health = json.loads(body)
+        # (also UNHEALTHY on the error rate: 1 record in 11 went to the DLQ)
+        assert health["status"] != "HEALTHY", body
+        assert health["checks"]["enrichment_sources"]["status"] == "DEGRADED"
+        assert "customer_api" in health["checks"]["enrichment_sources"]["message"]
+        assert (
+            json.loads(curl(f"{beta}/admin/cache/stats")[1])["sources"]["customer_api"][
+                "stale_served"
+            ]
+            == 5
+        )
+
+        # FAIL: the same cached customers now go to the DLQ while the source is down.
+        beta_yaml.write_text(beta_yaml.read_text().replace("STALE_CACHE", "FAIL"))
+        code, body = curl("-X", "POST", f"{beta}/admin/config/reload")
+        assert code == 200, body
+        ids = send([_order(f"FAIL-{i}", f"C{i}") for i in (1, 2)])
+        failed = settled(ids)
+        for value in failed.values():
+            assert value[0] == "dlq" and "on_unavailable is FAIL" in value[1], failed
+
+        # The source is back: records flow again.
+        server = _crm(port)
+        ids = send([_order(f"BACK-{i}", f"C{i}") for i in (1, 2, 40)])
+        back = settled(ids)
+        assert {v[0] for v in back.values()} == {"delivered"}, back
+        assert "Customer C40" in back["orders_file:BACK-40"][1]
+
+        # The schema registry in compatibility mode: v1 and v2 of "order" loaded at once,
+        # synchronized (beta_schema_sync), each record checked against the version it negotiates.
+        schemas = config / "beta" / "schemas" / "order"
+        schemas.mkdir(parents=True)
+        (schemas / "v1.json").write_text(json.dumps(ORDER_V1))
+        (schemas / "v2.json").write_text(json.dumps(ORDER_V2))
+        code, body = curl("-X", "POST", f"{beta}/admin/schemas/sync")
+        assert code == 200, body
+        assert json.loads(curl(f"{beta}/admin/schemas")[1])["schemas"]["order"] == {
+            "record_type": "order",
+            "versions": [2, 1],
+            "default_version": 1,
+            "negotiated_versions": [2],
+        }
+        v1_ok = {**_order("SCHEMA-1", "C1"), "type": "order", "amount": 10}
+        v1_bad = {**_order("SCHEMA-2", "C1"), "type": "order"}  # amount is a string
+        v2_ok = {**_order("SCHEMA-3", "C2"), "type": "order", "amount_cents": 1000}
+        v2_bad = {**_order("SCHEMA-4", "C2"), "type": "order", "amount_cents": "1000"}
+        for row in (v2_ok, v2_bad):
+            row["amount"] = 10
+        checked = settled(send([v1_ok, v1_bad, v2_ok, v2_bad]))
+        assert checked["orders_file:SCHEMA-1"][0] == "delivered"
+        assert checked["orders_file:SCHEMA-3"][0] == "delivered"
+        kind, why = checked["orders_file:SCHEMA-2"]
+        assert kind == "dlq" and why.startswith("schema_violation") and "order/v1" in why
+        kind, why = checked["orders_file:SCHEMA-4"]
+        assert kind == "dlq" and why.startswith("schema_violation") and "order/v2" in why
+
+        # State Backup: export; E.3: clear; State Recovery: import, as the manual writes them.
+        code, body = curl(f"{beta}/admin/cache/export")
+        assert code == 200
+        (tmp_path / "beta-cache-latest.json").write_text(body)
+        exported = json.loads(body)
+        assert exported["entries"] == 66
+        code, body = curl("-X", "POST", f"{beta}/admin/cache/clear")
+        assert code == 200 and json.loads(body)["entries_dropped"] == 66
+        assert json.loads(curl(f"{beta}/admin/cache/stats")[1])["entries"] == 0
+        code, body = curl(
+            "-X",
+            "POST",
+            f"{beta}/admin/cache/import",
+            "-d",
+            "@beta-cache-latest.json",
+            cwd=tmp_path,
+        )
+        assert code == 200, body
+        assert json.loads(body)["imported"] == {"customer_db": 60, "customer_api": 6}
+        assert json.loads(curl(f"{beta}/admin/cache/stats")[1])["entries"] == 66
+        code, body = curl("-X", "POST", f"{beta}/admin/cache/import", "-d", '{"x": 1}')
+        assert code == 400 and "not a cache export" in body
+
+        health = json.loads(curl(f"{beta}/admin/health")[1])
+        assert "enrichment_cache_hit_rate" in health["checks"]
+    finally:
+        run.stop()
+        server.shutdown()
+        server.server_close()

@@ -27,11 +27,12 @@ from starlette.routing import BaseRoute, Route
 from dps.admin.common import (
     AuditMiddleware,
     AuditSink,
-    BearerAuthMiddleware,
     ErrorMiddleware,
     OpenAPIGenerator,
+    RoleAuthMiddleware,
     http_exception_handler,
     json_response,
+    required_role,
 )
 from dps.core.logging import get_logger
 from dps.core.metrics import package_version, set_module_info
@@ -47,14 +48,24 @@ T = TypeVar("T")
 
 
 def build_app(
-    target: ModuleTarget, *, auth_token: str | None = None, audit: AuditSink | None = None
+    target: ModuleTarget,
+    *,
+    auth_token: str | None = None,
+    audit: AuditSink | None = None,
+    tokens: dict[str, tuple[str, str]] | None = None,
 ) -> Starlette:
     """The admin API of ``target``: the common endpoints, then ``target.routes()``.
 
     With ``auth_token``, every endpoint but ``OPEN_PATHS`` needs ``Authorization: Bearer <token>``.
     With ``audit`` (the state store's ``append_audit``), every admin action and refused token is
-    audited (see :class:`~dps.admin.common.AuditMiddleware`).
+    audited (see :class:`~dps.admin.common.AuditMiddleware`). ``tokens`` (``{token: (name,
+    role)}``) adds roles: viewer reads, operator acts, admin stops and purges (see
+    :func:`~dps.admin.common.required_role`); ``auth_token`` alone is one token with the admin
+    role. With neither, the API is open.
     """
+    roles = dict(tokens or {})
+    if auth_token:
+        roles.setdefault(auth_token, ("admin-token", "admin"))
     set_module_info(target.name)
 
     async def call(fn: Callable[[], T]) -> T:
@@ -128,7 +139,12 @@ def build_app(
 
     async def openapi(request: Request) -> Response:
         """This document: every endpoint of this module's admin API."""
-        return json_response(generator.get_schema(request.app.routes))
+        schema = generator.get_schema(request.app.routes)
+        for path, operations in schema.get("paths", {}).items():
+            for method, operation in operations.items():
+                role = required_role(method.upper(), path)
+                operation["x-required-role"] = "none" if path in OPEN_PATHS else role
+        return json_response(schema)
 
     routes: list[BaseRoute] = [
         Route("/admin/health", health, methods=["GET"]),
@@ -157,7 +173,7 @@ def build_app(
         # Outermost, so refused tokens and errors are audited with the status the caller saw.
         middleware.append(Middleware(AuditMiddleware, sink=audit, module=target.name))
     middleware.append(Middleware(ErrorMiddleware))
-    if auth_token:
-        middleware.append(Middleware(BearerAuthMiddleware, token=auth_token, open_paths=OPEN_PATHS))
+    if roles:
+        middleware.append(Middleware(RoleAuthMiddleware, tokens=roles, open_paths=OPEN_PATHS))
     exception_handlers: dict[Any, Any] = {HTTPException: http_exception_handler}
     return Starlette(routes=routes, middleware=middleware, exception_handlers=exception_handlers)

@@ -36,10 +36,12 @@ __all__ = [
     "ErrorMiddleware",
     "JSONResponse",
     "OpenAPIGenerator",
+    "RoleAuthMiddleware",
     "error_response",
     "http_exception_handler",
     "json_response",
     "read_json",
+    "required_role",
 ]
 
 _log = get_logger("admin_api")
@@ -198,6 +200,96 @@ class BearerAuthMiddleware:
         await self.app(scope, receive, send)
 
 
+#: The roles of the admin APIs, weakest first.
+ROLES: Final = ("viewer", "operator", "admin")
+#: POST endpoints that need the admin role (the rest need operator); reads need viewer.
+_ADMIN_ONLY: Final = re.compile(r"^/admin/(emergency-stop|dlq/purge|backup/restore)$")
+
+
+def required_role(method: str, path: str) -> str:
+    """The role an admin request needs: viewer to read, operator to act, admin for the rest.
+
+    admin: emergency stop, DLQ purge, restore. operator: every other change (pause, resume,
+    drain, reload, replay, job triggers). viewer: every GET.
+    """
+    if method in ("GET", "HEAD", "OPTIONS"):
+        return "viewer"
+    return "admin" if _ADMIN_ONLY.match(path) else "operator"
+
+
+class RoleAuthMiddleware:
+    """Bearer tokens with roles (``admin.tokens``); see :func:`required_role`.
+
+    A missing or unknown token is 401, a token whose role is too weak 403. Every configured
+    token is compared in constant time (``hmac.compare_digest``), so timing tells nothing about
+    which one was close. A client with ``max_failures`` refused tokens within ``window`` seconds
+    gets 429 until the window passes, whatever it sends. The token's name becomes the request's
+    actor for the audit log (``scope["dps_actor"]``); tokens themselves are never logged.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        tokens: dict[str, tuple[str, str]],
+        open_paths: Collection[str],
+        max_failures: int = 10,
+        window: float = 60.0,
+    ) -> None:
+        self.app = app
+        self.tokens = [(f"Bearer {t}".encode(), name, role) for t, (name, role) in tokens.items()]
+        self.open_paths = frozenset(open_paths)
+        self.max_failures = max_failures
+        self.window = window
+        self._failures: dict[str, list[float]] = {}
+
+    def _identify(self, given: bytes) -> tuple[str, str] | None:
+        found = None
+        for expected, name, role in self.tokens:
+            if hmac.compare_digest(given, expected) and found is None:
+                found = (name, role)
+        return found
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") in self.open_paths:
+            await self.app(scope, receive, send)
+            return
+        import time
+
+        client = (scope.get("client") or ("?", 0))[0]
+        now = time.monotonic()
+        recent = [t for t in self._failures.get(client, []) if now - t < self.window]
+        self._failures[client] = recent
+        if len(recent) >= self.max_failures:
+            response = JSONResponse(
+                {"error": "Too many refused tokens from this address; try again in a minute."},
+                status_code=429,
+            )
+            await response(scope, receive, send)
+            return
+        given = dict(scope.get("headers", [])).get(b"authorization", b"")
+        found = self._identify(given)
+        if found is None:
+            recent.append(now)
+            response = JSONResponse(
+                {"error": "This endpoint needs the header 'Authorization: Bearer <token>'."},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+            await response(scope, receive, send)
+            return
+        name, role = found
+        scope["dps_actor"] = name
+        needed = required_role(scope.get("method", "GET"), scope.get("path", ""))
+        if ROLES.index(role) < ROLES.index(needed):
+            response = JSONResponse(
+                {"error": f"This endpoint needs the {needed} role; token {name!r} is {role}."},
+                status_code=403,
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 #: Methods whose requests change something, so they are audited.
 _READ_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 #: Read endpoints whose use is audited all the same (data leaves the system).
@@ -214,8 +306,8 @@ class AuditMiddleware:
     ``append_audit``): the actor is the ``X-DPS-Actor`` header (operators name themselves),
     else ``token`` when a valid bearer token was given, else ``anonymous``; ``details`` holds the
     client address, the method and path, the status and the outcome. Tokens are never written.
-    The entry is appended after the response is sent, so a slow state store never delays it; an
-    audit failure is logged, not turned into an error for the caller.
+    The entry is appended before the response starts, so whatever the caller was told about is
+    in the log; an audit failure is logged, not turned into an error for the caller.
     """
 
     def __init__(self, app: ASGIApp, sink: AuditSink, module: str) -> None:
@@ -227,27 +319,38 @@ class AuditMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = 500
+        method = scope.get("method", "")
+        path = scope.get("path", "")
+        recorded = False
+
+        async def record(status: int) -> None:
+            nonlocal recorded
+            if recorded:
+                return
+            recorded = True
+            if method not in _READ_METHODS or path in AUDITED_READS or status in (401, 403, 429):
+                await self._record(scope, method, path, status)
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
             if message["type"] == "http.response.start":
-                status = int(message["status"])
+                # Written before the caller sees the answer: an action it was told about is
+                # always in the audit log.
+                await record(int(message["status"]))
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            method = scope.get("method", "")
-            path = scope.get("path", "")
-            if method not in _READ_METHODS or path in AUDITED_READS or status == 401:
-                await self._record(scope, method, path, status)
+            await record(500)
 
     async def _record(self, scope: Scope, method: str, path: str, status: int) -> None:
         from starlette.concurrency import run_in_threadpool
 
         headers = dict(scope.get("headers", []))
         actor = headers.get(b"x-dps-actor", b"").decode(errors="replace")[:100]
+        if scope.get("dps_actor"):
+            # The token's holder; a name the caller gives is kept beside it.
+            actor = f"{scope['dps_actor']} ({actor})" if actor else str(scope["dps_actor"])
         if not actor:
             has_token = headers.get(b"authorization", b"").startswith(b"Bearer ")
             actor = "token" if has_token and status != 401 else "anonymous"
@@ -261,7 +364,10 @@ class AuditMiddleware:
             "status": status,
             "outcome": "success" if status < 400 else ("denied" if status == 401 else "failure"),
         }
-        action = "auth.failed" if status == 401 else f"admin{path.replace('/admin', '', 1)}"
+        denied = status in (401, 403, 429)
+        if denied:
+            details["outcome"] = "denied"
+        action = "auth.failed" if denied else f"admin{path.replace('/admin', '', 1)}"
         try:
             await run_in_threadpool(self.sink, actor, action, self.module, details)
         except Exception as exc:

@@ -82,7 +82,7 @@ ALPHA_SOURCE_CONNECTION_STATUS: Final = Gauge(
 
 ALPHA_PARSE_DURATION_SECONDS: Final = Histogram(
     "alpha_parse_duration_seconds",
-    "Seconds to parse one raw input.",
+    "Seconds to parse one record (a batch's parse time over its records).",
     buckets=PARSE_BUCKETS,
 )
 ALPHA_VALIDATION_DURATION_SECONDS: Final = Histogram(

@@ -39,12 +39,14 @@ from starlette.routing import BaseRoute, Route
 from dps.alpha import metrics as m
 from dps.alpha.parsers.base import BadRecord, Parser
 from dps.alpha.sources.base import Fetch, Source, SourceContext
+from dps.alpha.stats import WINDOW_SECONDS, BatchStats, IngestStats
 from dps.alpha.timestamps import TimestampParser
 from dps.alpha.validation.base import SourceValidator
 from dps.config import PipelineConfig
 from dps.config.models import SourceConfig
 from dps.core import registry
-from dps.core.errors import TerminalError, TransientError
+from dps.core.errors import TerminalError
+from dps.core.health import Check, combine, evaluate, worst
 from dps.core.record import Record, encode_many, get_path, new_record
 from dps.runtime.lifecycle import Health, HealthReport, RunState
 from dps.runtime.module import TRANSFORM_QUEUE, ModuleHost
@@ -102,6 +104,7 @@ class AlphaModule(ModuleHost):
         super().__init__(config_dir, data_dir=data_dir)
         self.queue = self.open_queue(TRANSFORM_QUEUE)
         self.runners: dict[str, SourceRunner] = {}
+        self.stats = IngestStats()
         self._room = 0
         self._build(self.config)
         self._next = 0
@@ -169,6 +172,10 @@ class AlphaModule(ModuleHost):
             record_path=sc.parsing.record_path,
             csv_header=sc.parsing.csv.header,
             csv_quote=sc.parsing.csv.quote,
+            connection_timeout_ms=config.alpha.settings.CONNECTION_TIMEOUT_MS,
+            max_retry_count=config.alpha.settings.MAX_RETRY_COUNT,
+            connection_pool_size=config.alpha.settings.CONNECTION_POOL_SIZE,
+            connection_idle_timeout_ms=config.alpha.settings.CONNECTION_IDLE_TIMEOUT_MS,
             buffer_capacity=min(
                 config.alpha.settings.BUFFER_CAPACITY, config.pipeline.transport.capacity
             ),
@@ -211,17 +218,22 @@ class AlphaModule(ModuleHost):
                 # Backpressure: nothing is fetched until beta has made room.
                 return worked
             batch = min(self.config.alpha.settings.DEFAULT_BATCH_SIZE, room)
+            fetch_started = time.perf_counter()
             try:
                 fetch = runner.source.fetch(batch)
-            except TransientError as exc:
-                self._source_failed(runner, exc)
-                continue
-            except Exception as exc:
+            except Exception as exc:  # TransientError, or a source's own bug: the same handling
+                self._fetched(runner, fetch_started, ok=False)
                 self._source_failed(runner, exc)
                 continue
             if fetch:
+                fetch_seconds = self._fetched(runner, fetch_started, ok=True)
                 try:
-                    self._ingest(runner, fetch)
+                    self._ingest(
+                        runner,
+                        fetch,
+                        full=len(fetch.items) >= batch,
+                        fetch_seconds=fetch_seconds,
+                    )
                 except BaseException:
                     # Nothing of this fetch is committed: hand it out again next time.
                     runner.source.rewind()
@@ -234,7 +246,17 @@ class AlphaModule(ModuleHost):
             runner.status = "enabled"
             runner.last_error = None
             m.ALPHA_SOURCE_CONNECTION_STATUS.labels(source=runner.source_id).set(1)
+        m.ALPHA_ACTIVE_CONNECTIONS.set(
+            sum(r.source.open_connections() for r in self.runners.values())
+        )
         return worked
+
+    def _fetched(self, runner: SourceRunner, started: float, *, ok: bool) -> float:
+        """Record a fetch attempt that returned data or failed; its duration in seconds."""
+        seconds = time.perf_counter() - started
+        m.ALPHA_SOURCE_FETCH_DURATION_SECONDS.labels(source_id=runner.source_id).observe(seconds)
+        self.stats.attempt(runner.source_id, ok)
+        return seconds
 
     def _flush(self, runner: SourceRunner) -> None:
         """Make durable what a source being replaced has received but not committed.
@@ -271,7 +293,9 @@ class AlphaModule(ModuleHost):
         runner.error_count += 1
         m.ALPHA_SOURCE_CONNECTION_STATUS.labels(source=runner.source_id).set(0)
 
-    def _ingest(self, runner: SourceRunner, fetch: Fetch) -> None:
+    def _ingest(
+        self, runner: SourceRunner, fetch: Fetch, *, full: bool = False, fetch_seconds: float = 0.0
+    ) -> None:
         sc = runner.config
         sid = sc.source_id
         read: Counter[str] = Counter()
@@ -280,9 +304,25 @@ class AlphaModule(ModuleHost):
         candidates: list[tuple[Record, DedupeCandidate]] = []
         parse_errors = 0
         failed_records = 0
+        validate_seconds = 0.0
         strict = self.config.alpha.settings.VALIDATION_STRICT_MODE
         started = time.perf_counter()
         for item in fetch.items:
+            if item.error is not None:
+                read[item.position_key] += 1
+                parse_errors += 1
+                dlq.append(
+                    DlqEntry(
+                        "alpha",
+                        f"{sid}:{item.origin}",
+                        sid,
+                        item.origin,
+                        "record_too_large",
+                        item.error,
+                        item.data,
+                    )
+                )
+                continue
             parsed = runner.parser.parse_each(item.data)
             multi = len(parsed) > 1
             for index, payload in enumerate(parsed):
@@ -311,7 +351,9 @@ class AlphaModule(ModuleHost):
                     event_time=event_time,
                     origin=origin,
                 )
+                checked_at = time.perf_counter()
                 outcome = runner.validator.check(record)
+                validate_seconds += time.perf_counter() - checked_at
                 if time_problem is not None:
                     outcome.hard.insert(0, time_problem)
                 problems = outcome.problems
@@ -333,7 +375,8 @@ class AlphaModule(ModuleHost):
                     )
                 )
         parsed_at = time.perf_counter()
-        m.ALPHA_PARSE_DURATION_SECONDS.observe((parsed_at - started) / max(1, len(fetch.items)))
+        parse_seconds = max(0.0, parsed_at - started - validate_seconds)
+        m.ALPHA_PARSE_DURATION_SECONDS.observe(parse_seconds / max(1, sum(read.values())))
 
         valid, duplicates = self._dedupe(sc, candidates)
         if valid:
@@ -354,8 +397,20 @@ class AlphaModule(ModuleHost):
         m.ALPHA_DLQ_TOTAL.labels(source_id=sid).inc(len(dlq))
         m.ALPHA_PARSE_ERRORS_TOTAL.labels(source_id=sid).inc(parse_errors)
         m.ALPHA_DUPLICATES_TOTAL.labels(source_id=sid).inc(len(duplicates))
-        m.ALPHA_VALIDATION_DURATION_SECONDS.observe(
-            (time.perf_counter() - parsed_at) / max(1, total)
+        m.ALPHA_VALIDATION_DURATION_SECONDS.observe(validate_seconds / max(1, total))
+        self.stats.batch(
+            BatchStats(
+                at=time.time(),
+                source_id=sid,
+                items=len(fetch.items),
+                records=total,
+                parse_errors=parse_errors,
+                failed=failed_records,
+                parse_seconds=parse_seconds,
+                validate_seconds=validate_seconds,
+                busy_seconds=fetch_seconds + time.perf_counter() - started,
+                full=full,
+            )
         )
         self.log.debug(
             "Batch ingested.",
@@ -423,6 +478,20 @@ class AlphaModule(ModuleHost):
         duplicates = [c for (_, c), dup in zip(candidates, flags, strict=True) if dup]
         return valid, duplicates
 
+    def close(self) -> None:
+        """Close every source (connections, listeners, files), then the queues and the store.
+
+        What a queue consumer fetched and did not commit goes back to its server (unacked).
+        """
+        for runner in self.runners.values():
+            try:
+                runner.source.close()
+            except Exception as exc:
+                self.log.warning(
+                    "A source did not close cleanly.", source_id=runner.source_id, error=str(exc)
+                )
+        super().close()
+
     # -- admin ----------------------------------------------------------------------------------
     def queue_depths(self) -> dict[str, int]:
         return {TRANSFORM_QUEUE: self.queue.depth()}
@@ -437,14 +506,43 @@ class AlphaModule(ModuleHost):
         return status
 
     def health(self) -> HealthReport:
-        report = super().health()
+        """The worker's health, then the manual's Alpha thresholds (see dps.alpha.stats).
+
+        Each row of the "Module Alpha Metrics" table is a check: parse error rate, validation
+        failure rate, buffer utilization, source connection success, average parse latency and,
+        while there is a backlog, the ingestion rate. A configured source in error makes Alpha
+        at least DEGRADED.
+        """
+        base = super().health()
+        window = self.stats.window()
+        capacity = min(
+            self.config.alpha.settings.BUFFER_CAPACITY, self.config.pipeline.transport.capacity
+        )
+        checks: dict[str, Check] = {
+            "parse_error_rate": evaluate("alpha.parse_error_rate", window["parse_error_rate"]),
+            "validation_failure_rate": evaluate(
+                "alpha.validation_failure_rate", window["validation_failure_rate"]
+            ),
+            "buffer_utilization": evaluate(
+                "alpha.buffer_utilization", min(1.0, self.queue.depth() / capacity)
+            ),
+            "source_connection_success": evaluate(
+                "alpha.source_connection_success", window["source_connection_success"]
+            ),
+            "parse_latency": evaluate("alpha.parse_latency", window["parse_latency"]),
+        }
+        if window["ingestion_rate"] is not None:
+            checks["ingestion_rate"] = evaluate("alpha.ingestion_rate", window["ingestion_rate"])
         broken = [
             r.source_id for r in self.runners.values() if r.config.enabled and r.status == "error"
         ]
         if broken:
-            report.checks["sources"] = {"ok": False, "error": broken}
-            if report.status == Health.HEALTHY:
-                report.status = Health.DEGRADED
+            checks["sources"] = Check.failed(
+                f"Sources in error: {', '.join(sorted(broken))}.", Health.DEGRADED
+            )
+        report = combine(checks)
+        report.checks.update(base.checks)
+        report.status = worst(report.status, base.status)
         return report
 
     def routes(self) -> list[BaseRoute]:
@@ -517,7 +615,80 @@ class AlphaModule(ModuleHost):
                     runner.status = "enabled"
             return JSONResponse(runner.as_dict())
 
+        async def parser_stats(_: Request) -> JSONResponse:
+            """H.1: per source over the last 5 minutes: items, records, parse errors, avg time."""
+            settings = self.config.alpha.settings
+            return JSONResponse(
+                {
+                    "window_seconds": WINDOW_SECONDS,
+                    "parser_thread_count": settings.PARSER_THREAD_COUNT,
+                    "sources": {
+                        sid: {
+                            "format": r.config.parsing.format,
+                            **{
+                                k: v
+                                for k, v in self.stats.per_source().get(sid, {}).items()
+                                if k not in ("validate_seconds", "avg_validate_ms")
+                            },
+                        }
+                        for sid, r in self.runners.items()
+                    },
+                }
+            )
+
+        async def validation_performance(_: Request) -> JSONResponse:
+            """H.1: per source: checks configured, records validated, failures, avg time."""
+            per_source = self.stats.per_source()
+            settings = self.config.alpha.settings
+            return JSONResponse(
+                {
+                    "window_seconds": WINDOW_SECONDS,
+                    "strict_mode": settings.VALIDATION_STRICT_MODE,
+                    "parallel_rules": settings.VALIDATION_PARALLEL_RULES,
+                    "sources": {
+                        sid: {
+                            "checks": r.validator.describe(),
+                            "records": per_source.get(sid, {}).get("records", 0),
+                            "validation_failures": per_source.get(sid, {}).get(
+                                "validation_failures", 0
+                            ),
+                            "avg_validate_ms": per_source.get(sid, {}).get("avg_validate_ms"),
+                        }
+                        for sid, r in self.runners.items()
+                    },
+                }
+            )
+
+        async def connection_stats(_: Request) -> JSONResponse:
+            """H.1: per source: open connections, connection status, fetch attempts and failures."""
+            settings = self.config.alpha.settings
+            per_source = self.stats.per_source()
+            return JSONResponse(
+                {
+                    "pool_size": settings.CONNECTION_POOL_SIZE,
+                    "idle_timeout_ms": settings.CONNECTION_IDLE_TIMEOUT_MS,
+                    "connection_timeout_ms": settings.CONNECTION_TIMEOUT_MS,
+                    "active_connections": sum(
+                        r.source.open_connections() for r in self.runners.values()
+                    ),
+                    "sources": {
+                        sid: {
+                            "source_type": r.config.source_type,
+                            "status": r.status,
+                            "open_connections": r.source.open_connections(),
+                            "fetch_attempts": per_source.get(sid, {}).get("fetch_attempts", 0),
+                            "fetch_failures": per_source.get(sid, {}).get("fetch_failures", 0),
+                            "error_count": r.error_count,
+                        }
+                        for sid, r in self.runners.items()
+                    },
+                }
+            )
+
         return [
+            Route("/admin/parser/stats", parser_stats),
+            Route("/admin/validation/rule-performance", validation_performance),
+            Route("/admin/connections/stats", connection_stats),
             Route("/admin/sources", list_sources),
             Route("/admin/sources/{source_id}/status", source_status),
             Route("/admin/sources/{source_id}/test", source_test, methods=["GET", "POST"]),

@@ -1,5 +1,5 @@
-"""Beta's own admin endpoints: Runbook E.2 (``/admin/quality/...``) and H.2
-(``/admin/transform/...``).
+"""Beta's own admin endpoints: Runbook B.2 (``/admin/cache/...``), E.2 (``/admin/quality/...``)
+and H.2 (``/admin/transform/...``).
 
 Query parameters are read the way operators type them in the manual:
 ``low-scores?threshold=0.5&limit=100``, ``slow-records?threshold=100ms&limit=50``. A bad value
@@ -17,8 +17,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from dps.admin.common import json_response
+from dps.admin.common import json_response, read_json
 from dps.beta.rules import rule_complexity
+from dps.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from dps.beta.module import BetaModule
@@ -81,12 +82,21 @@ def beta_routes(module: BetaModule) -> list[BaseRoute]:
         """Transformation parallelism: configured workers, batch size, recent throughput."""
         settings = module.config.beta.settings
         window = module.window()
+        with module._stats_lock:
+            last = module.last_step_batches
         return json_response(
             {
                 "configured_parallelism": settings.TRANSFORM_PARALLELISM,
                 "batch_size": settings.TRANSFORM_BATCH_SIZE,
-                "active_workers": 1,
-                "mode": "one worker thread per process; scale out with more beta processes",
+                "worker_threads": module._executor_size or 1,
+                "batches_in_last_step": last,
+                "mode": (
+                    "threads: up to TRANSFORM_PARALLELISM batches of TRANSFORM_BATCH_SIZE are "
+                    "leased and transformed at once on that many threads of one process; the "
+                    "threads overlap enrichment I/O, while rule evaluation itself is bound by "
+                    "the Python GIL, so CPU-bound rule sets scale out with more beta processes "
+                    "(dps beta CONFIG_DIR) on the same queue"
+                ),
                 "queue_depth": module.inbox.depth(),
                 "recent": window,
             }
@@ -123,7 +133,80 @@ def beta_routes(module: BetaModule) -> list[BaseRoute]:
             }
         )
 
+    # -- Runbook B.2: the enrichment cache ------------------------------------------------
+    async def cache_status(request: Request) -> Response:
+        """Per enrichment source: availability, entries, TTLs, on_unavailable, warmup/refresh."""
+        return json_response(await run_in_threadpool(module.enrichment.status))
+
+    async def cache_stats(request: Request) -> Response:
+        """Entry counts and hit rates, overall and per source."""
+        return json_response(await run_in_threadpool(module.enrichment.stats))
+
+    async def cache_refresh(request: Request) -> Response:
+        """Start reloading one source (``<source>``) or every one (``all``); 202 with progress
+        (follow it with ``/admin/cache/refresh/status``)."""
+        enrichment = module.enrichment
+        name = request.path_params["source"]
+        if name == "all":
+            names = list(enrichment.sources)
+        elif name in enrichment.sources:
+            names = [name]
+        else:
+            known = ", ".join(sorted(enrichment.sources)) or "none"
+            raise HTTPException(
+                404, f'"{name}" is not an enrichment source; expected all or one of: {known}.'
+            )
+        jobs = [enrichment.refresh(n).view() for n in names]
+        return json_response({"status": "started", "refreshes": jobs}, status_code=202)
+
+    async def cache_refresh_status(request: Request) -> Response:
+        """Progress of the running (and last) warmups and refreshes, with completion percent."""
+        return json_response(module.enrichment.refresh_status())
+
+    async def cache_export(request: Request) -> Response:
+        """Every cache entry with its fetch time, to be imported later."""
+        return json_response(await run_in_threadpool(module.enrichment.export))
+
+    async def cache_import(request: Request) -> Response:
+        """Load a ``/admin/cache/export`` document; entries keep their age."""
+        data = await read_json(request)
+        try:
+            result = await run_in_threadpool(module.enrichment.import_, data)
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from None
+        return json_response({"status": "imported", **result})
+
+    async def cache_clear(request: Request) -> Response:
+        """Drop every cache entry (or one source's, with ``?source=``)."""
+        name = request.query_params.get("source")
+        if name is not None and name not in module.enrichment.sources:
+            raise HTTPException(404, f'"{name}" is not an enrichment source.')
+        dropped = module.enrichment.clear(name)
+        return json_response({"status": "cleared", "entries_dropped": dropped})
+
+    # -- the schema registry (beta_schema_sync) ---------------------------------------------
+    async def schemas(request: Request) -> Response:
+        """The versioned output schemas loaded: per schema its versions and which is default."""
+        return json_response(module.stage.schemas.describe() if module.stage.schemas else {})
+
+    async def schemas_sync(request: Request) -> Response:
+        """Read beta/schemas/ again and swap the registry; a wrong file answers 400 and the
+        running registry stays."""
+        try:
+            return json_response(await run_in_threadpool(module.sync_schemas))
+        except ConfigError as exc:
+            raise HTTPException(400, str(exc)) from None
+
     return [
+        Route("/admin/schemas", schemas, methods=["GET"]),
+        Route("/admin/schemas/sync", schemas_sync, methods=["POST"]),
+        Route("/admin/cache/status", cache_status, methods=["GET"]),
+        Route("/admin/cache/stats", cache_stats, methods=["GET"]),
+        Route("/admin/cache/refresh/status", cache_refresh_status, methods=["GET"]),
+        Route("/admin/cache/refresh/{source}", cache_refresh, methods=["POST"]),
+        Route("/admin/cache/export", cache_export, methods=["GET"]),
+        Route("/admin/cache/import", cache_import, methods=["POST"]),
+        Route("/admin/cache/clear", cache_clear, methods=["POST"]),
         Route("/admin/quality/stats", quality_stats, methods=["GET"]),
         Route("/admin/quality/distribution", quality_distribution, methods=["GET"]),
         Route("/admin/quality/low-scores", quality_low_scores, methods=["GET"]),

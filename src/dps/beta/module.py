@@ -16,6 +16,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +25,15 @@ import msgspec
 from starlette.routing import BaseRoute
 
 from dps.beta import metrics as m
+from dps.beta.enrichment.cache import Enrichment
 from dps.beta.quality import QualityScorer, QualityStats
 from dps.beta.rules import RuleSet
+from dps.beta.schemas import SchemaRegistry
 from dps.beta.stage import Result, Stage
 from dps.config import PipelineConfig
-from dps.core.health import Check, HealthReport, combine, evaluate, worst
+from dps.core.health import Check, Health, HealthReport, combine, evaluate, worst
 from dps.core.record import Record, decode, encode, encode_many
-from dps.queues import Message
+from dps.queues import Lease, Message
 from dps.runtime.module import DELIVERY_QUEUE, TRANSFORM_QUEUE, ModuleHost, dlq_from_message
 from dps.state import DlqEntry
 
@@ -37,6 +41,19 @@ from dps.state import DlqEntry
 SLOW_RECORD_SECONDS = 0.001
 #: How many recent batches the health rates and the P99 are computed over.
 WINDOW_BATCHES = 200
+
+
+@dataclass(slots=True)
+class Batch:
+    """What transforming one leased batch produced, before it is committed."""
+
+    bodies: list[tuple[str, bytes]] = field(default_factory=list)
+    delivered: int = 0
+    dlq: list[DlqEntry] = field(default_factory=list)
+    scored: list[tuple[Record, str]] = field(default_factory=list)
+    slow: list[Result] = field(default_factory=list)
+    durations: list[float] = field(default_factory=list)
+    failed: int = 0
 
 
 class BetaModule(ModuleHost):
@@ -55,13 +72,54 @@ class BetaModule(ModuleHost):
         # (finished at, records, failed, seconds) per batch, for rates in the health report.
         self.batches: deque[tuple[float, int, int, float]] = deque(maxlen=WINDOW_BATCHES)
         self._stats_lock = threading.Lock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_size = 0
+        #: How many batches the last step transformed at once (``/admin/transform/parallelism``).
+        self.last_step_batches = 0
         self.apply_config(self.config)
 
     def apply_config(self, new: PipelineConfig) -> None:
         # Build everything before swapping, so a failure leaves the running ones in place.
-        rules = RuleSet(new.beta.rules)
-        scorer = QualityScorer(new.beta.scoring, new.root / "beta" / "schemas")
-        self.stage = Stage(rules, scorer)
+        enrichment = Enrichment(new.beta.enrichment, new.beta.settings)
+        try:
+            rules = RuleSet(new.beta.rules, enrichment=enrichment)
+            scorer = QualityScorer(new.beta.scoring, new.root / "beta" / "schemas")
+            schemas = SchemaRegistry(new.root / "beta" / "schemas")
+        except BaseException:
+            enrichment.close()
+            raise
+        old = getattr(self, "enrichment", None)
+        if old is not None:
+            enrichment.adopt(old)
+        self.stage = Stage(rules, scorer, schemas)
+        self.enrichment = enrichment
+        if old is not None:
+            old.close()
+            # A source configured anew (or added) is warmed again; kept ones keep their entries.
+            for name, cache in enrichment.sources.items():
+                if cache.config.cache.warmup and not enrichment.size(name):
+                    enrichment.refresh(name, "warmup")
+
+    def sync_schemas(self) -> dict[str, Any]:
+        """Read ``beta/schemas/`` again and swap the registry (``beta_schema_sync``); raises
+        ConfigError, keeping the running registry, when a file is wrong."""
+        schemas = SchemaRegistry(self.config.root / "beta" / "schemas")
+        with self._lock:  # not in the middle of a batch or a reload
+            old = self.stage
+            self.stage = Stage(old.rules, old.scorer, schemas)
+        return {"status": "synchronized", **schemas.describe()}
+
+    def start_worker(self) -> None:
+        """Start the enrichment warmup (in the background, with progress in
+        ``/admin/cache/status``), then the worker."""
+        self.enrichment.warmup()
+        super().start_worker()
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        self.enrichment.close()
+        super().close()
 
     @property
     def rules(self) -> RuleSet:
@@ -78,43 +136,91 @@ class BetaModule(ModuleHost):
         )
 
     def step(self) -> bool:
+        """Lease up to ``TRANSFORM_PARALLELISM`` batches, transform them at once, commit each.
+
+        Only the first lease waits; the others take what is already queued, so a quiet queue
+        costs no latency. Transforming (decode, enrichment prefetch, rules, score, encode) runs
+        on the pool; leasing, the hand-off to the delivery queue, the DLQ and the acks stay on
+        this thread, in lease order.
+        """
         settings = self.config.beta.settings
-        lease = self.inbox.lease(settings.TRANSFORM_BATCH_SIZE, wait=0.5)
-        if not lease:
+        first = self.inbox.lease(settings.TRANSFORM_BATCH_SIZE, wait=0.5)
+        if not first:
             m.BETA_QUEUE_DEPTH.set(self.inbox.depth())
             return False
         started = time.perf_counter()
+        leases = [first]
+        while len(leases) < settings.TRANSFORM_PARALLELISM:
+            more = self.inbox.lease(settings.TRANSFORM_BATCH_SIZE, wait=0.0)
+            if not more:
+                break
+            leases.append(more)
         stage = self.stage
-        out: list[Record] = []
-        scored: list[tuple[Record, str]] = []
-        dlq: list[DlqEntry] = []
-        slow: list[Result] = []
-        durations: list[float] = []
-        failed = 0
+        if len(leases) == 1:
+            batches = [self._transform(stage, first)]
+        else:
+            pool = self._pool(settings.TRANSFORM_PARALLELISM)
+            batches = list(pool.map(lambda lease: self._transform(stage, lease), leases))
+        for lease, batch in zip(leases, batches, strict=True):
+            if batch.bodies:
+                self.outbox.put(batch.bodies)
+            if batch.dlq:
+                self.state_store.add_dlq_entries(batch.dlq)
+            self.inbox.ack(lease)
+        stage.rules.flush_metrics()
+        share = (time.perf_counter() - started) / len(leases)
+        with self._stats_lock:
+            self.last_step_batches = len(leases)
+        for lease, batch in zip(leases, batches, strict=True):
+            self._observe(stage, batch, len(lease), share)
+        return True
+
+    def _pool(self, workers: int) -> ThreadPoolExecutor:
+        if self._executor is None or self._executor_size != workers:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+            self._executor = ThreadPoolExecutor(workers, thread_name_prefix="beta-transform")
+            self._executor_size = workers
+        return self._executor
+
+    def _transform(self, stage: Stage, lease: Lease) -> Batch:
+        """One leased batch through the stage; touches no queue and no store."""
+        batch = Batch()
+        records: list[tuple[Message, Record]] = []
         for msg in lease.messages:
             try:
                 record = decode(msg.body)
             except (msgspec.DecodeError, RecursionError) as exc:
-                dlq.append(DlqEntry("beta", msg.msg_id, "", "", "decode_error", str(exc), msg.body))
-                failed += 1
+                batch.dlq.append(
+                    DlqEntry("beta", msg.msg_id, "", "", "decode_error", str(exc), msg.body)
+                )
+                batch.failed += 1
                 continue
             record.attempts = msg.attempts
-            result = stage.process(record)
-            durations.append(result.seconds)
+            records.append((msg, record))
+        stage.begin_batch([record for _, record in records])
+        try:
+            results = [(msg, stage.process(record)) for msg, record in records]
+        finally:
+            stage.end_batch()
+        out: list[Record] = []
+        for msg, result in results:
+            record = result.record
+            batch.durations.append(result.seconds)
             if result.seconds >= SLOW_RECORD_SECONDS:
-                slow.append(result)
+                batch.slow.append(result)
             if record.quality is not None:
-                scored.append((record, result.level))
+                batch.scored.append((record, result.level))
             if result.verdict == "delivered":
                 out.append(record)
                 continue
             if result.verdict == "dlq":
-                failed += 1
+                batch.failed += 1
             try:
                 body = encode(record)
             except (RecursionError, msgspec.EncodeError):
                 body = msg.body
-            dlq.append(
+            batch.dlq.append(
                 DlqEntry(
                     "beta",
                     record.record_id,
@@ -125,28 +231,14 @@ class BetaModule(ModuleHost):
                     body,
                 )
             )
+        batch.delivered = len(out)
         if out:
-            self.outbox.put(encode_many(out))
-        if dlq:
-            self.state_store.add_dlq_entries(dlq)
-        self.inbox.ack(lease)
-        stage.rules.flush_metrics()
-        elapsed = time.perf_counter() - started
-        self._observe(stage, out, scored, slow, durations, len(lease), failed, elapsed)
-        return True
+            batch.bodies = encode_many(out)
+        return batch
 
-    def _observe(
-        self,
-        stage: Stage,
-        out: list[Record],
-        scored: list[tuple[Record, str]],
-        slow: list[Result],
-        durations: list[float],
-        count: int,
-        failed: int,
-        elapsed: float,
-    ) -> None:
-        m.BETA_RECORDS_TRANSFORMED_TOTAL.inc(len(out))
+    def _observe(self, stage: Stage, batch: Batch, count: int, elapsed: float) -> None:
+        scored, slow, durations, failed = batch.scored, batch.slow, batch.durations, batch.failed
+        m.BETA_RECORDS_TRANSFORMED_TOTAL.inc(batch.delivered)
         if failed:
             m.BETA_TRANSFORM_FAILURES_TOTAL.inc(failed)
         for seconds in durations:
@@ -220,6 +312,19 @@ class BetaModule(ModuleHost):
                 "beta.transform_latency_p99", window["latency_p99_seconds"]
             ),
         }
+        down = sorted(
+            name for name, cache in self.enrichment.sources.items() if cache.available is False
+        )
+        if down:
+            # Records still flow (stale entries, or the DLQ with the reason): degraded, not down.
+            checks["enrichment_sources"] = Check(
+                Health.DEGRADED, message=f"Unavailable enrichment sources: {', '.join(down)}."
+            )
+        hit_rate = self.enrichment.hit_rate() if self.enrichment.sources else None
+        if hit_rate is not None:
+            checks["enrichment_cache_hit_rate"] = evaluate(
+                "beta.enrichment_cache_hit_rate", hit_rate
+            )
         if depth:
             checks["transform_rate"] = evaluate(
                 "beta.transform_rate", window["records_per_second_busy"]

@@ -6,18 +6,23 @@ batch in progress finishes on the rules it started with.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dps.beta.metrics import BETA_RULE_APPLICATIONS_TOTAL
 from dps.beta.transforms.base import DROP, Transform
+from dps.beta.transforms.lookup import Lookup
 from dps.config.models import RuleConfig
 from dps.core import registry
 from dps.core.conditions import Predicate, compile_condition
 from dps.core.errors import TerminalError
 from dps.core.record import Record
+
+if TYPE_CHECKING:
+    from dps.beta.enrichment.cache import Enrichment
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +51,13 @@ class RuleSet:
     """The enabled rules of a configuration, compiled (all of them with ``include_disabled``:
     the rule tester tries a rule before it is enabled)."""
 
-    def __init__(self, rules: Sequence[RuleConfig], *, include_disabled: bool = False) -> None:
+    def __init__(
+        self,
+        rules: Sequence[RuleConfig],
+        *,
+        include_disabled: bool = False,
+        enrichment: Enrichment | None = None,
+    ) -> None:
         self.rules = [
             CompiledRule(
                 rule,
@@ -58,15 +69,59 @@ class RuleSet:
             for rule in rules
             if rule.enabled or include_disabled
         ]
+        #: ``lookup`` rules, bound to the enrichment cache; the batch prefetch goes over them.
+        self.lookups: list[tuple[CompiledRule, Lookup]] = []
+        self.enrichment = enrichment
+        for rule in self.rules:
+            if isinstance(rule.transform, Lookup):
+                if enrichment is not None:
+                    rule.transform.bind(enrichment)
+                self.lookups.append((rule, rule.transform))
 
         # Per-rule counts for rules with ``metrics.emit``, added to the counter once per batch
         # (``flush_metrics``) rather than once per record.
-        self._counts: Counter[tuple[int, str]] = Counter()
+        # One counter per transforming thread (TRANSFORM_PARALLELISM), merged by the flush,
+        # which runs when no batch is in flight: no lock on the per-record path.
+        self._local = threading.local()
+        self._all_counts: list[Counter[tuple[int, str]]] = []
+        self._counts_lock = threading.Lock()
         #: Every count since the rule set was built: ``(rule_id, result) -> n``.
         self.totals: Counter[tuple[str, str]] = Counter()
 
+    def begin_batch(self, records: Sequence[Record]) -> None:
+        """Prefetch, per lookup rule, the keys of the records it matches now: one cache
+        lookup (and at most one source fetch) per rule and batch."""
+        if self.enrichment is None:
+            return
+        self.enrichment.begin_batch()
+        for rule, lookup in self.lookups:
+            keys = []
+            for record in records:
+                try:
+                    if rule.matches(record):
+                        key = lookup.key(record)
+                        if key is not None:
+                            keys.append(key)
+                except RecursionError:
+                    continue
+            self.enrichment.prefetch(lookup.config.source, keys)
+
+    def end_batch(self) -> None:
+        if self.enrichment is not None:
+            self.enrichment.end_batch()
+
+    @property
+    def _counts(self) -> Counter[tuple[int, str]]:
+        counts: Counter[tuple[int, str]] | None = getattr(self._local, "counts", None)
+        if counts is None:
+            counts = self._local.counts = Counter()
+            with self._counts_lock:
+                self._all_counts.append(counts)
+        return counts
+
     def apply(self, record: Record) -> Outcome:
         outcome = Outcome(applied=[], skipped=[])
+        counts = self._counts
         for index, rule in enumerate(self.rules):
             if not rule.matches(record):
                 continue
@@ -75,18 +130,18 @@ class RuleSet:
             except RecursionError:
                 exc = TerminalError("transform_failed", "The record is nested too deeply.")
                 outcome.failure, outcome.failed_rule = exc, rule.rule_id
-                self._counts[index, "failed"] += 1
+                counts[index, "failed"] += 1
                 return outcome
             except TerminalError as exc:
                 if rule.config.on_failure == "skip":
                     outcome.skipped.append(rule.rule_id)
-                    self._counts[index, "skipped"] += 1
+                    counts[index, "skipped"] += 1
                     continue
                 outcome.failure = exc
                 outcome.failed_rule = rule.rule_id
-                self._counts[index, "failed"] += 1
+                counts[index, "failed"] += 1
                 return outcome
-            self._counts[index, "applied"] += 1
+            counts[index, "applied"] += 1
             outcome.applied.append(rule.rule_id)
             record.touched("beta", rule.rule_id)
             if result == DROP:
@@ -96,7 +151,12 @@ class RuleSet:
 
     def flush_metrics(self) -> None:
         """Add the counts since the last flush to ``beta_rule_applications_total``."""
-        for (index, result), count in self._counts.items():
+        merged: Counter[tuple[int, str]] = Counter()
+        with self._counts_lock:
+            for counts in self._all_counts:
+                merged.update(counts)
+                counts.clear()
+        for (index, result), count in merged.items():
             self.totals[self.rules[index].rule_id, result] += count
             config = self.rules[index].config
             if config.metrics.emit:
@@ -107,7 +167,6 @@ class RuleSet:
                     target_field=tags.get("target_field", config.match_field or ""),
                     result=result,
                 ).inc(count)
-        self._counts.clear()
 
 
 def rule_complexity(rule: RuleConfig) -> dict[str, Any]:

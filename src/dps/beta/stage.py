@@ -1,4 +1,4 @@
-"""What Beta does to one record, in one place: rules, quality score, thresholds, verdict.
+"""What Beta does to one record, in one place: rules, output schema, quality score, verdict.
 
 The module's worker, ``beta-rule-tester`` and ``dps test`` all go through :class:`Stage`, so a
 rule tested before a reload behaves exactly as it will in the running module.
@@ -7,11 +7,13 @@ rule tested before a reload behaves exactly as it will in the running module.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from dps.beta.quality import QualityScorer
 from dps.beta.rules import Outcome, RuleSet
+from dps.beta.schemas import SchemaRegistry
 from dps.core.record import Record
 
 Verdict = Literal["delivered", "dlq", "dropped"]
@@ -33,9 +35,22 @@ class Result:
 class Stage:
     """Rules then scoring, with one configuration (immutable: a reload builds a new one)."""
 
-    def __init__(self, rules: RuleSet, scorer: QualityScorer | None) -> None:
+    def __init__(
+        self,
+        rules: RuleSet,
+        scorer: QualityScorer | None,
+        schemas: SchemaRegistry | None = None,
+    ) -> None:
         self.rules = rules
         self.scorer = scorer
+        self.schemas = schemas
+
+    def begin_batch(self, records: Sequence[Record]) -> None:
+        """Before a batch's records go through :meth:`process`: the enrichment prefetch."""
+        self.rules.begin_batch(records)
+
+    def end_batch(self) -> None:
+        self.rules.end_batch()
 
     def process(self, record: Record, now: float | None = None) -> Result:
         started = time.perf_counter()
@@ -49,6 +64,10 @@ class Stage:
             result.verdict = "dropped"
             result.reason = "dropped_by_rule"
             result.message = f"Dropped by rule {outcome.applied[-1]}."
+        elif self.schemas is not None and not (checked := self.schemas.check(record)).ok:
+            result.verdict = "dlq"
+            result.reason = checked.reason
+            result.message = checked.message
         elif self.scorer is not None:
             quality = record.quality = self.scorer.score(record, now)
             result.level = self.scorer.level(quality.score)

@@ -19,8 +19,10 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
+from dps.beta.enrichment.cache import Enrichment
 from dps.beta.quality import QualityScorer
 from dps.beta.rules import RuleSet
+from dps.beta.schemas import SchemaRegistry
 from dps.beta.stage import Stage
 from dps.config.documents import parse_yaml
 from dps.config.models import PipelineConfig, RuleConfig
@@ -208,13 +210,25 @@ def run_test_file(path: Path, config: PipelineConfig) -> tuple[int, list[str]]:
         spec = TestFile.model_validate(doc.data)
     except ValidationError as exc:
         return 0, [f"{path}: {e['loc']}: {e['msg']}" for e in exc.errors()]
+    # Lookups go to the configured enrichment sources, as in the running module.
+    enrichment = Enrichment(config.beta.enrichment, config.beta.settings)
+    try:
+        return len(spec.tests), _run_cases(path, spec, config, enrichment)
+    finally:
+        enrichment.close()
+
+
+def _run_cases(
+    path: Path, spec: TestFile, config: PipelineConfig, enrichment: Enrichment
+) -> list[str]:
     by_id = {rule.rule_id: rule for rule in config.beta.rules}
     failures: list[str] = []
     for case in spec.tests:
         if case.rules is None:
             stage = Stage(
-                RuleSet(config.beta.rules),
+                RuleSet(config.beta.rules, enrichment=enrichment),
                 QualityScorer(config.beta.scoring, config.root / "beta" / "schemas"),
+                SchemaRegistry(config.root / "beta" / "schemas"),
             )
         else:
             unknown = [r for r in case.rules if r not in by_id]
@@ -225,7 +239,7 @@ def run_test_file(path: Path, config: PipelineConfig) -> tuple[int, list[str]]:
                 )
                 continue
             chosen = sorted((by_id[r] for r in case.rules), key=lambda r: (-r.priority, r.rule_id))
-            stage = Stage(RuleSet(chosen, include_disabled=True), None)
+            stage = Stage(RuleSet(chosen, include_disabled=True, enrichment=enrichment), None)
         for index, payload in enumerate(case.input):
             expect = case.expect[index] if len(case.expect) > 1 else case.expect[0]
             record = to_record({"payload": payload, "source_id": case.source_id}, index)
@@ -240,7 +254,7 @@ def run_test_file(path: Path, config: PipelineConfig) -> tuple[int, list[str]]:
                     + "\n    output payload:\n"
                     + "\n".join(f"      {line}" for line in got.splitlines())
                 )
-    return len(spec.tests), failures
+    return failures
 
 
 def _compare(

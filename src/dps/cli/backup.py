@@ -71,8 +71,21 @@ def restore(
     """Restore a backup into a stopped pipeline's (empty) data directory."""
     from dps.control.backup import BackupError, restore_backup
 
+    state_settings = None
+    if (path / "config" / "pipeline.yaml").is_file():
+        from dps.config import ConfigError
+
+        try:
+            backed_up = load_config(path / "config")
+        except ConfigError as exc:
+            typer.echo(f"The backup's configuration does not load: {exc}", err=True)
+            raise typer.Exit(1) from exc
+        if backed_up.pipeline.state.backend == "postgresql":
+            state_settings = backed_up.pipeline.state.backend_settings()
     try:
-        result = restore_backup(path, data_dir, config_dir=config_dir, force=force)
+        result = restore_backup(
+            path, data_dir, config_dir=config_dir, force=force, state_settings=state_settings
+        )
     except BackupError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from exc

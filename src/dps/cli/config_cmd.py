@@ -20,15 +20,31 @@ def history(
     data_dir: DataDir = None,
     module: Annotated[str | None, typer.Option(help="Only this module's versions.")] = None,
 ) -> None:
-    """Every stored configuration version: module, version, checksum, time, actor."""
+    """Every stored version: module, version, checksum, time, actor, and the change IDs of the
+    manual's configuration headers (``# Change ID: ...``) found in its files."""
+    from dps.control.configs import version_headers
+
     store = open_store(config_dir, data_dir)
     try:
         versions = store.list_config_versions(module)
+        changes = [
+            sorted(
+                {
+                    h["Change ID"]
+                    for h in version_headers(store, v["module"], v["version"]).values()
+                    if "Change ID" in h
+                }
+            )
+            for v in versions
+        ]
     finally:
         store.close()
-    for v in versions:
+    for v, change_ids in zip(versions, changes, strict=True):
         at = datetime.fromtimestamp(v["created_at"], UTC).strftime("%Y-%m-%d %H:%M:%S")
-        typer.echo(f"{v['module']}:{v['version']}\t{v['checksum'][:12]}\t{at}Z\t{v['actor']}")
+        typer.echo(
+            f"{v['module']}:{v['version']}\t{v['checksum'][:12]}\t{at}Z\t{v['actor']}\t"
+            + ",".join(change_ids)
+        )
 
 
 @app.command()

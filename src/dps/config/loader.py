@@ -37,8 +37,10 @@ from dps.config.models import (
     BetaSettings,
     DestinationConfig,
     DlqSettings,
+    EnrichmentConfig,
     GammaConfig,
     GammaSettings,
+    OutputFormat,
     PipelineConfig,
     PipelineSettings,
     QualityScoringConfig,
@@ -47,6 +49,7 @@ from dps.config.models import (
     ScoringFile,
     SourceConfig,
     ValidationRuleFile,
+    classification_allows,
     files_checksum,
 )
 from dps.core.errors import ConfigError, ConfigIssue
@@ -75,12 +78,12 @@ KINDS: dict[str, FileKind] = {
         FileKind("schema", "JSON Schema", "any", None),
         FileKind("beta", "Beta settings (beta.yaml)", "beta", BetaSettings),
         FileKind("rule", "Beta transformation rule", "beta", RuleConfig),
-        FileKind("enrichment", "Beta enrichment source", "beta", None),
+        FileKind("enrichment", "Beta enrichment source", "beta", EnrichmentConfig),
         FileKind("scoring", "Beta quality scoring (scoring.yaml)", "beta", ScoringFile),
         FileKind("gamma", "Gamma settings (gamma.yaml)", "gamma", GammaSettings),
         FileKind("destination", "Gamma destination", "gamma", DestinationConfig),
         FileKind("route", "Gamma routing rule", "gamma", RoutingRule),
-        FileKind("format", "Gamma output format", "gamma", None),
+        FileKind("format", "Gamma output format", "gamma", OutputFormat),
         FileKind("dlq", "Gamma DLQ settings (dlq.yaml)", "gamma", DlqSettings),
     )
 }
@@ -450,7 +453,7 @@ class _DirectoryLoader:
         pipeline = self.settings(self.root, "pipeline", "pipeline") or PipelineSettings()
         alpha = self.load_alpha(self.root / "alpha")
         beta = self.load_beta(self.root / "beta")
-        gamma = self.load_gamma(self.root / "gamma")
+        gamma = self.load_gamma(self.root / "gamma", alpha.sources)
         if self.issues:
             return None
         config = PipelineConfig(
@@ -498,33 +501,56 @@ class _DirectoryLoader:
     def load_beta(self, folder: Path) -> BetaConfig:
         settings = self.settings(folder, "beta", "beta") or BetaSettings()
         rules: list[RuleConfig] = []
+        rule_docs: list[tuple[RuleConfig, Document]] = []
         ids = _Ids(self, "rule_id", "rule")
         for path in _yaml_files(folder / "transforms" / "rules", recursive=True):
             rule, doc = self.one(path, "rule")
             ids.see(doc)
             if isinstance(rule, RuleConfig) and ids.unique(rule.rule_id, doc):
                 rules.append(rule)
+                rule_docs.append((rule, doc))
+        enrichment: dict[str, EnrichmentConfig] = {}
+        names = _Ids(self, "name", "enrichment source")
         for path in _yaml_files(folder / "enrichment", recursive=True):
-            self.one(path, "enrichment")
+            source, doc = self.one(path, "enrichment")
+            names.see(doc)
+            if isinstance(source, EnrichmentConfig) and names.unique(source.name, doc):
+                enrichment[source.name] = source
+        for rule, doc in rule_docs:
+            source_name = getattr(rule.transform.config, "source", None)
+            if rule.transform.type == "lookup" and source_name not in names.seen:
+                known = ", ".join(sorted(names.seen)) or "none"
+                doc.issues.append(
+                    doc.issue(
+                        ("transform", "config", "source"),
+                        f'"{source_name}" is not a configured enrichment source '
+                        f"(beta/enrichment/*.yaml); known: {known}.",
+                    )
+                )
         scoring = self.settings(folder / "quality", "scoring", "scoring")
         self.read_schemas(folder / "schemas")
         return BetaConfig(
             settings=settings,
             rules=rules,
             scoring=scoring if isinstance(scoring, QualityScoringConfig) else None,
+            enrichment=enrichment,
         )
 
     # -- gamma ------------------------------------------------------------------------------
-    def load_gamma(self, folder: Path) -> GammaConfig:
+    def load_gamma(
+        self, folder: Path, sources: Mapping[str, SourceConfig] | None = None
+    ) -> GammaConfig:
         settings: GammaSettings | None = self.settings(folder, "gamma", "gamma")
         settings_doc = self.docs[-1] if settings is not None else None
         destinations: dict[str, DestinationConfig] = {}
         dest_ids = _Ids(self, "destination_id", "destination")
+        dest_docs: dict[str, Document] = {}
         for path in _yaml_files(folder / "destinations", recursive=True):
             dest, doc = self.one(path, "destination")
             dest_ids.see(doc)
             if isinstance(dest, DestinationConfig) and dest_ids.unique(dest.destination_id, doc):
                 destinations[dest.destination_id] = dest
+                dest_docs[dest.destination_id] = doc
         routes: list[RoutingRule] = []
         route_ids = _Ids(self, "rule_id", "routing rule")
         route_docs: list[tuple[RoutingRule, Document]] = []
@@ -534,13 +560,20 @@ class _DirectoryLoader:
             if isinstance(route, RoutingRule) and route_ids.unique(route.rule_id, doc):
                 routes.append(route)
                 route_docs.append((route, doc))
+        formats: dict[str, OutputFormat] = {}
+        format_ids = _Ids(self, "format_id", "output format")
         for path in _yaml_files(folder / "formats", recursive=True):
-            self.one(path, "format")
+            fmt, doc = self.one(path, "format")
+            format_ids.see(doc)
+            if isinstance(fmt, OutputFormat) and format_ids.unique(fmt.format_id, doc):
+                formats[fmt.format_id] = fmt
+        self.check_output_formats(destinations, dest_docs, formats, format_ids.seen)
         dlq = self.settings(folder, "dlq", "dlq") or DlqSettings()
 
         known = set(destinations) | dest_ids.seen
         for route, doc in route_docs:
             self.check_route(route, doc, destinations, known)
+            self.check_classification(route, doc, destinations, sources or {})
         if settings is not None and settings_doc is not None:
             destinations = self.apply_overrides(settings, settings_doc, destinations, known)
         return GammaConfig(
@@ -548,6 +581,7 @@ class _DirectoryLoader:
             destinations=destinations,
             routes=routes,
             dlq=dlq,
+            formats=formats,
         )
 
     def unknown_destination(self, doc: Document, key: KeyPath, name: str, known: set[str]) -> None:
@@ -596,6 +630,79 @@ class _DirectoryLoader:
                         f"include {'it' if len(refused) == 1 else 'them'}; remove "
                         f"{'it' if len(refused) == 1 else 'them'} from the match or allow "
                         f"{'it' if len(refused) == 1 else 'them'} in {self.name(dest.file)}.",
+                    )
+                )
+
+    def check_output_formats(
+        self,
+        destinations: Mapping[str, DestinationConfig],
+        docs: Mapping[str, Document],
+        formats: Mapping[str, OutputFormat],
+        seen: set[str],
+    ) -> None:
+        """Every ``output_format`` names a format; database destinations use column_mapping."""
+        for dest in destinations.values():
+            name = dest.output_format
+            if name is None:
+                continue
+            doc = docs[dest.destination_id]
+            if dest.destination_type == "database":
+                doc.issues.append(
+                    doc.issue(
+                        ("output_format",),
+                        "is not used by database destinations; map record fields to columns "
+                        "with format.column_mapping instead.",
+                    )
+                )
+            elif name not in formats and name not in seen:
+                hint = did_you_mean(name, set(formats))
+                suggestion = f' Did you mean "{hint}"?' if hint else ""
+                doc.issues.append(
+                    doc.issue(
+                        ("output_format",),
+                        f'"{name}" is not a known output format; expected a format_id of '
+                        f"gamma/formats/ (known: {', '.join(sorted(formats)) or 'none'})."
+                        f"{suggestion}",
+                    )
+                )
+
+    def check_classification(
+        self,
+        route: RoutingRule,
+        doc: Document,
+        destinations: Mapping[str, DestinationConfig],
+        sources: Mapping[str, SourceConfig],
+    ) -> None:
+        """A route may not send a source's data to a less classified destination.
+
+        A route restricted by ``source_id`` is checked against those sources; one that is not
+        could carry any configured source's data, so it is checked against all of them.
+        """
+        routed = _routed_sources(route.match)
+        candidates = [s for s in (routed if routed is not None else sources) if s in sources]
+        for name in route.destinations:
+            dest = destinations.get(name)
+            if dest is None:
+                continue
+            level = dest.authorization.data_classification
+            refused = [
+                f"{s} ({sources[s].data_classification})"
+                for s in candidates
+                if not classification_allows(level, sources[s].data_classification)
+            ]
+            if refused:
+                hint = (
+                    "restrict the match's source_id"
+                    if routed is None
+                    else "remove them from the match"
+                )
+                doc.issues.append(
+                    doc.issue(
+                        ("match", "source_id") if routed is not None else ("destination",),
+                        f'would send data of {", ".join(refused)} to "{name}", whose '
+                        f"authorization.data_classification is {level} (order: public < "
+                        f"internal < confidential < restricted); {hint}, or raise the "
+                        f"destination's classification in {self.name(dest.file)}.",
                     )
                 )
 

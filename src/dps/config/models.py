@@ -226,6 +226,17 @@ class AdminPorts(ConfigModel):
         return self
 
 
+class AdminToken(ConfigModel):
+    """``admin.tokens[]``: one bearer token of the admin APIs and the role it grants."""
+
+    name: str = Field(description="Who holds the token; the actor in the audit log.")
+    token_ref: SecretRef = Field(description="The token, as a secret reference (env:, file:).")
+    role: Literal["viewer", "operator", "admin"] = Field(
+        description="viewer: read; operator: also pause, resume, drain, reload, replay, trigger "
+        "jobs; admin: also emergency stop, purge, restore."
+    )
+
+
 class AdminSettings(ConfigModel):
     """``admin:`` in pipeline.yaml: the admin APIs."""
 
@@ -233,8 +244,30 @@ class AdminSettings(ConfigModel):
     ports: AdminPorts = Field(default_factory=AdminPorts, description="Port of each module.")
     auth_token_ref: SecretRef | None = Field(
         default=None,
-        description="Bearer token required by the admin APIs (none: no authentication).",
+        description="Bearer token required by the admin APIs (none: no authentication); it "
+        "grants the admin role.",
     )
+    tokens: list[AdminToken] = Field(
+        default_factory=list,
+        description="Named tokens with roles (see docs/operations.md). With neither tokens nor "
+        "auth_token_ref the admin APIs are open: keep bind on loopback then.",
+    )
+
+    def token_roles(self) -> dict[str, tuple[str, str]]:
+        """Every configured token, resolved: ``{token: (name, role)}``."""
+        roles: dict[str, tuple[str, str]] = {
+            t.token_ref.resolve(): (t.name, t.role) for t in self.tokens
+        }
+        if self.auth_token_ref is not None:
+            roles.setdefault(self.auth_token_ref.resolve(), ("admin-token", "admin"))
+        return roles
+
+    def client_token(self) -> str | None:
+        """The token the control service and the CLI use to call the modules (an admin's)."""
+        if self.auth_token_ref is not None:
+            return self.auth_token_ref.resolve()
+        admins = [t for t in self.tokens if t.role == "admin"]
+        return admins[0].token_ref.resolve() if admins else None
 
 
 def _cron(value: str) -> str:
@@ -596,6 +629,13 @@ class SourceConfig(SpecializedModel):
     source_id: Identifier = Field(description="Unique id of the source (URLs, metrics, records).")
     source_type: str = Field(description="Source type: a registered source name.")
     enabled: bool = Field(default=True, description="Disabled sources are loaded but not run.")
+    data_classification: Literal["public", "internal", "confidential", "restricted"] = Field(
+        default="internal",
+        description=(
+            "How sensitive the source's data is (public < internal < confidential < restricted); "
+            "Gamma delivers it only to destinations classified at this level or above."
+        ),
+    )
     connection: Any = Field(
         description="Connection settings of the source type (see the source types below)."
     )
@@ -659,6 +699,77 @@ class EnrichmentSourceSettings(ConfigModel):
     stale_ttl_seconds: int = Field(
         default=300, ge=0, le=31_536_000, description="How stale a served cache entry may be."
     )
+
+
+class EnrichmentCachePolicy(ConfigModel):
+    """``cache:`` of an enrichment source: how its entries are cached."""
+
+    ttl_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=31_536_000,
+        description="Seconds an entry stays fresh; not set: ENRICHMENT_CACHE_TTL of beta.yaml.",
+    )
+    negative_ttl_seconds: int = Field(
+        default=60,
+        ge=0,
+        le=31_536_000,
+        description="Seconds a miss (key not in the source) is remembered; 0: misses not cached.",
+    )
+    warmup: bool = Field(
+        default=False,
+        description="Load the whole source into the cache when Beta starts (if it can be listed).",
+    )
+
+
+class EnrichmentConfig(SpecializedModel):
+    """beta/enrichment/*.yaml: one enrichment source that ``lookup`` rules read from."""
+
+    yaml_hidden_fields = frozenset({"file"})
+
+    name: Identifier = Field(
+        description="Name of the source (lookup rules, /admin/cache/refresh/<name>, beta.yaml)."
+    )
+    type: str = Field(description="Enrichment source type: a registered enrichment name.")
+    connection: Any = Field(
+        description="Settings of the source type (see the enrichment source types below)."
+    )
+    cache: EnrichmentCachePolicy = Field(
+        default_factory=EnrichmentCachePolicy, description="Caching policy of this source."
+    )
+    file: Path = Field(
+        default=Path(), exclude=True, description="The file this source was loaded from."
+    )
+
+    @field_validator("type")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        return plugin_name("enrichment", value)
+
+    @classmethod
+    def specialize(cls, data: Any) -> builtins.type[ConfigModel]:
+        name = data.get("type") if isinstance(data, Mapping) else None
+        if (
+            cls is EnrichmentConfig
+            and isinstance(name, str)
+            and name in registry.names("enrichment")
+        ):
+            return _enrichment_model(registry.get("enrichment", name).Config)
+        return cls
+
+
+@functools.cache
+def _enrichment_model(config: type[BaseModel]) -> type[EnrichmentConfig]:
+    model = create_model(
+        f"EnrichmentConfig[{config.__name__}]",
+        __base__=EnrichmentConfig,
+        __module__=__name__,
+        connection=(
+            config,
+            Field(description=EnrichmentConfig.model_fields["connection"].description),
+        ),
+    )
+    return cast(type[EnrichmentConfig], model)
 
 
 class BetaSettings(ConfigModel):
@@ -1005,6 +1116,9 @@ class BetaConfig(ConfigModel):
     scoring: QualityScoringConfig | None = Field(
         default=None, description="quality/scoring.yaml (none: the file is absent)."
     )
+    enrichment: dict[str, EnrichmentConfig] = Field(
+        default_factory=dict, description="enrichment/*.yaml, by name."
+    )
 
     @field_validator("rules")
     @classmethod
@@ -1072,6 +1186,15 @@ class DeliverySettings(ConfigModel):
     retry_delay_ms: int = Field(
         default=1000, ge=0, le=3_600_000, description="Delay before the first retry."
     )
+    max_in_flight: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description=(
+            "delivery_mode async: batches in flight at once, each on its own connection and "
+            "acknowledged as it completes (sync: always 1)."
+        ),
+    )
 
 
 class CircuitBreakerSettings(ConfigModel):
@@ -1094,11 +1217,26 @@ class CircuitBreakerSettings(ConfigModel):
     )
 
 
+#: Data classifications, least sensitive first: a destination of one level may receive the data
+#: of sources of that level or a lower one.
+DataClassification = Literal["public", "internal", "confidential", "restricted"]
+DATA_CLASSIFICATIONS: tuple[str, ...] = ("public", "internal", "confidential", "restricted")
+
+
+def classification_allows(destination: str, source: str) -> bool:
+    """True when a destination classified ``destination`` may receive ``source`` data."""
+    return DATA_CLASSIFICATIONS.index(source) <= DATA_CLASSIFICATIONS.index(destination)
+
+
 class Authorization(ConfigModel):
     """``authorization:`` of a destination."""
 
-    data_classification: Literal["public", "internal", "confidential", "restricted"] = Field(
-        default="internal", description="Most sensitive data the destination may receive."
+    data_classification: DataClassification = Field(
+        default="internal",
+        description=(
+            "Most sensitive data the destination may receive (public < internal < confidential "
+            "< restricted), compared with each source's data_classification."
+        ),
     )
     allowed_sources: list[Identifier] | None = Field(
         default=None, description="Sources whose records it may receive (none: any source)."
@@ -1128,13 +1266,28 @@ class DestinationConfig(SpecializedModel):
         default_factory=Authorization, description="What the destination may receive."
     )
     delivery_mode: Literal["sync", "async"] = Field(
-        default="sync", description="sync waits for each batch; async pipelines batches."
+        default="sync",
+        description=(
+            "sync: one batch at a time; async: up to delivery.max_in_flight batches at once, "
+            "each acknowledged as it completes (order across batches is not kept)."
+        ),
     )
     ack_mode: Literal["batch", "record"] = Field(
-        default="batch", description="Acknowledge per batch or per record."
+        default="batch",
+        description=(
+            "batch: a batch's records leave the spool together once the batch is settled; "
+            "record: each record leaves the spool as soon as its own outcome is known."
+        ),
     )
     circuit_breaker: CircuitBreakerSettings = Field(
         default_factory=CircuitBreakerSettings, description="When to stop sending (C.3)."
+    )
+    output_format: Identifier | None = Field(
+        default=None,
+        description=(
+            "format_id of a gamma/formats/*.yaml that shapes each record (field selection, "
+            "renaming, template); none: the type's own format.envelope choice."
+        ),
     )
     file: Path = Field(default=Path(), exclude=True, description="The file of this destination.")
 
@@ -1212,6 +1365,51 @@ class RoutingRule(ConfigModel):
         return [self.destination] if isinstance(self.destination, str) else list(self.destination)
 
 
+class OutputFormat(ConfigModel):
+    """gamma/formats/*.yaml: the shape of each record at the destinations naming it.
+
+    The document sent for a record is the selected ``fields`` (renamed when given as a mapping)
+    with the rendered ``template`` merged over them, plus ``record_id``. A record field is an
+    envelope field (``record_id``, ``source_id``, ``correlation_id``, ``event_time``,
+    ``ingested_at``, ``timestamp``, ``quality_score``, ``payload``) or a dotted path into the
+    payload; a field the record lacks is null.
+    """
+
+    yaml_hidden_fields = frozenset({"file"})
+
+    format_id: Identifier = Field(description="Unique id; destinations name it in output_format.")
+    description: str = Field(default="", description="What the format is for.")
+    fields: list[str] | dict[str, str] | None = Field(
+        default=None,
+        description=(
+            "Field selection: a list of record fields, or a mapping output name -> record field "
+            "(renaming). None: no fields besides the template (neither: the whole payload)."
+        ),
+    )
+    template: dict[str, Any] | None = Field(
+        default=None,
+        description=(
+            "An object template: in its strings, {field} is replaced by the record field's "
+            "value (a string that is only {field} keeps the value's type); nested mappings and "
+            "lists are rendered too."
+        ),
+    )
+    include_record_id: bool = Field(
+        default=True,
+        description="Add record_id (destinations that read ids back, such as file, need it).",
+    )
+    file: Path = Field(default=Path(), exclude=True, description="The file of this format.")
+
+    @field_validator("fields")
+    @classmethod
+    def _some_fields(
+        cls, value: list[str] | dict[str, str] | None
+    ) -> list[str] | dict[str, str] | None:
+        if value is not None and not value:
+            raise config_error("is empty; expected at least one field (or leave it out).")
+        return value
+
+
 class DlqSettings(ConfigModel):
     """gamma/dlq.yaml: Gamma's dead letter queue (the file is optional)."""
 
@@ -1233,6 +1431,9 @@ class GammaConfig(ConfigModel):
         description="routing/rules/*.yaml, higher priority first (ties by rule_id).",
     )
     dlq: DlqSettings = Field(default_factory=DlqSettings, description="dlq.yaml.")
+    formats: dict[str, OutputFormat] = Field(
+        default_factory=dict, description="formats/*.yaml, by format_id."
+    )
 
     @field_validator("routes")
     @classmethod

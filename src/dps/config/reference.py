@@ -184,6 +184,9 @@ def generate() -> str:
     section("`beta/transforms/rules/*.yaml`", models.RuleConfig)
     parts.append("### Transform types: `transform.config`\n")
     parts.append(_plugin_tables("transforms", "transform.config.", field="transform.type"))
+    section("`beta/enrichment/*.yaml`", models.EnrichmentConfig)
+    parts.append("### Enrichment source types: `connection`\n")
+    parts.append(_plugin_tables("enrichment", "connection.", field="type"))
     section("`beta/quality/scoring.yaml`", models.ScoringFile)
 
     section("`gamma/gamma.yaml`", models.GammaSettings)

@@ -120,9 +120,11 @@ def control_routes(control: ControlModule) -> list[BaseRoute]:
 
     # -- runbook L.1 and the audit chain ------------------------------------------------------
     async def export(request: Request) -> Response:
-        """Audit log export: ``?since=24h&format=json`` (or ``?start=2024-01-01&end=...``).
+        """Audit log export ``?since=24h&format=json`` (L.1); lineage ``?start=&end=`` (L.2).
 
-        A JSON array of entries, oldest first, archived entries included, each with its hash.
+        Audit: a JSON array of entries, oldest first, archived ones included, with their hashes.
+        Lineage (``start``/``end`` without ``since``): the deliveries of the period, oldest first,
+        at most ``limit`` (10000); ``/api/forward`` gives one record's whole trace.
         """
         q = request.query_params
         fmt = q.get("format", "json")
@@ -134,7 +136,68 @@ def control_routes(control: ControlModule) -> list[BaseRoute]:
         until = parse_since(q["end"]) if "end" in q else None
         if until is not None and re.fullmatch(r"\d{4}-\d{2}-\d{2}", q["end"]):
             until += 86400  # an end date includes that whole day
+        if "since" not in q and ("start" in q or "end" in q):
+            # Runbook L.2's lineage export: deliveries in the period, oldest first.
+            limit = int(q.get("limit", "10000"))
+            store = control.state_store
+            return json_response(
+                await call(lambda: store.delivered_between(since, until, limit=limit))
+            )
         return json_response(await call(lambda: control.state_store.export_audit(since, until)))
+
+    # -- runbook L.2 -------------------------------------------------------------------------
+    def outcome(trace: dict[str, Any]) -> str:
+        if any(d["status"] == "delivered" for d in trace["deliveries"]):
+            return "delivered"
+        if trace["dlq"]:
+            return "dlq"
+        if trace["duplicates"] and not trace["ingested"]:
+            return "duplicate"
+        return "in_flight" if trace["ingested"] else "unknown"
+
+    async def forward(request: Request) -> Response:
+        """Forward lineage: ``?source_id=&record_id=`` -> where the record went.
+
+        ``record_id`` is the source's id (``ORD-1``) or the full record id
+        (``orders_file:ORD-1``).
+        """
+        q = request.query_params
+        source_id, record_id = q.get("source_id", ""), q.get("record_id", "")
+        if not source_id or not record_id:
+            raise ValueError("source_id and record_id are both required.")
+        full = record_id if record_id.startswith(f"{source_id}:") else f"{source_id}:{record_id}"
+        trace = await call(lambda: control.state_store.record_trace(full))
+        if not any(trace[k] for k in ("ingested", "duplicates", "validation_failures", "dlq")):
+            return error_response(404, f"No record {full!r} from source {source_id!r} is known.")
+        return json_response(
+            {"direction": "forward", "source_id": source_id, "outcome": outcome(trace), **trace}
+        )
+
+    async def backward(request: Request) -> Response:
+        """Backward lineage: ``?destination_id=&record_id=`` -> where a delivered record came from.
+
+        ``record_id`` is the full record id, as the destination holds it.
+        """
+        q = request.query_params
+        destination_id, record_id = q.get("destination_id", ""), q.get("record_id", "")
+        if not destination_id or not record_id:
+            raise ValueError("destination_id and record_id are both required.")
+        trace = await call(lambda: control.state_store.record_trace(record_id))
+        rows = [d for d in trace["deliveries"] if d["destination_id"] == destination_id]
+        if not rows:
+            return error_response(
+                404, f"Record {record_id!r} was never delivered to {destination_id!r}."
+            )
+        sources = trace["ingested"] or trace["duplicates"]
+        return json_response(
+            {
+                "direction": "backward",
+                "destination_id": destination_id,
+                "delivery": rows[0],
+                "sources": sources,
+                **trace,
+            }
+        )
 
     async def audit_verify(request: Request) -> Response:
         """Check the audit hash chain: ``{"ok", "entries", "problems"}`` (409 when broken)."""
@@ -185,6 +248,8 @@ def control_routes(control: ControlModule) -> list[BaseRoute]:
         Route("/admin/jobs/{job}/logs", job_logs, methods=["GET"]),
         Route("/api/export", export, methods=["GET"]),
         Route("/api/audit/verify", audit_verify, methods=["GET"]),
+        Route("/api/forward", forward, methods=["GET"]),
+        Route("/api/backward", backward, methods=["GET"]),
         Route("/api/health/summary", health, methods=["GET"]),
         Route("/api/throughput/summary", throughput, methods=["GET"]),
         Route("/api/errors/summary", errors, methods=["GET"]),

@@ -22,15 +22,19 @@ read-only target leaves no half backup behind and changes nothing in the data di
 
 SQLite's online backup is used (not a file copy) because a WAL-mode database's committed pages
 may still be in its ``-wal`` file; ``sqlite3.Connection.backup`` reads them through SQLite.
-PostgreSQL state and NATS queues are not covered yet: ``create`` refuses them with a message.
+PostgreSQL state is dumped with ``pg_dump -Fc`` of its schema (and restored with ``pg_restore
+--clean`` into the schema of the backup's configuration); NATS queues are not covered: ``create``
+refuses them with a message.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sqlite3
+import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -80,6 +84,57 @@ def _data_files(data_dir: Path, backup_root: Path | None) -> list[Path]:
     return files
 
 
+class PgTarget:
+    """Where a PostgreSQL state store lives, for ``pg_dump`` and ``pg_restore``."""
+
+    def __init__(self, url: str, schema: str, password: str | None) -> None:
+        self.url, self.schema, self.password = url, schema, password
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any], data_dir: Path) -> PgTarget:
+        from dps.core import registry
+
+        backend = registry.get("states", "postgresql")(settings, data_dir)
+        config = backend.config
+        password = config.password_ref.resolve() if config.password_ref is not None else None
+        url = "postgresql://" + str(config.dsn).split("://", 1)[1]
+        return cls(url, str(config.db_schema), password)
+
+    def run(self, tool: str, *args: str) -> None:
+        env = {**os.environ, **({"PGPASSWORD": self.password} if self.password else {})}
+        if shutil.which(tool) is None:
+            raise BackupError(f"{tool} is not installed; it is needed for PostgreSQL state.")
+        done = subprocess.run(
+            [tool, f"--dbname={self.url}", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise BackupError(f"{tool} failed: {done.stderr.strip()[:500]}")
+
+    def has_tables(self) -> bool:
+        import sqlalchemy as sa
+        from sqlalchemy.pool import NullPool
+
+        url = sa.make_url(self.url.replace("postgresql://", "postgresql+psycopg://", 1))
+        if self.password:
+            url = url.set(password=self.password)
+        engine = sa.create_engine(url, poolclass=NullPool)
+        try:
+            with engine.connect() as conn:
+                count = conn.scalar(
+                    sa.text(
+                        "SELECT count(*) FROM information_schema.tables WHERE table_schema = :s"
+                    ),
+                    {"s": self.schema},
+                )
+        finally:
+            engine.dispose()
+        return bool(count)
+
+
 def _pause_all(modules: ModuleClient | None, log: list[str]) -> list[str]:
     paused: list[str] = []
     if modules is None:
@@ -115,12 +170,12 @@ def create_backup(
     schema_version: int | None = None,
 ) -> dict[str, Any]:
     """Create a backup (see the module docstring); its manifest with ``path`` and ``log``."""
-    if config.pipeline.state.backend != "sqlite" or config.pipeline.transport.backend != "sqlite":
+    if config.pipeline.transport.backend != "sqlite":
         raise BackupError(
-            "dps backup covers the embedded deployment (sqlite queues and state) only; for "
-            "PostgreSQL use pg_dump -Fc as in the manual's Database Backup, and JetStream's own "
-            "stream backups for NATS."
+            "dps backup covers sqlite queues only; back up NATS JetStream streams with "
+            "JetStream's own stream backups."
         )
+    state_backend = config.pipeline.state.backend
     data_dir = data_dir.resolve()
     target = (target or data_dir / "backups").resolve()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
@@ -159,6 +214,20 @@ def create_backup(
                     "sha256": _sha256(dest),
                 }
             )
+        if state_backend == "postgresql":
+            dump = partial / "state" / "state.dump"
+            dump.parent.mkdir(parents=True)
+            pg = PgTarget.from_settings(config.pipeline.state.backend_settings(), data_dir)
+            pg.run("pg_dump", "--format=custom", f"--schema={pg.schema}", f"--file={dump}")
+            entries.append(
+                {
+                    "path": "state/state.dump",
+                    "kind": "pg_dump",
+                    "size": dump.stat().st_size,
+                    "sha256": _sha256(dump),
+                    "schema": pg.schema,
+                }
+            )
         for path in config_files(config.root):
             rel = path.relative_to(config.root)
             dest = partial / "config" / rel
@@ -177,11 +246,15 @@ def create_backup(
             "created_at": datetime.now(UTC).isoformat(),
             "config_checksum": config.checksum(),
             "state_schema_version": schema_version,
+            "state_backend": state_backend,
             "paused_modules": paused,
             "files": entries,
         }
         (partial / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         partial.rename(final)
+    except BackupError:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     except (OSError, sqlite3.Error) as exc:
         shutil.rmtree(partial, ignore_errors=True)
         raise BackupError(
@@ -229,6 +302,12 @@ def verify_backup(path: Path) -> dict[str, Any]:
         if _sha256(file) != entry["sha256"]:
             problems.append(f"{entry['path']} does not match its checksum (corrupted).")
             continue
+        if entry["kind"] == "pg_dump":
+            listed = subprocess.run(
+                ["pg_restore", "--list", str(file)], capture_output=True, text=True, check=False
+            )
+            if listed.returncode != 0:
+                problems.append(f"{entry['path']} is not a readable pg_dump archive.")
         if entry["kind"] == "sqlite":
             try:
                 conn = sqlite3.connect(f"file:{file}?mode=ro", uri=True)
@@ -250,7 +329,12 @@ def verify_backup(path: Path) -> dict[str, Any]:
 
 
 def restore_backup(
-    path: Path, data_dir: Path, *, config_dir: Path | None = None, force: bool = False
+    path: Path,
+    data_dir: Path,
+    *,
+    config_dir: Path | None = None,
+    force: bool = False,
+    state_settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Restore a verified backup into ``data_dir`` (and its configuration into ``config_dir``).
 
@@ -271,9 +355,27 @@ def restore_backup(
             "empty data directory, or pass --force to replace it (stop the pipeline first)."
         )
     manifest = json.loads((path / MANIFEST).read_text())
+    pg: PgTarget | None = None
+    if any(e["kind"] == "pg_dump" for e in manifest["files"]):
+        if state_settings is None:
+            raise BackupError(
+                "This backup holds a PostgreSQL state dump: give the state settings to restore "
+                "it into (dps backup restore reads them from the backup's pipeline.yaml)."
+            )
+        pg = PgTarget.from_settings(state_settings, data_dir)
+        if pg.has_tables() and not force:
+            raise BackupError(
+                f"The PostgreSQL schema {pg.schema!r} already holds tables; restore into an empty "
+                "schema, or pass --force to replace it (stop the pipeline first)."
+            )
     restored = []
     for entry in manifest["files"]:
         kind, rel = entry["kind"], entry["path"].split("/", 1)[1]
+        if kind == "pg_dump":
+            assert pg is not None
+            pg.run("pg_restore", "--clean", "--if-exists", "--no-owner", str(path / entry["path"]))
+            restored.append(f"postgresql schema {pg.schema}")
+            continue
         if kind == "config":
             if config_dir is None:
                 continue

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from typing import Any
 
 from dps.config import PipelineConfig, load_config
@@ -27,6 +28,35 @@ def snapshot(config: PipelineConfig) -> str:
         p.relative_to(root).as_posix(): p.read_text(errors="replace") for p in config_files(root)
     }
     return json.dumps(files, sort_keys=True, indent=1)
+
+
+_HEADER = re.compile(r"^#\s*([A-Z][A-Za-z ]+?):\s*(.+?)\s*$")
+
+
+def config_headers(text: str) -> dict[str, str]:
+    """The manual's configuration header (``# Module: alpha``, ``# Change ID: ...``) of a file.
+
+    Read from the leading comment lines; keys as written (``Change ID``, ``Modified By``).
+    """
+    headers: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        match = _HEADER.match(line)
+        if match:
+            headers[match.group(1)] = match.group(2)
+    return headers
+
+
+def version_headers(store: StateStore, module: str, version: int) -> dict[str, dict[str, str]]:
+    """The headers of every file of a stored version that has one: ``{path: {key: value}}``."""
+    getter = getattr(store, "get_config_version", None)
+    content = getter(module, version) if getter else None
+    if content is None:
+        return {}
+    files: dict[str, str] = json.loads(content)
+    found = {path: config_headers(text) for path, text in files.items()}
+    return {path: h for path, h in found.items() if h}
 
 
 def parse_version(spec: str, default_module: str = "control") -> tuple[str, int]:

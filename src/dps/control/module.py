@@ -43,7 +43,7 @@ class ControlModule(ModuleHost):
         self.transform = self.open_queue(TRANSFORM_QUEUE)
         self.delivery = self.open_queue(DELIVERY_QUEUE)
         admin = self.config.pipeline.admin
-        token = admin.auth_token_ref.resolve() if admin.auth_token_ref else None
+        token = admin.client_token()
         self.modules = ModuleClient(module_urls(self.config), token)
         self.sampler = ThroughputSampler(self.state_store)
         self._last_sample = 0.0

@@ -93,5 +93,5 @@ def client_for(config: PipelineConfig, port_base: int | None = None) -> ModuleCl
         names = ("control", "alpha", "beta", "gamma")
         urls = {name: f"{host}:{port_base + i}" for i, name in enumerate(names)}
     admin = config.pipeline.admin
-    token = admin.auth_token_ref.resolve() if admin.auth_token_ref else None
+    token = admin.client_token()
     return ModuleClient(urls, token)

@@ -28,6 +28,7 @@ BUILTIN_PACKAGES: dict[str, str] = {
     "sources": "dps.alpha.sources",
     "parsers": "dps.alpha.parsers",
     "transforms": "dps.beta.transforms",
+    "enrichment": "dps.beta.enrichment",
     "destinations": "dps.gamma.destinations",
     "queues": "dps.queues",
     "states": "dps.state",

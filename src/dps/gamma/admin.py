@@ -177,11 +177,11 @@ def gamma_routes(gamma: GammaModule) -> list[BaseRoute]:
             return not_found(dest_id)
 
         def work() -> dict[str, Any]:
-            from dps.gamma.module import build_destination
+            from dps.gamma.module import destination_factory
 
             started = time.perf_counter()
             try:
-                destination = build_destination(dc)
+                destination = destination_factory(gamma.config)(dc)
             except Exception as exc:
                 return {"destination_id": dest_id, "ok": False, "error": str(exc)}
             try:
@@ -206,7 +206,7 @@ def gamma_routes(gamma: GammaModule) -> list[BaseRoute]:
         payload = await read_json(request)
 
         def work() -> dict[str, Any]:
-            from dps.gamma.module import build_destination
+            from dps.gamma.module import destination_factory
 
             record = Record(
                 record_id=f"dps_test:{uuid.uuid4().hex[:16]}",
@@ -217,7 +217,7 @@ def gamma_routes(gamma: GammaModule) -> list[BaseRoute]:
             )
             started = time.perf_counter()
             try:
-                destination = build_destination(dc)
+                destination = destination_factory(gamma.config)(dc)
                 try:
                     rejected = destination.deliver([record])
                 finally:
@@ -332,6 +332,7 @@ def gamma_routes(gamma: GammaModule) -> list[BaseRoute]:
                 "workers": 1,
                 "running": w.alive,
                 "in_flight_batches": w.stats.in_flight,
+                "max_in_flight": w.window,
                 "delivery_mode": w.config.delivery_mode,
                 "ack_mode": w.config.ack_mode,
                 "batch_size": w.config.delivery.batch_size,

@@ -28,6 +28,14 @@ the DLQ. A ``deliver`` call that takes longer than ``ACK_WAIT_TIMEOUT_MS`` is ab
 instance is replaced, since it may still be busy) and counted as an acknowledgement timeout:
 ``ACK_TIMEOUT_ACTION: RETRY_DELIVERY`` retries it (idempotent destinations make that safe),
 ``ASSUME_SUCCESS`` counts the batch delivered.
+
+``delivery_mode: async`` keeps up to ``delivery.max_in_flight`` batches in flight at once, each
+on its own pool thread with its own destination instance (an instance is never called
+concurrently), each settled — outcomes written, spool acked — as soon as it completes; the order
+of records across batches is not kept. While the breaker is HALF_OPEN only the probe is in
+flight. ``ack_mode: record`` acks each record off the spool as soon as its own outcome is known
+(while a batch is being split to isolate a bad record, the records already delivered leave the
+spool at once); ``batch`` settles a batch's records together when the batch is done.
 """
 
 from __future__ import annotations
@@ -39,13 +47,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import msgspec
 
 from dps.config.models import DestinationConfig, GammaSettings
-from dps.core.errors import TerminalError
+from dps.core.errors import TerminalError, TransientError
 from dps.core.logging import get_logger
 from dps.core.metrics import PIPELINE_END_TO_END_LATENCY_SECONDS
 from dps.core.record import Record, decode, encode
@@ -132,6 +141,21 @@ class DestinationStats:
     last_error: str | None = None
     #: (time, delivered count, failed attempts) samples for rates over a window.
     window: deque[tuple[float, int, int]] = field(default_factory=lambda: deque(maxlen=600))
+    #: (time, kind) of recent calls: "ok", "failed", "timeout"; health grades these, so a
+    #: destination that recovered reads healthy again once its failures age out.
+    calls: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=20000))
+
+    def recent(self, window_s: float, now: float | None = None) -> tuple[int, int, int]:
+        """(calls, failed calls, acknowledgement timeouts) in the last ``window_s`` seconds."""
+        since = (now if now is not None else time.time()) - window_s
+        calls = failed = timeouts = 0
+        for at, kind in reversed(self.calls):
+            if at < since:
+                break
+            calls += 1
+            failed += kind != "ok"
+            timeouts += kind == "timeout"
+        return calls, failed, timeouts
 
 
 @dataclass
@@ -140,6 +164,11 @@ class _Result:
     dlq: list[tuple[Record, ErrorClass, str, str]] = field(default_factory=list)
     retry_later: list[Record] = field(default_factory=list)
     retry_delay: float = 1.0
+    #: ``ack_mode: record``: the spool messages of each record, and what is already settled.
+    msg_of: dict[str, list[tuple[Lease, str]]] | None = None
+    delivered_done: int = 0
+    dlq_done: int = 0
+    acked: set[str] = field(default_factory=set)
 
 
 class _AckTimeout(Exception):
@@ -187,11 +216,19 @@ class DestinationWorker:
             STATE_VALUES[self.breaker.state]
         )
         self.stats = stats or DestinationStats()
-        self.destination: Destination | None = None
+        self._local = threading.local()
+        self._instances: list[Destination] = []
+        self._instances_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.busy = False
         self.rng = random.Random()
+        #: ``delivery_mode: async``: up to this many batches in flight, each on its own thread
+        #: and destination instance (a destination instance is never called concurrently).
+        self.window = config.delivery.max_in_flight if config.delivery_mode == "async" else 1
+        self._pool: ThreadPoolExecutor | None = None
+        self._futures: set[Future[None]] = set()
+        self._counter_lock = threading.Lock()
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -204,9 +241,21 @@ class DestinationWorker:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        if self.destination is not None:
-            self.destination.close()
-            self.destination = None
+        if self._pool is not None:
+            wait(self._futures, timeout)
+            self._pool.shutdown(wait=False)
+            self._pool = None
+        with self._instances_lock:
+            instances, self._instances = self._instances, []
+        for instance in instances:
+            instance.close()
+        self._local = threading.local()
+
+    @property
+    def destination(self) -> Destination | None:
+        """The destination instance of the calling thread, if it has one."""
+        instance: Destination | None = getattr(self._local, "destination", None)
+        return instance
 
     @property
     def alive(self) -> bool:
@@ -219,15 +268,22 @@ class DestinationWorker:
         )
 
     def _open(self) -> Destination:
-        if self.destination is None:
+        destination = self.destination
+        if destination is None:
             destination = self.factory(self.config)
-            self.destination = destination
-        return self.destination
+            self._local.destination = destination
+            with self._instances_lock:
+                self._instances.append(destination)
+        return destination
 
     def _abandon(self) -> None:
         """Drop an instance whose call hung; a fresh one is built for the next attempt."""
-        stuck, self.destination = self.destination, None
+        stuck = self.destination
+        self._local.destination = None
         if stuck is not None:
+            with self._instances_lock:
+                if stuck in self._instances:
+                    self._instances.remove(stuck)
             threading.Thread(target=stuck.close, daemon=True).start()
 
     # -- the loop -------------------------------------------------------------------------------
@@ -252,18 +308,12 @@ class DestinationWorker:
 
     def step(self) -> bool:
         """Lease one batch from the spool and deliver it; False when there was nothing to do."""
+        if self.window > 1:
+            return self._step_async()
         if not self.breaker.allow():
             self._stop.wait(min(0.5, max(0.05, self.breaker.retry_in())))
             return True
-        size = self.config.delivery.batch_size
-        lease = self.spool.lease(size, wait=0.2)
-        leases = [lease] if lease else []
-        linger = self.settings.OUTPUT_LINGER_MS / 1000.0
-        if lease and len(lease) < size and linger > 0:
-            self._stop.wait(linger)
-            more = self.spool.lease(size - len(lease), wait=0.0)
-            if more:
-                leases.append(more)
+        leases = self._lease()
         if not leases:
             self.breaker.release_probe()
             return False
@@ -273,6 +323,59 @@ class DestinationWorker:
         finally:
             self.busy = False
         return True
+
+    def _step_async(self) -> bool:
+        """``delivery_mode: async``: keep up to ``window`` batches in flight.
+
+        Each batch is delivered and settled (outcomes written, spool acked) on a pool thread as
+        soon as it completes, independently of the others; order across batches is not kept.
+        While the breaker is HALF_OPEN only its one probe batch is in flight.
+        """
+        self._reap()
+        if len(self._futures) >= self.window:
+            wait(self._futures, timeout=0.2, return_when=FIRST_COMPLETED)
+            self._reap()
+            return True
+        if not self.breaker.allow():
+            self._stop.wait(min(0.5, max(0.05, self.breaker.retry_in())))
+            return True
+        leases = self._lease()
+        if not leases:
+            self.breaker.release_probe()
+            return bool(self._futures)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(
+                max_workers=self.window, thread_name_prefix=f"gamma-async-{self.dest_id}"
+            )
+        self._futures.add(self._pool.submit(self._handle, leases))
+        self.busy = True
+        return True
+
+    def _reap(self) -> None:
+        for future in [f for f in self._futures if f.done()]:
+            self._futures.discard(future)
+            exc = future.exception()
+            if exc is not None:
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                self.log.error(
+                    "An async delivery batch failed; its records return after the lease expires.",
+                    destination=self.dest_id,
+                    error=self.stats.last_error,
+                )
+        self.busy = bool(self._futures)
+
+    def _lease(self) -> list[Lease]:
+        """One batch from the spool, waiting ``OUTPUT_LINGER_MS`` for it to fill."""
+        size = self.config.delivery.batch_size
+        lease = self.spool.lease(size, wait=0.2)
+        leases = [lease] if lease else []
+        linger = self.settings.OUTPUT_LINGER_MS / 1000.0
+        if lease and len(lease) < size and linger > 0:
+            self._stop.wait(linger)
+            more = self.spool.lease(size - len(lease), wait=0.0)
+            if more:
+                leases.append(more)
+        return leases
 
     def _handle(self, leases: list[Lease]) -> None:
         started = time.perf_counter()
@@ -312,11 +415,69 @@ class DestinationWorker:
         now = time.time()
         for r in todo:
             self.stats.queue_wait.add(max(0.0, now - r.ingested_at))
-        result = self._deliver(todo) if todo else _Result()
+        result = _Result(msg_of=msg_of if self.config.ack_mode == "record" else None)
+        if todo:
+            self._deliver(todo, result)
+        self._record_outcomes(
+            result.delivered[result.delivered_done :], result.dlq[result.dlq_done :], poison
+        )
 
+        retry_ids = {r.record_id for r in result.retry_later}
+        for lease in leases:
+            back = [
+                msg_id
+                for rid, refs in msg_of.items()
+                if rid in retry_ids
+                for ls, msg_id in refs
+                if ls is lease
+            ]
+            backs = set(back)
+            rest = [
+                x.msg_id
+                for x in lease.messages
+                if x.msg_id not in result.acked and x.msg_id not in backs
+            ]
+            if back:
+                self.spool.nack(
+                    lease, back, reason="destination_unavailable", delay=result.retry_delay
+                )
+                if rest:
+                    self.spool.ack(lease, rest)
+            elif not result.acked:
+                self.spool.ack(lease)
+            elif rest:
+                self.spool.ack(lease, rest)
+
+    def _settle_now(self, result: _Result) -> None:
+        """``ack_mode: record``: write and ack the records whose outcome just became known."""
+        if result.msg_of is None:
+            return
+        delivered = result.delivered[result.delivered_done :]
+        dead = result.dlq[result.dlq_done :]
+        if not delivered and not dead:
+            return
+        result.delivered_done = len(result.delivered)
+        result.dlq_done = len(result.dlq)
+        self._record_outcomes(delivered, dead, [])
+        ids = {r.record_id for r in delivered} | {item[0].record_id for item in dead}
+        by_lease: dict[int, tuple[Lease, list[str]]] = {}
+        for rid in ids:
+            for lease, msg_id in result.msg_of.get(rid, []):
+                by_lease.setdefault(id(lease), (lease, []))[1].append(msg_id)
+        for lease, msg_ids in by_lease.values():
+            self.spool.ack(lease, msg_ids)
+            result.acked.update(msg_ids)
+
+    def _record_outcomes(
+        self,
+        delivered: list[Record],
+        dead: list[tuple[Record, ErrorClass, str, str]],
+        poison: list[DlqEntry],
+    ) -> None:
+        """Write DLQ entries and ``delivery_log`` rows, and count them."""
         entries = list(poison)
         outcomes: list[DeliveryOutcome] = []
-        for record, klass, reason, error in result.dlq:
+        for record, klass, reason, error in dead:
             entries.append(
                 DlqEntry(
                     "gamma",
@@ -335,43 +496,23 @@ class DestinationWorker:
                 )
             )
             outcomes.append(DeliveryOutcome(record.record_id, self.dest_id, "failed", error=error))
-        outcomes.extend(
-            DeliveryOutcome(r.record_id, self.dest_id, "delivered") for r in result.delivered
-        )
+        outcomes.extend(DeliveryOutcome(r.record_id, self.dest_id, "delivered") for r in delivered)
         if entries:
             self.state.add_dlq_entries(entries)
         if outcomes:
             self.state.record_deliveries(outcomes)
         now = time.time()
-        for r in result.delivered:
+        for r in delivered:
             PIPELINE_END_TO_END_LATENCY_SECONDS.observe(max(0.0, now - r.ingested_at))
-        if result.delivered:
-            self.stats.delivered += len(result.delivered)
-            self.stats.last_success = now
-            m.GAMMA_RECORDS_DELIVERED_TOTAL.labels(destination=self.dest_id).inc(
-                len(result.delivered)
-            )
-        if entries:
-            self.stats.dlq += len(entries)
-        self.stats.window.append((now, self.stats.delivered, self.stats.failed_attempts))
-
-        retry_ids = {r.record_id for r in result.retry_later}
-        for lease in leases:
-            back = [
-                msg_id
-                for rid, refs in msg_of.items()
-                if rid in retry_ids
-                for ls, msg_id in refs
-                if ls is lease
-            ]
-            if back:
-                self.spool.nack(
-                    lease, back, reason="destination_unavailable", delay=result.retry_delay
-                )
-                backs = set(back)
-                self.spool.ack(lease, [x.msg_id for x in lease.messages if x.msg_id not in backs])
-            else:
-                self.spool.ack(lease)
+        with self._counter_lock:
+            if delivered:
+                self.stats.delivered += len(delivered)
+                self.stats.last_success = now
+            if entries:
+                self.stats.dlq += len(entries)
+            self.stats.window.append((now, self.stats.delivered, self.stats.failed_attempts))
+        if delivered:
+            m.GAMMA_RECORDS_DELIVERED_TOTAL.labels(destination=self.dest_id).inc(len(delivered))
 
     # -- the policy -----------------------------------------------------------------------------
     def _retries(self) -> int:
@@ -382,8 +523,7 @@ class DestinationWorker:
         # Full jitter (AWS architecture blog): spreads retries of many workers apart.
         return float(self.rng.uniform(0, base * (2**attempt))) if base > 0 else 0.0
 
-    def _deliver(self, records: list[Record]) -> _Result:
-        result = _Result()
+    def _deliver(self, records: list[Record], result: _Result) -> None:
         size = self.config.delivery.batch_size
         for start in range(0, len(records), size):
             chunk = records[start : start + size]
@@ -391,7 +531,6 @@ class DestinationWorker:
                 result.retry_later.extend(chunk)  # the destination is failing: do not pile on
                 continue
             self._deliver_chunk(chunk, result, top=True)
-        return result
 
     def _deliver_chunk(self, chunk: list[Record], result: _Result, *, top: bool) -> None:
         attempt = 0
@@ -405,7 +544,9 @@ class DestinationWorker:
                 rejected = self._call(chunk)
             except Exception as exc:
                 klass = classify_exception(exc)
-                if not isinstance(exc, DeliveryError | TerminalError | OSError | TimeoutError):
+                if not isinstance(
+                    exc, DeliveryError | TerminalError | TransientError | OSError | TimeoutError
+                ):
                     # Not classified by the destination: retry once, then isolate by splitting.
                     klass = "permanent" if unknown_seen else "retryable"
                     unknown_seen = True
@@ -439,6 +580,7 @@ class DestinationWorker:
                         "destination_rejected" if klass == "permanent" else "poison_record"
                     )
                     result.dlq.append((chunk[0], klass, reason, message))
+                    self._settle_now(result)
                     return
                 self.stats.splits += 1
                 half = len(chunk) // 2
@@ -454,6 +596,7 @@ class DestinationWorker:
             if rejected:
                 self._failed_attempt("permanent", str(rejected[0][1]), len(rejected))
             result.delivered.extend(r for r in chunk if r.record_id not in refused)
+            self._settle_now(result)
             return
 
     def _call(self, chunk: Sequence[Record]) -> list[tuple[Record, TerminalError]]:
@@ -469,21 +612,24 @@ class DestinationWorker:
                 box["error"] = exc
 
         started = time.perf_counter()
-        self.stats.in_flight += 1
-        self.stats.batches += 1
+        with self._counter_lock:
+            self.stats.in_flight += 1
+            self.stats.batches += 1
         m.GAMMA_PENDING_DELIVERIES.inc(len(chunk))
         try:
             thread = threading.Thread(target=run, name=f"gamma-call-{self.dest_id}", daemon=True)
             thread.start()
             thread.join(timeout)
         finally:
-            self.stats.in_flight -= 1
+            with self._counter_lock:
+                self.stats.in_flight -= 1
             m.GAMMA_PENDING_DELIVERIES.dec(len(chunk))
         elapsed = time.perf_counter() - started
         self.stats.ack_wait.add(elapsed)
         m.GAMMA_ACK_WAIT_DURATION_SECONDS.observe(elapsed)
         if thread.is_alive():
             self.stats.ack_timeouts += 1
+            self.stats.calls.append((time.time(), "timeout"))
             self._abandon()
             if self.settings.ACK_TIMEOUT_ACTION == "ASSUME_SUCCESS":
                 self.log.warning(
@@ -499,7 +645,9 @@ class DestinationWorker:
                 reason="ack_timeout",
             )
         if "error" in box:
+            self.stats.calls.append((time.time(), "failed"))
             raise box["error"]
+        self.stats.calls.append((time.time(), "ok"))
         self.stats.delivery.add(elapsed)
         m.GAMMA_DELIVERY_DURATION_SECONDS.labels(destination=self.dest_id).observe(elapsed)
         rejected: list[tuple[Record, TerminalError]] = box.get("rejected") or []

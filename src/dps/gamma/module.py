@@ -28,7 +28,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ import msgspec
 from starlette.routing import BaseRoute
 
 from dps.config import PipelineConfig
-from dps.config.models import DestinationConfig
+from dps.config.models import DestinationConfig, OutputFormat
 from dps.core import registry
 from dps.core.health import Health, HealthReport, combine, evaluate
 from dps.core.record import decode, encode
@@ -44,21 +44,38 @@ from dps.gamma import metrics as m
 from dps.gamma.circuit_breaker import OPEN, CircuitBreaker
 from dps.gamma.delivery import SPOOL_MAX_ATTEMPTS, DestinationStats, DestinationWorker, spool_name
 from dps.gamma.destinations.base import Destination
+from dps.gamma.formats import Shaper
 from dps.gamma.routing import Router
 from dps.queues import Message, Queue, QueueSpec, open_queue
 from dps.runtime.module import DELIVERY_QUEUE, ModuleHost, dlq_from_message
 from dps.state import DlqEntry
 from dps.state.base import DlqFilter
 
+#: The window health grades delivery success and acknowledgement timeouts over.
+HEALTH_WINDOW_S = 300.0
 
-def build_destination(dc: DestinationConfig) -> Destination:
-    """Build and open the destination plugin of one destination file."""
+
+def build_destination(dc: DestinationConfig, output: OutputFormat | None = None) -> Destination:
+    """Build and open the destination plugin of one destination file (and its output format)."""
     destination: Destination = registry.get("destinations", dc.destination_type)(
         dc.destination_id, dc.spec
     )
     destination.timeout_s = dc.delivery.timeout_ms / 1000.0
+    if output is not None:
+        destination.output = Shaper(output)
     destination.open()
     return destination
+
+
+def destination_factory(config: PipelineConfig) -> Callable[[DestinationConfig], Destination]:
+    """``build_destination`` with the output formats of ``config``."""
+    formats = config.gamma.formats
+
+    def build(dc: DestinationConfig) -> Destination:
+        fmt = formats.get(dc.output_format) if dc.output_format else None
+        return build_destination(dc, fmt)
+
+    return build
 
 
 class GammaModule(ModuleHost):
@@ -102,7 +119,13 @@ class GammaModule(ModuleHost):
 
     def apply_config(self, new: PipelineConfig) -> None:
         router = Router(
-            new.gamma.routes, new.gamma.destinations, new.gamma.settings.default_destination
+            new.gamma.routes,
+            new.gamma.destinations,
+            new.gamma.settings.default_destination,
+            # A Gamma-only configuration (no alpha/sources) cannot tell levels: not checked.
+            {sid: src.data_classification for sid, src in new.alpha.sources.items()}
+            if new.alpha.sources
+            else None,
         )
         for dest_id in new.gamma.destinations:
             self.spool(dest_id)
@@ -116,6 +139,7 @@ class GammaModule(ModuleHost):
                 dc is None
                 or _settings(dc) != _settings(worker.config)
                 or (new.gamma.settings != worker.settings)
+                or _format(new, dc) != _format(self.config, worker.config)
             ):
                 worker.stop()
                 del self.workers[dest_id]
@@ -130,7 +154,7 @@ class GammaModule(ModuleHost):
             worker = DestinationWorker(
                 dc,
                 new.gamma.settings,
-                factory=build_destination,
+                factory=destination_factory(new),
                 spool=self._consumers[dest_id],
                 state=self.state_store,
                 config_version=version,
@@ -265,14 +289,18 @@ class GammaModule(ModuleHost):
         base = super().health()
         checks: dict[str, Any] = {}
         delivered = sum(s.delivered for s in self.stats.values())
-        failures = sum(s.failed_attempts for s in self.stats.values())
-        batches = sum(s.batches for s in self.stats.values())
-        timeouts = sum(s.ack_timeouts for s in self.stats.values())
         enabled = list(self.workers)
         open_breakers = [d for d in enabled if self.breakers[d].state == OPEN]
+        # Rates over the last HEALTH_WINDOW_S, not since the start: a destination that was
+        # down and came back reads healthy again once its failed calls are older than that.
+        now = time.time()
+        recent = [s.recent(HEALTH_WINDOW_S, now) for s in self.stats.values()]
+        calls = sum(r[0] for r in recent)
+        failed_calls = sum(r[1] for r in recent)
+        timed_out = sum(r[2] for r in recent)
         checks["delivery_success_rate"] = evaluate(
             "gamma.delivery_success_rate",
-            None if not batches else max(0.0, 1.0 - failures / batches),
+            None if not calls else max(0.0, 1.0 - failed_calls / calls),
         )
         try:
             dlq_last_hour: float | None = self.state_store.count_dlq(
@@ -282,7 +310,7 @@ class GammaModule(ModuleHost):
             dlq_last_hour = None
         checks["dlq_entry_rate"] = evaluate("gamma.dlq_entry_rate", dlq_last_hour)
         checks["ack_timeout_rate"] = evaluate(
-            "gamma.ack_timeout_rate", None if not batches else timeouts / batches
+            "gamma.ack_timeout_rate", None if not calls else timed_out / calls
         )
         checks["destination_availability"] = evaluate(
             "gamma.destination_availability",
@@ -316,6 +344,11 @@ class GammaModule(ModuleHost):
         for queue in [*self.spools.values(), *self._consumers.values()]:
             queue.close()
         super().close()
+
+
+def _format(config: PipelineConfig, dc: DestinationConfig) -> Any:
+    fmt = config.gamma.formats.get(dc.output_format) if dc.output_format else None
+    return fmt.model_dump(mode="json") if fmt is not None else None
 
 
 def _settings(dc: DestinationConfig) -> Any:

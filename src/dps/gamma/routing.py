@@ -3,16 +3,24 @@
 Every enabled rule whose ``match`` holds sends the record to its destination(s) (fan-out);
 rules are evaluated in priority order and the destinations keep that order. A record that no
 rule matches goes to ``default_destination`` when one is set, else to the DLQ as ``no_route``.
-Authorization is checked per record too: a destination whose ``allowed_sources`` does not list
-the record's source never receives it (``unauthorized`` in the DLQ), whatever the rules say.
+Authorization is checked per record too, whatever the rules say: a destination whose
+``allowed_sources`` does not list the record's source, or whose ``data_classification`` is below
+the source's (``public < internal < confidential < restricted``; the source's level is the
+``data_classification`` key of its ``alpha/sources`` file), never receives it — the record goes
+to the DLQ as ``unauthorized``. A record of a source the configuration does not know (removed
+since it was ingested) counts as ``restricted``: unknown data goes nowhere it might not belong.
+(A configuration without any ``alpha/sources`` file, a Gamma-only host, has no levels to compare
+and does not check classifications.)
+The loader refuses routes that would break either rule; this check catches what a route's
+conditions could not show at load (an unrestricted route, the default destination, a reload).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from dps.config.models import DestinationConfig, RoutingRule
+from dps.config.models import DestinationConfig, RoutingRule, classification_allows
 from dps.core.conditions import Predicate, compile_condition
 from dps.core.record import Record
 
@@ -41,6 +49,7 @@ class Router:
         rules: Sequence[RoutingRule],
         destinations: dict[str, DestinationConfig],
         default_destination: str | None,
+        source_classifications: Mapping[str, str] | None = None,
     ) -> None:
         self.routes = [
             Route(rule.rule_id, compile_condition(rule.match), tuple(rule.destinations))
@@ -53,6 +62,13 @@ class Router:
             if d.authorization.allowed_sources is not None
         }
         self.enabled = {dest_id for dest_id, d in destinations.items() if d.enabled}
+        self.levels = {
+            dest_id: d.authorization.data_classification for dest_id, d in destinations.items()
+        }
+        #: source id -> its data classification; None: classifications are not checked.
+        self.source_levels = (
+            dict(source_classifications) if source_classifications is not None else None
+        )
         self.default = default_destination
 
     def route(self, record: Record) -> Decision:
@@ -75,6 +91,20 @@ class Router:
                 "unauthorized",
                 f"Source {record.source_id} is not allowed to deliver to {', '.join(refused)}.",
             )
+        if self.source_levels is not None:
+            level = self.source_levels.get(record.source_id, "restricted")
+            below = [
+                d
+                for d in chosen
+                if d in self.levels and not classification_allows(self.levels[d], level)
+            ]
+            if below:
+                return Decision(
+                    [],
+                    "unauthorized",
+                    f"Source {record.source_id} holds {level} data; "
+                    f"{', '.join(f'{d} ({self.levels[d]})' for d in below)} may not receive it.",
+                )
         disabled = [d for d in chosen if d not in self.enabled]
         if disabled:
             return Decision(

@@ -232,7 +232,9 @@ class ModuleHost:
         token = admin.auth_token_ref.resolve() if admin.auth_token_ref else None
         bind_host = host or admin.bind
         bind_port = port if port is not None else 8080
-        app = build_app(self, auth_token=token, audit=self.state_store.append_audit)
+        app = build_app(
+            self, auth_token=token, audit=self.state_store.append_audit, tokens=admin.token_roles()
+        )
         server = AdminServer(app, bind_host, bind_port)
         stop = threading.Event()
 

@@ -314,6 +314,16 @@ class StateStore(abc.ABC):
     def lineage_of(self, record_id: str) -> list[dict[str, Any]]:
         """A record's lineage events in time order."""
 
+    def record_trace(self, record_id: str) -> dict[str, Any]:
+        """One record's life: ingest position, duplicates, failures, DLQ, deliveries (L.2)."""
+        raise NotImplementedError
+
+    def delivered_between(
+        self, since: float | None, until: float | None, *, limit: int = 10000
+    ) -> list[dict[str, Any]]:
+        """Delivery log rows between two Unix times, oldest first (lineage export)."""
+        raise NotImplementedError
+
     @abc.abstractmethod
     def start_job_run(self, job_name: str, trigger: str) -> str:
         """Record a job run starting; returns its run id."""

@@ -1426,6 +1426,111 @@ class SqlStateStore(StateStore):
                 for m in conn.execute(stmt).mappings()
             ]
 
+    def record_trace(self, record_id: str) -> dict[str, Any]:
+        """Everything the store knows of one record's life (the lineage API, runbook L.2).
+
+        Read from what the stages already write per record — the dedupe claim (source and
+        position), duplicates, validation failures, DLQ entries, the delivery log — plus any
+        ``lineage`` events; no extra row is written per record for it.
+        """
+        vc, du, vf, dq, dl = (
+            validation_cache.c,
+            duplicates.c,
+            validation_failures.c,
+            dlq_entries.c,
+            delivery_log.c,
+        )
+        with self._reading() as conn:
+            claims = (
+                conn.execute(
+                    sa.select(vc.source_id, vc.origin, vc.timestamp).where(
+                        vc.record_id == record_id
+                    )
+                )
+                .mappings()
+                .all()
+            )
+            dups = (
+                conn.execute(
+                    sa.select(du.source_id, du.origin, du.timestamp).where(
+                        du.record_id == record_id
+                    )
+                )
+                .mappings()
+                .all()
+            )
+            failures = (
+                conn.execute(
+                    sa.select(
+                        vf.source_id, vf.origin, vf.error_code, vf.field, vf.message, vf.timestamp
+                    ).where(vf.record_id == record_id)
+                )
+                .mappings()
+                .all()
+            )
+            dlq = (
+                conn.execute(
+                    sa.select(
+                        dq.entry_id,
+                        dq.module,
+                        dq.destination_id,
+                        dq.reason,
+                        dq.error_class,
+                        dq.status,
+                        dq.attempts,
+                        dq.created_at,
+                    ).where(dq.record_id == record_id)
+                )
+                .mappings()
+                .all()
+            )
+            deliveries = (
+                conn.execute(
+                    sa.select(dl.destination_id, dl.status, dl.attempts, dl.error, dl.timestamp)
+                    .where(dl.record_id == record_id)
+                    .order_by(dl.destination_id)
+                )
+                .mappings()
+                .all()
+            )
+
+        def rows(found: Sequence[Any]) -> list[dict[str, Any]]:
+            out = []
+            for m in found:
+                row = dict(m)
+                for key, value in row.items():
+                    if isinstance(value, datetime):
+                        row[key] = value.timestamp()
+                out.append(row)
+            return out
+
+        return {
+            "record_id": record_id,
+            "ingested": rows(claims),
+            "duplicates": rows(dups),
+            "validation_failures": rows(failures),
+            "dlq": rows(dlq),
+            "deliveries": rows(deliveries),
+            "events": self.lineage_of(record_id),
+        }
+
+    def delivered_between(
+        self, since: float | None, until: float | None, *, limit: int = 10000
+    ) -> list[dict[str, Any]]:
+        """Delivery log rows stamped between two Unix times, oldest first (lineage export)."""
+        dl = delivery_log.c
+        stmt = sa.select(dl.record_id, dl.destination_id, dl.status, dl.attempts, dl.timestamp)
+        if since is not None:
+            stmt = stmt.where(dl.timestamp >= _from_epoch(since))
+        if until is not None:
+            stmt = stmt.where(dl.timestamp < _from_epoch(until))
+        stmt = stmt.order_by(dl.timestamp, dl.record_id, dl.destination_id).limit(limit)
+        with self._reading() as conn:
+            return [
+                {**dict(m), "timestamp": m["timestamp"].timestamp()}
+                for m in conn.execute(stmt).mappings()
+            ]
+
     def start_job_run(self, job_name: str, trigger: str) -> str:
         """Record a job run starting (status ``RUNNING``); returns its run id."""
         run_id = uuid.uuid4().hex[:16]

@@ -51,6 +51,9 @@ class RawItem:
     data: bytes
     origin: str
     position_key: str
+    #: Set when the source could not hand the data out whole (a line over the size limit): the
+    #: item goes to the DLQ with this message and reason ``record_too_large``, unparsed.
+    error: str | None = None
 
 
 @dataclass(slots=True)
@@ -96,6 +99,12 @@ class SourceContext:
     buffer_capacity: int = 1 << 30
     #: Records the ingest buffer (transform queue up to BUFFER_CAPACITY) can take right now.
     buffer_room: Callable[[], int] = _always_room
+    #: alpha.yaml's H.1 keys: defaults for a source's own timeout and retries when its
+    #: ``connection:`` does not set them, and the size and idle expiry of its connection pool.
+    connection_timeout_ms: int = 30000
+    max_retry_count: int = 3
+    connection_pool_size: int = 10
+    connection_idle_timeout_ms: int = 300000
     #: False while Alpha does not take work (paused, emergency stop, source paused or disabled).
     accepting: Callable[[], bool] = _always_accepting
 
@@ -147,6 +156,10 @@ class Source(abc.ABC):
 
     def pending(self) -> int:
         """Items received and not yet committed (a push source's waiting batches)."""
+        return 0
+
+    def open_connections(self) -> int:
+        """Connections and listeners this source holds open (``alpha_active_connections``)."""
         return 0
 
     def stop_intake(self) -> None:  # noqa: B027 - optional

@@ -31,6 +31,9 @@ from dps.core.model import StrictModel
 from dps.core.registry import register
 from dps.state.base import StateStore
 
+#: What an oversized line keeps for its DLQ entry.
+SAMPLE_BYTES = 64 * 1024
+
 
 class FileConnection(StrictModel):
     """``connection:`` of a ``file`` source."""
@@ -38,6 +41,12 @@ class FileConnection(StrictModel):
     path: str = Field(description="A file, or a directory whose matching files are read.")
     pattern: str = Field(
         default="*", description="Glob of the files to read inside a directory (e.g. '*.ndjson')."
+    )
+    max_record_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="A longer line is not read into memory: it goes to the DLQ (reason "
+        "record_too_large) with its first 64 KiB, and reading goes on after it.",
     )
     partial_line_grace_seconds: float = Field(
         default=2.0,
@@ -152,14 +161,23 @@ class FileSource(Source):
                     offset, line_no = header_end, header_lines
             fh.seek(offset)
             while room > 0:
-                line, lines = self._next_row(fh, settled=settled)
+                line, lines, oversized = self._next_row(fh, settled=settled)
                 if not lines:
                     # End of file, or a last line still being written: wait for its newline,
                     # or for the file to settle.
                     break
-                offset += len(line)
+                offset = fh.tell()
                 line_no += lines
-                if line.strip():
+                if oversized:
+                    origin = f"{key}:{line_no - lines + 1}"
+                    limit = self.connection.max_record_bytes
+                    error = (
+                        f"The line is {oversized} bytes, more than max_record_bytes ({limit}); "
+                        f"its first {len(line)} bytes are kept."
+                    )
+                    out.items.append(RawItem(line, origin, key, error=error))
+                    room -= 1
+                elif line.strip():
                     origin = f"{key}:{line_no - lines + 1}"
                     out.items.append(RawItem(header + line, origin, key))
                     room -= 1
@@ -167,16 +185,29 @@ class FileSource(Source):
         self._line_at[key, offset] = line_no
         out.ends[key] = offset
 
-    def _next_row(self, fh: Any, *, settled: bool) -> tuple[bytes, int]:
-        """The next line (a CSV row: the next lines until its quotes balance) and its line count.
+    def _next_row(self, fh: Any, *, settled: bool) -> tuple[bytes, int, int]:
+        """The next line (a CSV row: the next lines until its quotes balance), its line count,
+        and its size when it is larger than ``max_record_bytes`` (else 0).
 
-        ``(b"", 0)`` when nothing complete is there yet.
+        ``(b"", 0, 0)`` when nothing complete is there yet. An oversized line is never held in
+        memory whole: its first :data:`SAMPLE_BYTES` are returned, the rest is skipped.
         """
         start = fh.tell()
-        line = fh.readline()
+        limit = self.connection.max_record_bytes
+        line = fh.readline(limit + 1)
+        if len(line) > limit and not line.endswith(b"\n"):
+            size = len(line)
+            chunk = line
+            while chunk and not chunk.endswith(b"\n"):
+                chunk = fh.readline(1 << 20)
+                size += len(chunk)
+            if not chunk.endswith(b"\n") and not settled:
+                fh.seek(start)  # still being written
+                return b"", 0, 0
+            return line[:SAMPLE_BYTES], 1, size
         if not line.endswith(b"\n") and not (line and settled):
             fh.seek(start)
-            return b"", 0
+            return b"", 0, 0
         lines = 1
         while self.csv and line.count(self.quote) % 2:
             more = fh.readline()
@@ -184,10 +215,10 @@ class FileSource(Source):
                 if settled and not more:
                     break  # an unbalanced quote at the end of the file: the parser reports it
                 fh.seek(start)
-                return b"", 0
+                return b"", 0, 0
             line += more
             lines += 1
-        return line, lines
+        return line, lines, 0
 
     def _header(
         self, fh: Any, key: str, offset: int, *, settled: bool
@@ -200,7 +231,7 @@ class FileSource(Source):
         skipped = 0
         skipped_lines = 0
         while True:
-            row, lines = self._next_row(fh, settled=settled)
+            row, lines, _ = self._next_row(fh, settled=settled)
             if not lines:
                 return None
             if row.strip():

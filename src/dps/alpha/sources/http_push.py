@@ -365,6 +365,9 @@ class HttpPushSource(Source):
     def info(self) -> dict[str, Any]:
         return {"url": self.url, **self._stats}
 
+    def open_connections(self) -> int:
+        return 1 if self.url is not None else 0
+
     def close(self) -> None:
         self._closed = True
         with self._lock:

@@ -68,7 +68,11 @@ class NatsConnection(StrictModel):
         default=200, ge=1, le=60000, description="Longest wait for messages in one fetch."
     )
     connect_timeout_ms: int = Field(
-        default=5000, ge=1, le=600000, description="Timeout of connecting and of one request."
+        default=5000,
+        ge=1,
+        le=600000,
+        description="Timeout of connecting and of one request (when not set: "
+        "CONNECTION_TIMEOUT_MS of alpha.yaml).",
     )
     user: str | None = Field(default=None, description="User name (with password_ref).")
     password_ref: SecretRef | None = Field(default=None, description="Password secret reference.")
@@ -125,15 +129,21 @@ class NatsSource(Source):
     # -- connection -------------------------------------------------------------------------
     @property
     def _timeout(self) -> float:
-        return self.connection.connect_timeout_ms / 1000
+        c = self.connection
+        given = "connect_timeout_ms" in c.model_fields_set
+        return (c.connect_timeout_ms if given else self.context.connection_timeout_ms) / 1000
 
     def _options(self) -> dict[str, Any]:
         c = self.connection
         options: dict[str, Any] = {
             "servers": [u.strip() for u in c.url.split(",")],
             "connect_timeout": self._timeout,
-            "allow_reconnect": True,
-            "max_reconnect_attempts": -1,
+            # A lost connection is opened again by the next fetch (see _ensure). nats-py retries a
+            # first connect max_reconnect_attempts times per server, whatever allow_reconnect
+            # says: one retry after 0.2 s keeps an unreachable server from hanging the worker.
+            "allow_reconnect": False,
+            "max_reconnect_attempts": 1,
+            "reconnect_time_wait": 0.2,
             "name": f"dps-alpha-{self.source_id}",
         }
         try:
@@ -187,9 +197,17 @@ class NatsSource(Source):
     def _ensure(self) -> _Loop:
         if self._loop is None:
             self._loop = _Loop(f"dps-alpha-nats-{self.source_id}")
+        if self._nc is not None and not self._nc.is_connected:
+            # Lost (server restart, network): start over; the durable consumer kept the position
+            # and redelivers what was not acked.
+            nc, self._nc, self._sub = self._nc, None, None
+            try:
+                self._loop.run(nc.close(), self._timeout)
+            except Exception as exc:
+                log.debug("NATS close failed.", source_id=self.source_id, error=str(exc))
         if self._nc is None:
             try:
-                self._loop.run(self._connect(), self._timeout * 3)
+                self._loop.run(self._connect(), self._timeout * 2)
             except TransientError:
                 self.errors += 1
                 raise
@@ -301,6 +319,9 @@ class NatsSource(Source):
 
     def connected(self) -> bool:
         return bool(self._nc is not None and self._nc.is_connected)
+
+    def open_connections(self) -> int:
+        return 1 if self.connected() else 0
 
     def close(self) -> None:
         if self._loop is None:

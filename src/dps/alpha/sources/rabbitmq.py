@@ -63,7 +63,11 @@ class RabbitMqConnection(StrictModel):
         default=200, ge=1, le=60000, description="Longest wait for a first message in one fetch."
     )
     connect_timeout_ms: int = Field(
-        default=5000, ge=1, le=600000, description="Timeout of connecting and of socket reads."
+        default=5000,
+        ge=1,
+        le=600000,
+        description="Timeout of connecting and of socket reads (when not set: "
+        "CONNECTION_TIMEOUT_MS of alpha.yaml).",
     )
     heartbeat_seconds: int = Field(
         default=60, ge=0, le=3600, description="AMQP heartbeat (0: none)."
@@ -103,7 +107,8 @@ class RabbitMqSource(Source):
             password = c.password_ref.resolve() if c.password_ref is not None else "guest"
         except SecretError as exc:
             raise TransientError(str(exc)) from None
-        timeout = c.connect_timeout_ms / 1000
+        given = "connect_timeout_ms" in c.model_fields_set
+        timeout = (c.connect_timeout_ms if given else self.context.connection_timeout_ms) / 1000
         return pika.ConnectionParameters(
             host=c.host,
             port=c.port,
@@ -125,7 +130,12 @@ class RabbitMqSource(Source):
         if self._channel is not None and self._channel.is_open:
             return self._channel
         self._drop()
+        import logging
+
         import pika.exceptions
+
+        # pika logs every connection step at INFO; its failures reach us as exceptions.
+        logging.getLogger("pika").setLevel(logging.WARNING)
 
         try:
             conn = pika.BlockingConnection(self._parameters())
@@ -283,6 +293,9 @@ class RabbitMqSource(Source):
 
     def connected(self) -> bool:
         return bool(self._conn is not None and self._conn.is_open)
+
+    def open_connections(self) -> int:
+        return 1 if self.connected() else 0
 
     def close(self) -> None:
         self._drop()

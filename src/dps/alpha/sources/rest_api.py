@@ -129,8 +129,16 @@ class RestApiConnection(StrictModel):
         default="none", description="How requests authenticate."
     )
     auth_config: AuthConfig = Field(default_factory=AuthConfig, description="Credentials.")
-    timeout_ms: int = Field(default=30000, ge=1, description="Per-request timeout.")
-    retry_count: int = Field(default=3, ge=0, description="Retries of a failed request.")
+    timeout_ms: int = Field(
+        default=30000,
+        ge=1,
+        description="Per-request timeout (when not set: CONNECTION_TIMEOUT_MS of alpha.yaml).",
+    )
+    retry_count: int = Field(
+        default=3,
+        ge=0,
+        description="Retries of a failed request (when not set: MAX_RETRY_COUNT of alpha.yaml).",
+    )
     retry_backoff_ms: int = Field(
         default=500, ge=1, description="First retry delay; it doubles per retry (at most 30 s)."
     )
@@ -348,8 +356,22 @@ class RestApiSource(Source):
     ) -> None:
         super().__init__(source_id, connection, state, context=context)
         c = self.connection
+        # A key set in the source's file wins; else alpha.yaml's H.1 key applies.
+        given = c.model_fields_set
+        self.timeout_ms = (
+            c.timeout_ms if "timeout_ms" in given else self.context.connection_timeout_ms
+        )
+        self.retry_count = c.retry_count if "retry_count" in given else self.context.max_retry_count
+        pool = self.context.connection_pool_size
         self._client = httpx.Client(
-            timeout=c.timeout_ms / 1000.0, headers=c.headers, follow_redirects=False
+            timeout=self.timeout_ms / 1000.0,
+            headers=c.headers,
+            follow_redirects=False,
+            limits=httpx.Limits(
+                max_connections=pool,
+                max_keepalive_connections=pool,
+                keepalive_expiry=self.context.connection_idle_timeout_ms / 1000.0,
+            ),
         )
         self._stats = _Stats()
         self._auth = _Auth(c, self._client, self._stats)
@@ -385,7 +407,7 @@ class RestApiSource(Source):
                 response = self._client.get(url, params=params or None, headers=headers)
             except httpx.TimeoutException:
                 raise _RetryableError(
-                    f"{url} did not answer within {self.connection.timeout_ms} ms."
+                    f"{url} did not answer within {self.timeout_ms} ms."
                 ) from None
             except httpx.HTTPError as exc:
                 raise _RetryableError(f"{url} cannot be reached: {exc!r}.") from None
@@ -513,7 +535,7 @@ class RestApiSource(Source):
         self._stats.errors += 1
         self._stats.last_error = str(exc)
         self._failures += 1
-        if self._failures <= self.connection.retry_count:
+        if self._failures <= self.retry_count:
             retry_after = getattr(exc, "retry_after", None)
             if retry_after is None:
                 retry_after = min(
@@ -536,7 +558,7 @@ class RestApiSource(Source):
             retry_after, min(self.context.poll_interval_seconds, MAX_BACKOFF_SECONDS)
         )
         raise TransientError(
-            f"Source {self.source_id}: {exc} (after {self.connection.retry_count} retries)."
+            f"Source {self.source_id}: {exc} (after {self.retry_count} retries)."
         ) from None
 
     def commit(self, fetch: Fetch, records_read: dict[str, int]) -> None:
@@ -601,6 +623,9 @@ class RestApiSource(Source):
             "watermark": self._committed.watermark,
             "poll_in_progress": self._cursor.in_poll,
         }
+
+    def open_connections(self) -> int:
+        return 1
 
     def close(self) -> None:
         self._client.close()

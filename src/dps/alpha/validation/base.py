@@ -39,12 +39,19 @@ class Check(abc.ABC):
     def check(self, record: Record) -> list[TerminalError]:
         """The problems of ``record``; empty when it passes."""
 
+    def describe(self) -> str:
+        """What this check is, for the admin API."""
+        return type(self).__name__
+
 
 class RequiredFields(Check):
     """``validation.required_fields``: present, not null, not ''."""
 
     def __init__(self, fields: list[str]) -> None:
         self.fields = fields
+
+    def describe(self) -> str:
+        return f"required_fields: {', '.join(self.fields)}"
 
     def check(self, record: Record) -> list[TerminalError]:
         problems = []
@@ -95,6 +102,10 @@ class SourceValidator:
             if rules.applies_to is None or source.source_id in rules.applies_to:
                 soft.append(FieldRules(rules))
         return cls(hard, soft)
+
+    def describe(self) -> list[str]:
+        """The checks, by name, in the order they run (``/admin/validation/rule-performance``)."""
+        return [check.describe() for check in self.hard + self.soft]
 
     def check(self, record: Record) -> Outcome:
         outcome = Outcome()

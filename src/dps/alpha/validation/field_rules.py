@@ -116,6 +116,10 @@ class FieldRules(Check):
     def __init__(self, rules: ValidationRuleFile) -> None:
         name = rules.file.name or "validation"
         self.rules = [_Rule(rule, name) for rule in rules.rules]
+        self.name = name
+
+    def describe(self) -> str:
+        return f"rules: {self.name} ({len(self.rules)} rules)"
 
     def check(self, record: Record) -> list[TerminalError]:
         problems = []

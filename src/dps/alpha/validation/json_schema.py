@@ -38,6 +38,9 @@ class JsonSchema(Check):
                 [ConfigIssue(str(path), "", f"is not a usable JSON Schema: {exc}.", None)]
             ) from None
 
+    def describe(self) -> str:
+        return f"schema: {self.name}"
+
     def check(self, record: Record) -> list[TerminalError]:
         try:
             self._validate(record.payload)

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import abc
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Final, Literal
 
 from pydantic import BaseModel
@@ -176,6 +176,20 @@ def classify_exception(exc: BaseException) -> ErrorClass:
     return "retryable"
 
 
+def render_record(record: Record, envelope: bool) -> dict[str, Any]:
+    """The JSON object sent for a record without an output format: its envelope or payload."""
+    if envelope:
+        return {
+            "record_id": record.record_id,
+            "source_id": record.source_id,
+            "correlation_id": record.correlation_id,
+            "event_time": record.event_time,
+            "quality_score": record.quality.score if record.quality else None,
+            "payload": record.payload,
+        }
+    return {**record.payload, "record_id": record.record_id}
+
+
 class Destination(abc.ABC):
     """Where records end up (see the module docstring)."""
 
@@ -186,6 +200,14 @@ class Destination(abc.ABC):
         self.spec = spec
         #: The delivery call timeout (``delivery.timeout_ms``), set by Gamma before ``open``.
         self.timeout_s: float = 30.0
+        #: The destination's output format (``output_format``), set by Gamma before ``open``.
+        self.output: Callable[[Record], dict[str, Any]] | None = None
+
+    def document(self, record: Record, envelope: bool = True) -> dict[str, Any]:
+        """The object to send for ``record``: its output format's, else envelope or payload."""
+        if self.output is not None:
+            return self.output(record)
+        return render_record(record, envelope)
 
     def open(self) -> None:  # noqa: B027 - optional
         """Connect and prepare (create the table or file when configured to)."""
@@ -215,4 +237,5 @@ __all__ = [
     "classify_sqlstate",
     "parse_retry_after",
     "record_error_class",
+    "render_record",
 ]

@@ -214,10 +214,19 @@ class DatabaseDestination(Destination):
             from psycopg_pool import ConnectionPool
 
             try:
+                # A server that is gone must fail a delivery within delivery.timeout_ms (so
+                # retries and the breaker react), not after the pool's default 30 s; a pooled
+                # connection the server dropped is checked before it is handed out.
                 self._pool = ConnectionPool(
-                    self._conninfo(), min_size=1, max_size=c.pool_size, open=True, timeout=30.0
+                    self._conninfo(),
+                    min_size=1,
+                    max_size=c.pool_size,
+                    open=True,
+                    timeout=self.timeout_s,
+                    check=ConnectionPool.check_connection,
+                    kwargs={"connect_timeout": max(1, round(self.timeout_s))},
                 )
-                self._pool.wait(timeout=30.0)
+                self._pool.wait(timeout=self.timeout_s)
             except (psycopg.Error, Exception) as exc:
                 raise TransientError(
                     f"Cannot connect to PostgreSQL at {c.host}:{c.port}: {exc}"

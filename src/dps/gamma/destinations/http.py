@@ -38,6 +38,7 @@ from dps.gamma.destinations.base import (
     Rejected,
     classify_http_status,
     parse_retry_after,
+    render_record,
 )
 
 _json = msgspec.json.Encoder()
@@ -122,18 +123,8 @@ class HttpDestinationConfig(StrictModel):
     format: HttpFormat = Field(default_factory=HttpFormat)
 
 
-def render(record: Record, envelope: bool) -> dict[str, Any]:
-    """The JSON object sent for one record."""
-    if envelope:
-        return {
-            "record_id": record.record_id,
-            "source_id": record.source_id,
-            "correlation_id": record.correlation_id,
-            "event_time": record.event_time,
-            "quality_score": record.quality.score if record.quality else None,
-            "payload": record.payload,
-        }
-    return {**record.payload, "record_id": record.record_id}
+#: Kept for callers of the former name.
+render = render_record
 
 
 @register("destinations", "http")
@@ -204,7 +195,7 @@ class HttpDestination(Destination):
 
     def _body(self, records: Sequence[Record]) -> tuple[bytes, str]:
         fmt = self.spec.format
-        objects = [render(r, fmt.envelope) for r in records]
+        objects = [self.document(r, fmt.envelope) for r in records]
         if fmt.type == "ndjson":
             return b"".join(_json.encode(o) + b"\n" for o in objects), "application/x-ndjson"
         if fmt.mode == "single":

@@ -8,7 +8,8 @@ created when ``create_stream`` is set and it does not exist.
 
 nats-py is asyncio; the destination runs its own event loop in a daemon thread and waits on it
 from the delivery thread. Timeouts and connection errors are retryable; a stream that refuses a
-message (too large, no stream for the subject) is permanent for the record.
+message (over its ``max_msg_size``) is permanent for the record; a record larger than the
+server's ``max_payload`` is poison (``record_too_large``): no retry could ever publish it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from dps.core.model import StrictModel
 from dps.core.record import Record
 from dps.core.registry import register
 from dps.gamma.destinations.base import DeliveryError, Destination, RecordError, Rejected
-from dps.gamma.destinations.http import render
 
 T = TypeVar("T")
 _json = msgspec.json.Encoder()
@@ -126,6 +126,7 @@ class NatsDestination(Destination):
 
     def deliver(self, records: Sequence[Record]) -> Rejected:
         from nats.errors import Error as NatsError
+        from nats.errors import MaxPayloadError
         from nats.js.errors import APIError
 
         subject = self.spec.connection.subject
@@ -135,7 +136,7 @@ class NatsDestination(Destination):
             futures = [
                 self._js.publish(
                     subject,
-                    _json.encode(render(r, envelope)),
+                    _json.encode(self.document(r, envelope)),
                     headers={"Nats-Msg-Id": r.record_id},
                 )
                 for r in records
@@ -146,7 +147,17 @@ class NatsDestination(Destination):
         failures = self._run(publish_all())
         rejected: Rejected = []
         for index, exc in failures:
-            if isinstance(exc, APIError) and getattr(exc, "code", None) in (400, 413):
+            if isinstance(exc, MaxPayloadError):
+                size = len(_json.encode(self.document(records[index], envelope)))
+                limit = self._nc.max_payload
+                error = RecordError(
+                    "record_too_large",
+                    f"The record renders to {size} bytes; the NATS server takes at most {limit} "
+                    "(its max_payload).",
+                    "poison",
+                )
+                rejected.append((records[index], error))
+            elif isinstance(exc, APIError) and getattr(exc, "code", None) in (400, 413):
                 rejected.append((records[index], RecordError("destination_rejected", str(exc))))
             elif isinstance(exc, NatsError | TimeoutError | OSError | APIError):
                 raise DeliveryError(f"NATS publish failed: {type(exc).__name__}: {exc}") from exc

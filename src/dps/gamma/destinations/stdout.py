@@ -17,7 +17,6 @@ from dps.core.model import StrictModel
 from dps.core.record import Record
 from dps.core.registry import register
 from dps.gamma.destinations.base import DeliveryError, Destination, Rejected
-from dps.gamma.destinations.http import render
 
 _json = msgspec.json.Encoder()
 
@@ -45,7 +44,8 @@ class StdoutDestination(Destination):
 
     def deliver(self, records: Sequence[Record]) -> Rejected:
         out = sys.stdout if self.spec.format.stream == "stdout" else sys.stderr
-        data = b"".join(_json.encode(render(r, self.spec.format.envelope)) + b"\n" for r in records)
+        envelope = self.spec.format.envelope
+        data = b"".join(_json.encode(self.document(r, envelope)) + b"\n" for r in records)
         try:
             out.buffer.write(data) if hasattr(out, "buffer") else out.write(data.decode())
             out.flush()
