@@ -118,3 +118,28 @@ def test_roles_on_the_control_service(tmp_path: Path) -> None:
     text = done.stdout + (tmp_path / "control.log").read_text()
     for secret in ("v-111", "o-222", "a-333", "forged-token"):
         assert secret not in text
+
+
+def test_dps_run_works_with_tokens(tmp_path: Path) -> None:
+    """The supervisor's progress polls and the control service's calls carry the admin token."""
+    from tests.integration.pipeline_harness import copy_quickstart, dps, last_json_line
+
+    config_dir = copy_quickstart(tmp_path / "config")
+    with (config_dir / "pipeline.yaml").open("a") as f:
+        f.write(
+            "  tokens:\n"
+            "    - {name: ops, token_ref: 'env:OPERATOR_TOKEN', role: operator}\n"
+            "    - {name: root, token_ref: 'env:ADMIN_TOKEN', role: admin}\n"
+        )
+    done = dps(
+        "run",
+        str(config_dir),
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--once",
+        "--json",
+        env=TOKENS,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert last_json_line(done.stdout)["ingested"] > 0

@@ -14,7 +14,7 @@ from dps.config import load_config
 app = typer.Typer(help="Back up and restore queues, state and configuration.", no_args_is_help=True)
 
 Target = Annotated[
-    Path | None, typer.Option(help="Where backups go (default: <data_dir>/backups).")
+    Path | None, typer.Option(help="Where backups go (default: backup.directory in pipeline.yaml).")
 ]
 
 
@@ -23,7 +23,9 @@ def create(
     config_dir: ConfigDir,
     data_dir: DataDir = None,
     target: Target = None,
-    keep: Annotated[int | None, typer.Option(help="Keep only the newest N backups.")] = None,
+    keep: Annotated[
+        int | None, typer.Option(help="Keep only the newest N backups (default: backup.keep).")
+    ] = None,
     admin_port_base: Annotated[
         int | None, typer.Option(help="Admin ports of a running pipeline (to pause it).")
     ] = None,
@@ -35,9 +37,16 @@ def create(
 
     config = load_config(config_dir)
     data = resolve_data_dir(config, data_dir)
+    settings = config.pipeline.backup
     client = client_for(config, admin_port_base)
     try:
-        manifest = create_backup(config, data, target, modules=client, keep=keep)
+        manifest = create_backup(
+            config,
+            data,
+            target or settings.target(data),
+            modules=client,
+            keep=keep or settings.keep,
+        )
     except BackupError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from exc
@@ -98,6 +107,7 @@ def list_(config_dir: ConfigDir, data_dir: DataDir = None, target: Target = None
     from dps.control.backup import list_backups
     from dps.runtime.module import resolve_data_dir
 
-    data = resolve_data_dir(load_config(config_dir), data_dir)
-    for path in list_backups(target or data / "backups"):
+    config = load_config(config_dir)
+    data = resolve_data_dir(config, data_dir)
+    for path in list_backups(target or config.pipeline.backup.target(data)):
         typer.echo(str(path))

@@ -149,7 +149,9 @@ def run_all(
         console.print(f"Logs: {log_dir}/<module>.log")
     acc: dict[str, Any] = {}
     try:
-        with httpx.Client(timeout=5.0) as client:
+        token = config.pipeline.admin.client_token()
+        auth = {"Authorization": f"Bearer {token}"} if token else {}
+        with httpx.Client(timeout=5.0, headers=auth) as client:
             drained = False
             with Live(
                 Text("Starting..."), console=console, refresh_per_second=4, transient=True

@@ -306,6 +306,29 @@ class JobOverride(ConfigModel):
     )
 
 
+class BackupSettings(ConfigModel):
+    """``backup:`` in pipeline.yaml: where ``dps backup create`` and weekly_full_backup write."""
+
+    directory: str | None = Field(
+        default=None,
+        description="Target directory (default: <data_dir>/backups); relative paths are relative "
+        "to the data directory.",
+    )
+    keep: int = Field(
+        default=4,
+        ge=1,
+        le=1000,
+        description="Backups kept; older ones are deleted after a new one.",
+    )
+
+    def target(self, data_dir: Path) -> Path:
+        """The target directory for a data directory."""
+        if self.directory is None:
+            return data_dir / "backups"
+        path = Path(self.directory).expanduser()
+        return path if path.is_absolute() else data_dir / path
+
+
 class JobsSettings(ConfigModel):
     """``jobs:`` in pipeline.yaml: the control service's scheduler (see docs/jobs.md)."""
 
@@ -344,6 +367,7 @@ class PipelineSettings(ConfigModel):
     admin: AdminSettings = Field(default_factory=AdminSettings, description="Admin APIs.")
     logging: LoggingSettings = Field(default_factory=LoggingSettings, description="Logging.")
     jobs: JobsSettings = Field(default_factory=JobsSettings, description="Scheduled jobs.")
+    backup: BackupSettings = Field(default_factory=BackupSettings, description="Backups.")
 
     def resolved_data_dir(self, root: Path) -> Path | None:
         """``data_dir`` as an absolute path (relative to ``root``, the CONFIG_DIR), or None."""

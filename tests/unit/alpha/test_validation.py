@@ -338,3 +338,24 @@ def test_ragged_csv_rows_go_to_the_dlq_with_their_line_and_the_rest_goes_on(
         assert alpha.state_store.offsets("orders")[("orders", str(path))] == path.stat().st_size
     finally:
         alpha.close()
+
+
+def test_alpha_config_validator_checks_a_rule_file_with_lines(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    folder = tmp_path / "alpha" / "validation"
+    folder.mkdir(parents=True)
+    bad = folder / "orders.yaml"
+    bad.write_text(
+        "rules:\n  - field: amount\n    min: 5\n    max: 1\n  - field: x\n    regex: '(['\n"
+    )
+    good = folder / "ok.yaml"
+    good.write_text("rules:\n  - field: amount\n    type: number\n    min: 0\n")
+    validator = str(Path(sys.executable).parent / "alpha-config-validator")
+    done = subprocess.run([validator, str(bad)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert f"{bad}:3: rules[0].min: min 5.0 is above max 1.0." in done.stdout
+    assert f"{bad}:6: rules[1].regex:" in done.stdout
+    done = subprocess.run([validator, str(good)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and f"OK {good}" in done.stdout

@@ -52,12 +52,12 @@ def test_the_file_name_is_the_registered_name() -> None:
 
 
 def test_register_is_a_decorator_that_returns_the_class(isolated: None) -> None:
-    @registry.register("transforms", "uppercase")
-    class Uppercase:
+    @registry.register("transforms", "reverse_words")
+    class ReverseWords:
         pass
 
-    assert registry.get("transforms", "uppercase") is Uppercase
-    assert "uppercase" in registry.names("transforms")
+    assert registry.get("transforms", "reverse_words") is ReverseWords
+    assert "reverse_words" in registry.names("transforms")
 
 
 def test_registering_the_same_class_twice_is_harmless(isolated: None) -> None:

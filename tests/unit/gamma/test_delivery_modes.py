@@ -34,6 +34,8 @@ class Probe(Destination):
     depths: list[int] = []
     instances = 0
     pause = 0.0
+    hang_first = 0.0
+    calls = 0
     spool: Any = None
 
     def __init__(self) -> None:
@@ -48,7 +50,10 @@ class Probe(Destination):
         try:
             if Probe.spool is not None:
                 Probe.depths.append(Probe.spool.depth())
-            time.sleep(Probe.pause)
+            with Probe.lock:
+                Probe.calls += 1
+                first = Probe.calls == 1
+            time.sleep(Probe.hang_first if first and Probe.hang_first else Probe.pause)
             if any(r.payload.get("bad") for r in records):
                 raise DeliveryError("23514 check constraint", "permanent")
             with Probe.lock:
@@ -76,9 +81,12 @@ def _records(n: int, bad: int | None = None) -> list[Record]:
 def make_worker(tmp_path: Path) -> Any:
     Probe.active = Probe.most = Probe.instances = 0
     Probe.delivered, Probe.depths, Probe.pause, Probe.spool = [], [], 0.0, None
+    Probe.hang_first, Probe.calls = 0.0, 0
     opened: list[Any] = []
 
-    def make(**destination: Any) -> tuple[DestinationWorker, Any, Any]:
+    def make(
+        settings: GammaSettings | None = None, **destination: Any
+    ) -> tuple[DestinationWorker, Any, Any]:
         dc = DestinationConfig.model_validate(
             {"destination_id": "dest", "destination_type": "stdout", **destination}
         )
@@ -92,7 +100,7 @@ def make_worker(tmp_path: Path) -> Any:
         opened.extend([spool, state])
         worker = DestinationWorker(
             dc,
-            GammaSettings(OUTPUT_LINGER_MS=0),
+            settings or GammaSettings(OUTPUT_LINGER_MS=0),
             factory=lambda _dc: Probe(),
             spool=spool,
             state=state,
@@ -185,3 +193,31 @@ def test_ack_mode_record_releases_settled_records_while_the_batch_is_split(
     assert state.delivered_records([f"src:{i}" for i in range(8)], "dest") == {
         f"src:{i}" for i in range(7)
     }
+
+
+@pytest.mark.parametrize("action", ["RETRY_DELIVERY", "ASSUME_SUCCESS"])
+def test_a_call_without_acknowledgement_within_ack_wait_timeout(
+    make_worker: Any, action: str
+) -> None:
+    settings = GammaSettings(OUTPUT_LINGER_MS=0, ACK_WAIT_TIMEOUT_MS=300, ACK_TIMEOUT_ACTION=action)
+    worker, spool, state = make_worker(settings, delivery={"batch_size": 10, "retry_delay_ms": 1})
+    Probe.hang_first = 1.0
+    records = _records(5)
+    spool.put([(r.record_id, encode(r)) for r in records])
+
+    started = time.monotonic()
+    assert worker.step()
+    elapsed = time.monotonic() - started
+
+    ids = {r.record_id for r in records}
+    assert worker.stats.ack_timeouts == 1 and spool.depth() == 0
+    assert state.delivered_records(sorted(ids), "dest") == ids
+    if action == "RETRY_DELIVERY":
+        # The hung instance is abandoned; a fresh one delivers the batch again at once.
+        assert Probe.instances == 2 and Probe.calls == 2
+        assert sorted(Probe.delivered) == sorted(ids)
+    else:
+        # Counted delivered without waiting for the answer, and not sent again.
+        assert Probe.calls == 1 and Probe.delivered == []
+    assert elapsed < 1.0
+    assert not state.query_dlq(DlqFilter(module="gamma"))

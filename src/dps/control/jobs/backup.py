@@ -14,22 +14,19 @@ from dps.control.backup import (
 )
 from dps.control.jobs.base import JobContext, JobResult
 
-#: Backups kept by weekly_full_backup (older ones are deleted).
-KEEP = 4
-
 
 def _target(ctx: JobContext) -> Path:
-    return ctx.data_dir / "backups"
+    return ctx.config.pipeline.backup.target(ctx.data_dir)
 
 
 def weekly_full_backup(ctx: JobContext) -> JobResult:
-    """``dps backup create`` with the modules paused during the copy; keeps the newest four."""
+    """``dps backup create`` with the modules paused during the copy; keeps ``backup.keep``."""
     manifest = create_backup(
         ctx.config,
         ctx.data_dir,
         _target(ctx),
         modules=ctx.modules,
-        keep=KEEP,
+        keep=ctx.config.pipeline.backup.keep,
         schema_version=ctx.store.schema_version(),
     )
     for line in manifest["log"]:
