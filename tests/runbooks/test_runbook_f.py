@@ -40,6 +40,9 @@ def curl(*args: str) -> tuple[int, Any]:
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPipeline]:
     root = tmp_path_factory.mktemp("runbook_f")
     config_dir = copy_quickstart(root / "config")
+    # One job every minute, to see the clock start it (overrides are pipeline.yaml's jobs:).
+    with (config_dir / "pipeline.yaml").open("a") as f:
+        f.write("jobs:\n  overrides:\n    alpha_metrics_aggregate:\n      schedule: '* * * * *'\n")
     running = start_pipeline(config_dir, root / "data")
     try:
         running.wait_ready()
@@ -110,6 +113,18 @@ def test_f1_report_jobs_write_markdown_and_json(pipeline: RunningPipeline) -> No
     )
     code, accounting = curl(f"{scheduler}/api/accounting")
     assert rollup["totals"]["ingested"] <= accounting["ingested"]
+
+
+def test_jobs_run_on_their_schedule(pipeline: RunningPipeline) -> None:
+    scheduler = pipeline.url("control")
+    code, status = curl(f"{scheduler}/admin/jobs/alpha_metrics_aggregate/status")
+    assert code == 200 and status["schedule"] == "* * * * *"
+
+    def ran() -> bool:
+        last = curl(f"{scheduler}/admin/jobs/alpha_metrics_aggregate/status")[1]["last_run"]
+        return bool(last) and last["trigger"] == "schedule" and last["status"] == "SUCCESS"
+
+    wait_until(ran, 75, "alpha_metrics_aggregate never ran on its schedule")
 
 
 def test_f1_bad_requests(pipeline: RunningPipeline) -> None:

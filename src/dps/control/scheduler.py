@@ -10,13 +10,17 @@ overrunning (``/admin/jobs/<job>/status``, the ``control_job_overrun`` gauge, a 
 log). Suspensions are kept in ``<data_dir>/scheduler.json`` so they survive a restart.
 
 A missed schedule (control was down at the time) is not caught up: the next run is computed
-from now, as cron does. One control service per pipeline runs the scheduler; runs found
-``RUNNING`` when it starts were interrupted by its previous stop and are closed as ``FAILED``.
+from now, as cron does. Runs found ``RUNNING`` when it starts whose runner is gone are closed
+as ``FAILED`` (see :meth:`Scheduler._close_interrupted_runs`). With several control instances on
+one state store (scale-out) each runs the clock, and the state store's unique index on RUNNING
+runs lets only one of them start a given job: the others find it already running.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import threading
 import time
 import traceback
@@ -35,6 +39,7 @@ from dps.control.jobs import CATALOG, JobContext, JobResult, JobSpec
 from dps.core.errors import ConfigError
 from dps.core.logging import get_logger
 from dps.state import StateStore
+from dps.state.base import JobRunConflict
 
 JOB_RUNS = Counter("control_job_runs_total", "Job runs by job and outcome.", ["job", "status"])
 JOB_DURATION = Gauge("control_job_last_duration_seconds", "Duration of the last run.", ["job"])
@@ -76,6 +81,22 @@ class ScheduledJob:
         if self.running_run_id is not None:
             return "running"
         return "suspended" if self.suspended else "scheduled"
+
+
+#: Who runs a job: this control process (``host:pid``), kept with RUNNING runs.
+_OWNER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0 or pid == os.getpid():
+        return False  # this process is starting: any run it owned before is not running
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _next(schedule: str, after: float) -> float:
@@ -155,8 +176,24 @@ class Scheduler:
         tmp.replace(self.state_path)
 
     def _close_interrupted_runs(self) -> None:
-        for run in self.store.list_job_runs(limit=200):
-            if run["status"] == "RUNNING":
+        """Close RUNNING runs whose runner is gone, so their jobs can run again.
+
+        A run's owner is ``host:pid``: a run of this host whose process is not alive was
+        interrupted by a stop; a run of another host is closed once it has lasted three times
+        its expected duration (its control instance is presumed lost).
+        """
+        now = time.time()
+        for run in self.store.list_job_runs(limit=500):
+            if run["status"] != "RUNNING":
+                continue
+            host, _, pid = str(run["message"]).rpartition(":")
+            job = self.jobs.get(run["job_name"])
+            expected = job.expected_seconds if job else 3600.0
+            if host == socket.gethostname() and pid.isdigit():
+                gone = not _alive(int(pid))
+            else:
+                gone = now - run["started_at"] > 3 * expected
+            if gone:
                 self.store.finish_job_run(
                     run["run_id"],
                     "FAILED",
@@ -239,7 +276,12 @@ class Scheduler:
         if not job.lock.acquire(blocking=False):
             raise JobBusy(f"Job {name!r} is already running (run {job.running_run_id}).")
         try:
-            run_id = self.store.start_job_run(name, trigger)
+            run_id = self.store.start_job_run(name, trigger, owner=_OWNER)
+        except JobRunConflict as exc:
+            job.lock.release()
+            raise JobBusy(
+                f"Job {name!r} is already running (on another control instance)."
+            ) from exc
         except BaseException:
             job.lock.release()
             raise

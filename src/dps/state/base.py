@@ -27,6 +27,10 @@ from typing import Any
 from dps.core import registry
 
 
+class JobRunConflict(RuntimeError):
+    """``start_job_run`` for a job that already has a RUNNING run."""
+
+
 @dataclass(frozen=True, slots=True)
 class DedupeCandidate:
     """A record asking to be remembered: its dedupe ``key`` and the ``origin`` it came from."""
@@ -325,8 +329,11 @@ class StateStore(abc.ABC):
         raise NotImplementedError
 
     @abc.abstractmethod
-    def start_job_run(self, job_name: str, trigger: str) -> str:
-        """Record a job run starting; returns its run id."""
+    def start_job_run(self, job_name: str, trigger: str, owner: str = "") -> str:
+        """Record a job run starting (``owner``: who runs it); returns its run id.
+
+        Raises :class:`JobRunConflict` when the job already has a run in progress.
+        """
 
     @abc.abstractmethod
     def finish_job_run(

@@ -60,6 +60,7 @@ from dps.state.base import (
     DeliveryOutcome,
     DlqEntry,
     DlqFilter,
+    JobRunConflict,
     StateStore,
     StoredDlqEntry,
     ValidationFailure,
@@ -386,6 +387,14 @@ job_runs = sa.Table(
     sa.Column("log", sa.Text, nullable=True),
     sa.Index("idx_job_runs_job_name", "job_name", "started_at"),
 )
+#: At most one RUNNING run per job, whichever control instance starts it (schema version 4).
+uq_job_runs_running = sa.Index(
+    "uq_job_runs_running",
+    job_runs.c.job_name,
+    unique=True,
+    sqlite_where=sa.text("status = 'RUNNING'"),
+    postgresql_where=sa.text("status = 'RUNNING'"),
+)
 
 config_versions = sa.Table(
     "config_versions",
@@ -465,6 +474,9 @@ def _v4_operations_plane(op: Operations) -> None:
         with op.batch_alter_table("job_runs") as batch:
             batch.add_column(sa.Column("log", sa.Text, nullable=True))
     audit_chain_head.create(bind, checkfirst=True)
+    # Close runs left RUNNING by an older version, then let the index guard new ones.
+    op.execute("UPDATE job_runs SET status = 'FAILED' WHERE status = 'RUNNING'")
+    uq_job_runs_running.create(bind, checkfirst=True)
 
 
 #: The schema's history, oldest first. Append a step (and change ``metadata``) to evolve it.
@@ -1531,8 +1543,13 @@ class SqlStateStore(StateStore):
                 for m in conn.execute(stmt).mappings()
             ]
 
-    def start_job_run(self, job_name: str, trigger: str) -> str:
-        """Record a job run starting (status ``RUNNING``); returns its run id."""
+    def start_job_run(self, job_name: str, trigger: str, owner: str = "") -> str:
+        """Record a job run starting (status ``RUNNING``); returns its run id.
+
+        Raises :class:`~dps.state.base.JobRunConflict` when the job already has a RUNNING run
+        (another control instance started it): a job never runs twice at once. ``owner``
+        (``host:pid`` of the runner) is kept as the message until the run finishes.
+        """
         run_id = uuid.uuid4().hex[:16]
         row = {
             "run_id": run_id,
@@ -1542,9 +1559,12 @@ class SqlStateStore(StateStore):
             "started_at": _utcnow(),
             "finished_at": None,
             "records": 0,
-            "message": "",
+            "message": owner,
         }
-        self._write(lambda conn: conn.execute(job_runs.insert(), row))
+        try:
+            self._write(lambda conn: conn.execute(job_runs.insert(), row))
+        except sa_exc.IntegrityError as exc:
+            raise JobRunConflict(f"Job {job_name!r} already has a run in progress.") from exc
         return run_id
 
     def finish_job_run(

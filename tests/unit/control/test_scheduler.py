@@ -6,6 +6,8 @@ Runs use a real SQLite state store in ``tmp_path``; the clock is passed to ``tic
 from __future__ import annotations
 
 import re
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -241,8 +243,28 @@ def test_suspension_survives_a_restart_and_skips_schedules(
 
 
 def test_runs_left_running_by_a_crash_are_closed(tmp_path: Path, store: StateStore) -> None:
-    run_id = store.start_job_run("daily_audit_export", "schedule")
-    make_scheduler(tmp_path, store)
-    (run,) = store.list_job_runs("daily_audit_export")
-    assert run["run_id"] == run_id and run["status"] == "FAILED"
-    assert "Interrupted" in run["message"]
+    # A run of this host whose process is gone ...
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    owner = f"{socket.gethostname()}:{gone.pid}"
+    dead = store.start_job_run("daily_audit_export", "schedule", owner=owner)
+    # ... and a run of another control instance, started just now.
+    other = store.start_job_run("gamma_dest_health", "schedule", owner="other-host:4242")
+    scheduler = make_scheduler(tmp_path, store)
+    runs = {r["run_id"]: r for r in store.list_job_runs()}
+    assert runs[dead]["status"] == "FAILED" and "Interrupted" in runs[dead]["message"]
+    assert runs[other]["status"] == "RUNNING"
+    # The other instance's run keeps this one from starting the same job.
+    with pytest.raises(JobBusy, match="another control instance"):
+        scheduler.trigger("gamma_dest_health")
+    assert scheduler.jobs["gamma_dest_health"].status() == "scheduled"  # its lock was released
+
+
+def test_the_state_store_refuses_a_second_running_run(store: StateStore) -> None:
+    from dps.state.base import JobRunConflict
+
+    first = store.start_job_run("daily_audit_export", "manual")
+    with pytest.raises(JobRunConflict):
+        store.start_job_run("daily_audit_export", "schedule")
+    store.finish_job_run(first, "SUCCESS")
+    store.start_job_run("daily_audit_export", "schedule")
