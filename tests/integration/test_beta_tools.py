@@ -222,3 +222,33 @@ def test_dps_test_runs_lookups_against_the_configured_sources(tmp_path: Path) ->
 
     assert done.returncode == 0, done.stdout + done.stderr
     assert "ok   beta/transforms/rules/lookup_test.yaml (1 cases)" in done.stdout
+
+
+def test_rule_tester_serves_lookup_rules_from_the_enclosing_configuration(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    (tmp_path / "customers.csv").write_text("id,tier\nC1,gold\n")
+    (config / "beta" / "enrichment").mkdir()
+    (config / "beta" / "enrichment" / "customer_db.yaml").write_text(
+        "name: customer_db\ntype: csv\n"
+        f"connection: {{path: {tmp_path / 'customers.csv'}, key_column: id}}\n"
+    )
+    rule = config / "beta" / "transforms" / "rules" / "lookup.yaml"
+    rule.write_text(
+        "rule_id: TRX_LOOKUP_TIER\nmatch: {field: customer_id, condition: exists}\n"
+        "transform:\n  type: lookup\n"
+        "  config: {source: customer_db, fields: {customer_tier: tier}, on_miss: fail}\n"
+        "on_failure: dlq\n"
+    )
+    samples = tmp_path / "samples.json"
+    samples.write_text('[{"customer_id": "C1"}, {"customer_id": "C404"}]')
+    out = tmp_path / "results.json"
+
+    done = _run(
+        str(BIN / "beta-rule-tester"),
+        "--rule", str(rule), "--input", str(samples), "--output", str(out), cwd=tmp_path,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(out.read_text())
+    assert report["summary"]["transformed"] == 1 and report["summary"]["failed"] == 1
+    assert report["results"][0]["output"]["customer_tier"] == "gold"

@@ -70,10 +70,15 @@ def read_samples(path: Path) -> list[Any]:
     return data if isinstance(data, list) else [data]
 
 
-def run_samples(rules: Sequence[RuleConfig], samples: Sequence[Any]) -> dict[str, Any]:
-    """Per-record results and a summary (matched, transformed, failed, skipped, timing)."""
+def run_samples(
+    rules: Sequence[RuleConfig], samples: Sequence[Any], enrichment: Enrichment | None = None
+) -> dict[str, Any]:
+    """Per-record results and a summary (matched, transformed, failed, skipped, timing).
+
+    ``enrichment`` serves ``lookup`` rules, as in the running module.
+    """
     ordered = sorted(rules, key=lambda r: (-r.priority, r.rule_id))
-    stage = Stage(RuleSet(ordered, include_disabled=True), None)
+    stage = Stage(RuleSet(ordered, include_disabled=True, enrichment=enrichment), None)
     results: list[dict[str, Any]] = []
     counts = dict.fromkeys(
         ("matched", "transformed", "unchanged", "failed", "skipped", "dropped"), 0

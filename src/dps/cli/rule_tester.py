@@ -5,6 +5,10 @@ writes per-record results and a ``summary`` (matched, transformed, failed, skipp
 ``jq '.summary'`` reads. Rules are validated first, the way ``beta-rule-validator`` does; a
 disabled rule is tested as if enabled (B.1 tests before enabling). Exit status: 0 done (even
 when records failed: that is what the results are for), 1 a bad rule or input, 2 usage.
+
+``lookup`` rules need the enrichment sources of a configuration: ``--config CONFIG_DIR`` names
+it; without it, the configuration directory the rule file sits in (the one holding
+``beta/transforms/rules/``) is used when there is one.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from typing import Annotated
 
 import typer
 
+from dps.beta.enrichment.cache import Enrichment
 from dps.beta.testing import read_samples, run_samples
+from dps.config import ConfigError, load_config
 from dps.config.loader import YAML_SUFFIXES, check_file, is_rule_test
 from dps.config.models import RuleConfig
 
@@ -32,6 +38,16 @@ def rule_tester(
         Path, typer.Option("--input", help="Sample records: a JSON array or NDJSON.", exists=True)
     ],
     output: Annotated[Path, typer.Option("--output", help="Where to write the results (JSON).")],
+    config_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="Configuration directory whose enrichment sources serve lookup rules "
+            "(default: the one the rule file is in).",
+            exists=True,
+            file_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Test transformation rules on sample records."""
     files = (
@@ -52,12 +68,16 @@ def rule_tester(
         if not rules and not bad:
             typer.echo(f"{rule}: no rule files found.", err=True)
         raise typer.Exit(1)
+    enrichment = _enrichment_for(rules, config_dir or _enclosing_config_dir(rule))
     try:
         samples = read_samples(input_path)
-        report = run_samples(rules, samples)
+        report = run_samples(rules, samples, enrichment)
     except (ValueError, OSError) as exc:
         typer.echo(f"{input_path}: {exc}", err=True)
         raise typer.Exit(1) from None
+    finally:
+        if enrichment is not None:
+            enrichment.close()
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2, default=str) + "\n")
     s = report["summary"]
@@ -66,6 +86,28 @@ def rule_tester(
         f"{s['failed']} failed, {s['skipped']} skipped, {s['dropped']} dropped "
         f"in {s['timing']['total_ms']} ms; results in {output}."
     )
+
+
+def _enclosing_config_dir(rule: Path) -> Path | None:
+    """The configuration directory a rule file sits in (``<dir>/beta/transforms/rules/...``)."""
+    for parent in rule.resolve().parents:
+        if (parent / "beta" / "transforms" / "rules").is_dir():
+            return parent
+    return None
+
+
+def _enrichment_for(rules: list[RuleConfig], config_dir: Path | None) -> Enrichment | None:
+    """The enrichment sources for the ``lookup`` rules, or None when no rule looks anything up."""
+    if not any(r.transform.type == "lookup" for r in rules) or config_dir is None:
+        return None
+    try:
+        config = load_config(config_dir)
+    except ConfigError as exc:
+        typer.echo(f"{config_dir}: the configuration for the lookup rules is not valid:", err=True)
+        for issue in exc.issues:
+            typer.echo(f"  {issue}", err=True)
+        raise typer.Exit(1) from None
+    return Enrichment(config.beta.enrichment, config.beta.settings)
 
 
 def main() -> None:
