@@ -41,11 +41,20 @@ def test_k1_k2_with_the_cli(tmp_path: Path) -> None:
         before = pipeline.get("control", "/api/accounting").json()
         wait_until(lambda: True, 1, "")
         assert pipeline.get("control", "/api/accounting").json()["ingested"] == before["ingested"]
-        done = dps("restart", str(config_dir), "--admin-port-base", base, timeout=400)
+        done = dps(
+            "restart",
+            str(config_dir),
+            "--admin-port-base",
+            base,
+            "--health-timeout",
+            "15",
+            timeout=400,
+        )
         assert done.returncode == 0, done.stderr
         report = json.loads(done.stdout)
         assert report["ok"] is True
         assert list(report["health"]) == ["gamma", "beta", "alpha"]
+        assert all(s["step"].startswith("Started") for s in report["steps"])
         settled(pipeline)
         delivered_once(pipeline.data_dir)
         # Both sequences are in the audit log, with the actions in runbook order.

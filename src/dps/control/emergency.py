@@ -2,8 +2,10 @@
 
 Shutdown: stop alpha (no new intake), wait for beta's queue to drain (at most five minutes, as
 the manual's loop), stop beta, stop gamma, then read every module's status; the report says what
-was still in flight. Restart: start gamma, wait until its health answers HEALTHY or DEGRADED,
-the same for beta, then alpha, and report each health. Stopping loses nothing: unacknowledged
+was still in flight. Restart: start gamma, wait (up to a timeout) until its health answers
+HEALTHY or DEGRADED, the same for beta, then alpha, and report each health. A module that runs
+but is still UNHEALTHY (a stage with no input yet can fail its rate thresholds) is a warning; a
+module that does not run ends the restart there. Stopping loses nothing: unacknowledged
 work stays in the queues and is processed after the restart.
 """
 
@@ -96,17 +98,30 @@ def restart(
     modules: ModuleClient, *, health_timeout: float = 60.0, echo: Echo = lambda _: None
 ) -> dict[str, Any]:
     """Runbook G.2 (see the module docstring); returns the restart report."""
-    report: dict[str, Any] = {"started_at": _now(), "steps": [], "health": {}}
+    report: dict[str, Any] = {"started_at": _now(), "steps": [], "health": {}, "warnings": []}
     for module in ("gamma", "beta", "alpha"):
         modules.post_json(module, "/admin/start")
         health = _wait_healthy(modules, module, health_timeout)
-        report["health"][module] = health.get("status")
+        status = health.get("status")
+        report["health"][module] = status
         report["steps"].append({"at": _now(), "step": f"Started {module}.", "health": health})
-        echo(f"Started {module}: {health.get('status')}.")
-        if health.get("status") not in ("HEALTHY", "DEGRADED"):
+        echo(f"Started {module}: {status}.")
+        if status in ("HEALTHY", "DEGRADED"):
+            continue
+        # A stage can report UNHEALTHY while the stages before it are still stopped (no input,
+        # so its rate thresholds fail). What must hold is that it runs: an unreachable or
+        # stopped module ends the restart there; an unhealthy running one is a warning.
+        try:
+            state = modules.get_json(module, "/admin/status").get("state")
+        except (ModuleUnreachable, RuntimeError) as exc:
+            state = f"unreachable: {exc}"
+        if state != "running":
             report["ok"] = False
-            report["error"] = f"{module} is not healthy after its start; stopped the restart there."
+            report["error"] = f"{module} did not start ({state}); stopped the restart there."
             return report
+        report["warnings"].append(
+            f"{module} runs but its health was still {status} after {health_timeout:g} s."
+        )
     report["backlog"] = {m: _depth(modules, m) for m in ("beta", "gamma")}
     report["ok"] = True
     report["finished_at"] = _now()
