@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY, generate_latest
 from dps.alpha.module import AlphaModule
 from dps.alpha.sources.base import SourceContext
 from dps.alpha.sources.rest_api import RestApiConnection, RestApiSource
-from dps.alpha.stats import MIN_RECORDS, BatchStats, IngestStats
+from dps.alpha.stats import MIN_RECORDS, WINDOW_SECONDS, BatchStats, IngestStats
 from dps.core.health import Health
 from dps.state import open_state
 
@@ -31,7 +31,16 @@ def test_rates_are_graded_only_with_enough_records() -> None:
     window = stats.window()
     assert window["parse_error_rate"] == pytest.approx(10 / (MIN_RECORDS + 50))
     assert window["validation_failure_rate"] == pytest.approx(20 / (MIN_RECORDS + 50))
-    assert window["ingestion_rate"] is not None
+    # The ingestion rate is a sustained rate: not graded before the module ran a full window.
+    assert window["ingestion_rate"] is None
+    stats.started -= WINDOW_SECONDS
+    assert stats.window()["ingestion_rate"] == pytest.approx((MIN_RECORDS + 50) / WINDOW_SECONDS)
+
+
+def test_a_start_up_burst_is_not_a_sustained_ingestion_rate() -> None:
+    stats = IngestStats()
+    stats.batch(_batch(50_000, full=True))  # a backlog drained in a second at start-up
+    assert stats.window()["ingestion_rate"] is None
 
 
 def test_old_batches_leave_the_window() -> None:
