@@ -35,6 +35,7 @@ from tests.integration.pipeline_harness import (
     PG_DSN,
     RunningPipeline,
     copy_quickstart,
+    dps,
     start_pipeline,
     wait_until,
 )
@@ -624,38 +625,69 @@ def test_receiver_answers() -> None:
 # -- data classification at run time -------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_confidential_data_never_reaches_a_public_destination(tmp_path: Path) -> None:
-    """The default destination takes what no route matches, so the loader cannot check it: at run
-    time each confidential record goes to the DLQ as ``unauthorized``, never to the file."""
+def test_a_default_destination_that_would_receive_confidential_data_is_refused_at_load(
+    tmp_path: Path,
+) -> None:
     config = fault_config(tmp_path)
     orders = config / "alpha" / "sources" / "orders.yaml"
     orders.write_text(orders.read_text() + "\ndata_classification: confidential\n")
+    (config / "gamma" / "destinations" / "public_feed.yaml").write_text(
+        "destination_id: public_feed\ndestination_type: file\n"
+        f"connection:\n  path: {tmp_path / 'out.jsonl'}\n"
+        "authorization:\n  data_classification: public\n"
+    )
+    (config / "gamma" / "gamma.yaml").write_text("default_destination: public_feed\n")
+
+    done = dps("validate", str(config))
+
+    assert done.returncode == 1
+    assert "gamma/gamma.yaml" in done.stdout and "default_destination" in done.stdout
+    assert "orders_file" in done.stdout
+
+
+@pytest.mark.slow
+def test_records_of_a_source_gamma_does_not_know_never_reach_a_public_destination(
+    tmp_path: Path,
+) -> None:
+    """A source added and reloaded in alpha only is unknown to gamma's configuration: gamma
+    treats its data as restricted, so each record goes to the DLQ as ``unauthorized``, never to
+    the public file."""
+    config = fault_config(tmp_path)
+    for name in ("orders.yaml", "crm.yaml"):
+        source = config / "alpha" / "sources" / name
+        source.write_text(source.read_text() + "\ndata_classification: public\n")
     out = tmp_path / "public" / "out.jsonl"
     (config / "gamma" / "destinations" / "public_feed.yaml").write_text(
         "destination_id: public_feed\ndestination_type: file\n"
         f"connection:\n  path: {out}\nauthorization:\n  data_classification: public\n"
     )
     (config / "gamma" / "gamma.yaml").write_text("default_destination: public_feed\n")
-    write_orders(config, "orders", [order(n) for n in range(20)])
     state = StateView(tmp_path / "data")
     run = start_pipeline(config, tmp_path / "data")
     try:
         run.wait_ready()
         gamma_pid = run.get("gamma", "/admin/status").json()["pid"]
+        late = config / "input" / "late"
+        late.mkdir()
+        (config / "alpha" / "sources" / "late.yaml").write_text(
+            "source_id: late_src\nsource_type: file\ndata_classification: public\n"
+            "connection:\n  path: input/late\n  pattern: '*.ndjson'\n"
+            "parsing:\n  format: ndjson\n  id_field: order_id\n"
+        )
+        assert run.post("alpha", "/admin/config/reload").status_code == 200
+        tmp = late / ".late.tmp"
+        tmp.write_text("".join(json.dumps(order(n)) + "\n" for n in range(20)))
+        tmp.rename(late / "late.ndjson")
 
         def all_dead() -> bool:
             return int(run.get("gamma", "/admin/dlq/stats").json()["size"]) == 20
 
         wait_until(all_dead, 120, "the records never reached the DLQ")
         entries = run.get("gamma", "/admin/dlq/entries?limit=100&offset=0").json()["entries"]
-        assert {e["record_id"] for e in entries} == {rid(n) for n in range(20)}
+        assert {e["record_id"] for e in entries} == {f"late_src:F-{n:05d}" for n in range(20)}
         assert {(e["reason"], e["stage"], e["error_class"]) for e in entries} == {
             ("unauthorized", "route", "permanent")
         }
-        assert (
-            "confidential" in entries[0]["error"] and "public_feed (public)" in entries[0]["error"]
-        )
         assert state.delivered("public_feed") == set()
         assert not out.exists() or out.read_text() == ""
         check_running(run, gamma_pid)

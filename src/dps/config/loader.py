@@ -576,6 +576,7 @@ class _DirectoryLoader:
             self.check_classification(route, doc, destinations, sources or {})
         if settings is not None and settings_doc is not None:
             destinations = self.apply_overrides(settings, settings_doc, destinations, known)
+            self.check_default_destination(settings, settings_doc, destinations, sources or {})
         return GammaConfig(
             settings=settings or GammaSettings(),
             destinations=destinations,
@@ -705,6 +706,37 @@ class _DirectoryLoader:
                         f"destination's classification in {self.name(dest.file)}.",
                     )
                 )
+
+    def check_default_destination(
+        self,
+        settings: GammaSettings,
+        doc: Document,
+        destinations: Mapping[str, DestinationConfig],
+        sources: Mapping[str, SourceConfig],
+    ) -> None:
+        """The default destination receives whatever no rule routes, from any configured source:
+        every source must be allowed there, and its data classification must allow them all."""
+        dest = destinations.get(settings.default_destination or "")
+        if dest is None or not sources:
+            return
+        allowed = dest.authorization.allowed_sources
+        level = dest.authorization.data_classification
+        refused = [
+            s
+            for s, source in sources.items()
+            if (allowed is not None and s not in allowed)
+            or not classification_allows(level, source.data_classification)
+        ]
+        if refused:
+            doc.issues.append(
+                doc.issue(
+                    ("default_destination",),
+                    f'"{dest.destination_id}" would receive the unrouted records of '
+                    f"{', '.join(sorted(refused))}, which its authorization does not allow "
+                    f"(allowed_sources, or data_classification {level}); allow them in "
+                    f"{self.name(dest.file)}, or choose another default destination.",
+                )
+            )
 
     def apply_overrides(
         self,

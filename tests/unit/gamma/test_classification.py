@@ -138,15 +138,21 @@ def test_an_unrestricted_route_is_checked_against_every_source(tmp_path: Path) -
 def test_at_run_time_a_record_above_the_destination_level_is_unauthorized(
     tmp_path: Path,
 ) -> None:
-    # The default destination takes records of any source: the loader cannot check it.
+    # The loader refuses such a default destination (test below); the router checks anyway,
+    # for the records a stale configuration in another module lets through.
     root = _config(
         tmp_path,
         {"hr_export": "confidential", "orders": "public"},
         {"public_api": "public", "vault": "restricted"},
         [],
     )
-    (root / "gamma" / "gamma.yaml").write_text("default_destination: public_api\n")
-    router = _router(load_config(root))
+    config = load_config(root)
+    router = Router(
+        config.gamma.routes,
+        config.gamma.destinations,
+        "public_api",
+        {s: src.data_classification for s, src in config.alpha.sources.items()},
+    )
 
     assert router.route(_record("orders")).destinations == ["public_api"]
     refused = router.route(_record("hr_export"))
@@ -155,6 +161,18 @@ def test_at_run_time_a_record_above_the_destination_level_is_unauthorized(
     # A source the configuration does not know counts as restricted.
     unknown = router.route(_record("gone_source"))
     assert unknown.reason == "unauthorized" and "restricted" in unknown.detail
+
+
+def test_a_default_destination_below_a_source_level_is_refused_at_load(tmp_path: Path) -> None:
+    root = _config(
+        tmp_path, {"hr_export": "confidential", "orders": "public"}, {"public_api": "public"}, []
+    )
+    (root / "gamma" / "gamma.yaml").write_text("default_destination: public_api\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(root)
+    [issue] = caught.value.issues
+    assert issue.key == "default_destination" and "hr_export" in issue.message
+    assert "orders" not in issue.message
 
 
 def test_without_source_levels_classifications_are_not_checked(tmp_path: Path) -> None:
