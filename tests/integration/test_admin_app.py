@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -331,3 +332,17 @@ def test_stop_frees_the_port(target: FakeTarget) -> None:
     again = AdminServer(build_app(target), "127.0.0.1", port)
     again.start()
     again.stop()
+
+
+def test_the_manuals_investigation_endpoints_report_this_process(client: httpx.Client) -> None:
+    """E.1 step 4, E.3 step 1 and H.1 step 1 ask any module what it is using."""
+    resources = client.get("/admin/resources/status").json()
+    assert resources["pid"] == os.getpid()
+    assert resources["memory"]["rss_mb"] > 0 and resources["cpu_seconds"]["user"] > 0
+    io = client.get("/admin/resources/io").json()
+    assert io["open_file_descriptors"] > 0 and io["read_bytes"] is not None
+    memory = client.get("/admin/memory/status").json()
+    assert memory["peak_rss_mb"] >= memory["rss_mb"] > 0
+    threads = client.get("/admin/threads/status").json()
+    names = [t["name"] for t in threads["threads"]]
+    assert threads["count"] == len(names) and "MainThread" in names

@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from dps.admin import process
 from dps.admin.common import (
     AuditMiddleware,
     AuditSink,
@@ -131,6 +132,13 @@ def build_app(
         body = await run_in_threadpool(encoder, REGISTRY)
         return Response(body, headers={"Content-Type": content_type})
 
+    def investigation(path: str, read: Callable[[], dict[str, Any]], doc: str) -> Route:
+        async def endpoint(request: Request) -> Response:
+            return json_response(await run_in_threadpool(read))
+
+        endpoint.__doc__ = doc
+        return Route(path, endpoint, methods=["GET"])
+
     generator = OpenAPIGenerator(
         title=f"dps {target.name} admin API",
         version=package_version(),
@@ -165,6 +173,12 @@ def build_app(
         Route("/admin/queue/depth", queue_depth, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"], include_in_schema=True),
+        investigation(
+            "/admin/resources/status", process.resources_status, "CPU, memory, I/O (E.1)."
+        ),
+        investigation("/admin/resources/io", process.io_status, "Bytes read and written (H.1)."),
+        investigation("/admin/memory/status", process.memory_status, "Memory and GC (E.3)."),
+        investigation("/admin/threads/status", process.threads_status, "Threads (H.1)."),
         *target.routes(),
     ]
 
