@@ -39,7 +39,15 @@ from starlette.routing import BaseRoute, Route
 from dps.alpha import metrics as m
 from dps.alpha.parsers.base import BadRecord, Parser
 from dps.alpha.sources.base import Fetch, Source, SourceContext
-from dps.alpha.stats import WINDOW_SECONDS, BatchStats, IngestStats
+from dps.alpha.stats import (
+    SLOW_PARSE_KEPT,
+    SLOW_PARSE_SECONDS,
+    WINDOW_SECONDS,
+    BatchStats,
+    IngestStats,
+    SlowParse,
+    parse_duration,
+)
 from dps.alpha.timestamps import TimestampParser
 from dps.alpha.validation.base import SourceValidator
 from dps.config import PipelineConfig
@@ -323,7 +331,21 @@ class AlphaModule(ModuleHost):
                     )
                 )
                 continue
+            parse_started = time.perf_counter()
             parsed = runner.parser.parse_each(item.data)
+            parse_took = time.perf_counter() - parse_started
+            if parse_took >= SLOW_PARSE_SECONDS:
+                self.stats.slow_parse(
+                    SlowParse(
+                        time.time(),
+                        sid,
+                        item.origin,
+                        parse_took,
+                        len(item.data),
+                        len(parsed),
+                        item.data[:200].decode("utf-8", "replace"),
+                    )
+                )
             multi = len(parsed) > 1
             for index, payload in enumerate(parsed):
                 read[item.position_key] += 1
@@ -615,6 +637,23 @@ class AlphaModule(ModuleHost):
                     runner.status = "enabled"
             return JSONResponse(runner.as_dict())
 
+        async def slow_records(request: Request) -> JSONResponse:
+            """H.1: raw items whose parse took at least ``threshold`` (e.g. 50ms), slowest first."""
+            try:
+                threshold = parse_duration(request.query_params.get("threshold", "50ms"))
+                limit = int(request.query_params.get("limit", "50"))
+            except ValueError as exc:
+                return JSONResponse({"error": str(exc)}, status_code=400)
+            found = self.stats.slow_parses(threshold, max(0, limit))
+            return JSONResponse(
+                {
+                    "threshold_ms": threshold * 1000,
+                    "kept": f"parses over {SLOW_PARSE_SECONDS * 1000:g} ms, the last "
+                    f"{SLOW_PARSE_KEPT}",
+                    "records": [e.as_dict() for e in found],
+                }
+            )
+
         async def parser_stats(_: Request) -> JSONResponse:
             """H.1: per source over the last 5 minutes: items, records, parse errors, avg time."""
             settings = self.config.alpha.settings
@@ -687,6 +726,7 @@ class AlphaModule(ModuleHost):
 
         return [
             Route("/admin/parser/stats", parser_stats),
+            Route("/admin/parser/slow-records", slow_records),
             Route("/admin/validation/rule-performance", validation_performance),
             Route("/admin/connections/stats", connection_stats),
             Route("/admin/sources", list_sources),

@@ -46,6 +46,49 @@ class BatchStats:
     full: bool
 
 
+#: A raw item slower to parse than this is remembered for ``/admin/parser/slow-records``.
+SLOW_PARSE_SECONDS: Final = 0.001
+#: How many slow parses are remembered (the newest).
+SLOW_PARSE_KEPT: Final = 500
+
+
+@dataclass(frozen=True, slots=True)
+class SlowParse:
+    """One raw item that took long to parse: where it came from and what it looked like."""
+
+    at: float
+    source_id: str
+    origin: str
+    seconds: float
+    size_bytes: int
+    records: int
+    preview: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "at": self.at,
+            "source_id": self.source_id,
+            "origin": self.origin,
+            "parse_ms": round(self.seconds * 1000, 3),
+            "size_bytes": self.size_bytes,
+            "records": self.records,
+            "preview": self.preview,
+        }
+
+
+def parse_duration(text: str) -> float:
+    """``50ms``, ``0.05s``, ``50`` (milliseconds) to seconds; ValueError names the form."""
+    value = text.strip().lower()
+    try:
+        if value.endswith("ms"):
+            return float(value[:-2]) / 1000
+        if value.endswith("s"):
+            return float(value[:-1])
+        return float(value) / 1000
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration; expected e.g. 50ms or 0.05s.") from None
+
+
 class IngestStats:
     """Bounded recent history of batches and fetch attempts (see the module docstring)."""
 
@@ -53,9 +96,18 @@ class IngestStats:
         self.started = time.time()
         self._batches: deque[BatchStats] = deque(maxlen=max_batches)
         self._attempts: deque[tuple[float, str, bool]] = deque(maxlen=max_attempts)
+        self._slow: deque[SlowParse] = deque(maxlen=SLOW_PARSE_KEPT)
 
     def batch(self, stats: BatchStats) -> None:
         self._batches.append(stats)
+
+    def slow_parse(self, entry: SlowParse) -> None:
+        self._slow.append(entry)
+
+    def slow_parses(self, threshold: float, limit: int) -> list[SlowParse]:
+        """The remembered parses at least ``threshold`` seconds long, slowest first."""
+        slow = [e for e in list(self._slow) if e.seconds >= threshold]
+        return sorted(slow, key=lambda e: e.seconds, reverse=True)[:limit]
 
     def attempt(self, source_id: str, ok: bool) -> None:
         self._attempts.append((time.time(), source_id, ok))

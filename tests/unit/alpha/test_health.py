@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY, generate_latest
 from dps.alpha.module import AlphaModule
 from dps.alpha.sources.base import SourceContext
 from dps.alpha.sources.rest_api import RestApiConnection, RestApiSource
-from dps.alpha.stats import MIN_RECORDS, WINDOW_SECONDS, BatchStats, IngestStats
+from dps.alpha.stats import MIN_RECORDS, WINDOW_SECONDS, BatchStats, IngestStats, parse_duration
 from dps.core.health import Health
 from dps.state import open_state
 
@@ -210,3 +210,40 @@ def test_parse_latency_is_per_record_not_per_document() -> None:
     # One JSON document of 2000 records that took 60 ms to parse: 30 µs a record.
     stats.batch(BatchStats(time.time(), "s", 1, 2000, 0, 0, 0.06, 0.001, 0.1, False))
     assert stats.window()["parse_latency"] == pytest.approx(0.00003)
+
+
+def test_parse_durations_read_like_the_manual() -> None:
+    assert parse_duration("50ms") == pytest.approx(0.05)
+    assert parse_duration("0.2s") == pytest.approx(0.2)
+    assert parse_duration("7") == pytest.approx(0.007)
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration("soon")
+
+
+def test_slow_records_lists_the_slowest_parses_over_the_threshold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """H.1 step 2: ``/admin/parser/slow-records?threshold=50ms&limit=50``."""
+    from starlette.testclient import TestClient
+
+    import dps.alpha.module
+    from dps.admin.app import build_app
+
+    # Remember every parse, so the test does not depend on how fast this machine parses.
+    monkeypatch.setattr(dps.alpha.module, "SLOW_PARSE_SECONDS", 0.0)
+    root = _config(tmp_path)
+    big = json.dumps({"order_id": "big", "amount": 1, "blob": ["x" * 40] * 20000})
+    (tmp_path / "in" / "orders.ndjson").write_text(big + "\n" + '{"order_id": 1, "amount": 1}\n')
+    alpha = AlphaModule(root, data_dir=tmp_path / "data")
+    try:
+        alpha.step()
+        client = TestClient(build_app(alpha))
+        listed = client.get("/admin/parser/slow-records?threshold=0ms&limit=50").json()
+        origins = [r["origin"] for r in listed["records"]]
+        assert len(origins) == 2 and origins[0].endswith("orders.ndjson:1")  # big line first
+        first = listed["records"][0]
+        assert first["size_bytes"] > 800_000 and first["preview"].startswith('{"order_id": "big"')
+        assert client.get("/admin/parser/slow-records?threshold=10s").json()["records"] == []
+        assert client.get("/admin/parser/slow-records?threshold=soon").status_code == 400
+    finally:
+        alpha.close()

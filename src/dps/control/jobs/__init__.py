@@ -67,7 +67,7 @@ CATALOG: Final[tuple[JobSpec, ...]] = (
         "Refresh enrichment cache entries nearing expiration",
         "beta",
         10,
-        inactive_reason=_NOT_BUILT.format(what="beta's enrichment cache API (/admin/cache/...)"),
+        module_jobs.beta_cache_refresh,
     ),
     JobSpec(
         "beta_rule_validation",
@@ -91,7 +91,7 @@ CATALOG: Final[tuple[JobSpec, ...]] = (
         "Synchronize schema registry",
         "beta",
         4,
-        inactive_reason=_FILES.format(what="schemas (beta/schemas/*.json)"),
+        module_jobs.beta_schema_sync,
     ),
     # -- hourly: gamma
     JobSpec(
@@ -200,7 +200,7 @@ CATALOG: Final[tuple[JobSpec, ...]] = (
         "Pre-warm enrichment caches",
         "beta",
         30,
-        inactive_reason=_NOT_BUILT.format(what="beta's enrichment cache API (/admin/cache/...)"),
+        module_jobs.beta_enrichment_warmup,
     ),
     JobSpec(
         "beta_rule_optimize",

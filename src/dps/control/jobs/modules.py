@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from dps.config import load_config
 from dps.control.jobs.base import JobContext, JobResult
+from dps.control.modules import ModuleUnreachable
 from dps.core.errors import ConfigError
 
 
@@ -91,3 +93,127 @@ def beta_rule_validation(ctx: JobContext) -> JobResult:
     rules = len(config.beta.rules)
     ctx.log("Rules valid.", rules=rules)
     return JobResult(rules, f"{rules} rules valid.")
+
+
+# -- beta's enrichment cache and schema registry ------------------------------------------------
+
+#: The longest a cache job waits for beta's refreshes to finish before it fails.
+CACHE_WAIT_SECONDS: float = 600.0
+#: How often a cache job reads ``/admin/cache/refresh/status`` while it waits.
+CACHE_POLL_SECONDS: float = 0.5
+
+
+def _beta(ctx: JobContext, method: str, path: str) -> Any:
+    """One call to beta's admin API; an unreachable beta fails the run with what to check."""
+    try:
+        if method == "POST":
+            return ctx.modules.post_json("beta", path)
+        return ctx.modules.get_json("beta", path)
+    except ModuleUnreachable as exc:
+        raise RuntimeError(
+            f"Beta is unreachable, {ctx.job_name} did nothing: {exc}. Check that beta is "
+            "running (dps status) and its admin URL (pipeline.yaml admin.ports, DPS_ADMIN_URLS)."
+        ) from exc
+
+
+def _refresh_and_wait(ctx: JobContext, sources: list[str]) -> JobResult:
+    """Start a refresh of ``sources`` (``all``: every one) on beta, wait (at most
+    :data:`CACHE_WAIT_SECONDS`) for each to finish, log the progress, report the entries."""
+    started: dict[str, float] = {}
+    for target in sources:
+        answer = _beta(ctx, "POST", f"/admin/cache/refresh/{target}")
+        for job in answer.get("refreshes", []):
+            started[str(job["source"])] = float(job["started_at"])
+            ctx.log(
+                "Refresh started.",
+                source=job["source"],
+                kind=job["kind"],
+                strategy=job["strategy"],
+            )
+    if not started:
+        ctx.log("Beta has no enrichment source: nothing to refresh.")
+        return JobResult(0, "No enrichment source configured; nothing to refresh.")
+    deadline = time.monotonic() + CACHE_WAIT_SECONDS
+    last_logged = 0.0
+    while True:
+        status = _beta(ctx, "GET", "/admin/cache/refresh/status")
+        mine = [
+            r
+            for r in status.get("refreshes", [])
+            if r["source"] in started and float(r["started_at"]) >= started[r["source"]]
+        ]
+        running = [r for r in mine if r["state"] == "running"]
+        loaded = sum(int(r["entries_loaded"]) for r in mine)
+        totals = [r["entries_total"] for r in mine]
+        percent: float | None = None
+        if mine and all(t is not None for t in totals):
+            total = sum(int(t) for t in totals)
+            percent = 100.0 if not running else round(100 * loaded / max(total, 1), 1)
+        now = time.monotonic()
+        if not running:
+            break
+        if now - last_logged >= 5:
+            ctx.log("Refresh in progress.", entries_loaded=loaded, completion_percent=percent)
+            last_logged = now
+        if now >= deadline:
+            ctx.log("Refresh still running.", sources=sorted(r["source"] for r in running))
+            return JobResult(
+                loaded,
+                f"Refresh not finished after {CACHE_WAIT_SECONDS:g} s "
+                f"({percent if percent is not None else '?'}% done); it goes on in beta.",
+                ok=False,
+            )
+        time.sleep(CACHE_POLL_SECONDS)
+    for r in mine:
+        ctx.log(
+            "Refresh finished.",
+            source=r["source"],
+            state=r["state"],
+            entries_loaded=r["entries_loaded"],
+            entries_total=r["entries_total"],
+            completion_percent=r["completion_percent"],
+            elapsed_seconds=r["elapsed_seconds"],
+            error=r["error"],
+        )
+    stats = _beta(ctx, "GET", "/admin/cache/stats")
+    entries = {name: s.get("entries", 0) for name, s in stats.get("sources", {}).items()}
+    ctx.log(
+        "Cache after refresh.",
+        entries=stats.get("entries"),
+        per_source=entries,
+        completion_percent=percent,
+    )
+    failed = sorted(f"{r['source']} ({r['error']})" for r in mine if r["state"] != "completed")
+    message = (
+        f"{len(mine)} enrichment sources refreshed, {loaded} entries loaded; "
+        f"cache holds {stats.get('entries')} entries ({percent}% complete)."
+    )
+    if failed:
+        message += f" Failed: {', '.join(failed)}."
+    return JobResult(loaded, message, ok=not failed)
+
+
+def beta_cache_refresh(ctx: JobContext) -> JobResult:
+    """Reload every enrichment source (``POST /admin/cache/refresh/all`` on beta) and wait."""
+    return _refresh_and_wait(ctx, ["all"])
+
+
+def beta_enrichment_warmup(ctx: JobContext) -> JobResult:
+    """Load the sources with ``cache.warmup: true`` (``/admin/cache/status``) again, and wait."""
+    status = _beta(ctx, "GET", "/admin/cache/status")
+    names = sorted(n for n, s in status.get("sources", {}).items() if s.get("warmup"))
+    if not names:
+        ctx.log("No enrichment source has cache.warmup: true; nothing to warm.")
+        return JobResult(0, "No enrichment source with cache.warmup: true; nothing to warm.")
+    return _refresh_and_wait(ctx, names)
+
+
+def beta_schema_sync(ctx: JobContext) -> JobResult:
+    """Read beta/schemas/ again (``POST /admin/schemas/sync``); a wrong file fails the run and
+    beta keeps the registry it runs."""
+    result = _beta(ctx, "POST", "/admin/schemas/sync")
+    schemas = result.get("schemas", {}) if isinstance(result, dict) else {}
+    for name, info in sorted(schemas.items()):
+        ctx.log("Schema loaded.", schema=name, versions=info.get("versions"))
+    ctx.log("Schema registry synchronized.", folder=result.get("folder"), schemas=len(schemas))
+    return JobResult(len(schemas), f"Schema registry synchronized: {len(schemas)} schemas.")
