@@ -1,6 +1,7 @@
 """The beta jobs of the catalog against a running pipeline: ``beta_cache_refresh``,
 ``beta_enrichment_warmup`` and ``beta_schema_sync`` triggered on control, acting on beta's admin
-API (no mocks), with their outcome in the job's status and log.
+API (no mocks), with their outcome in the job's status and log. And the enrichment cache in
+``dps backup create`` / restore.
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ from typing import Any
 from tests.integration.pipeline_harness import (
     RunningPipeline,
     copy_quickstart,
+    dps,
     start_pipeline,
     wait_until,
 )
+
+from dps.control.backup import import_enrichment_cache, restore_backup
+from dps.control.modules import ModuleClient
 
 ROWS = 50
 
@@ -109,4 +114,81 @@ def test_beta_jobs_refresh_warm_and_sync_through_betas_api(tmp_path: Path) -> No
         widget = pipeline.get("beta", "/admin/schemas").json()["schemas"]["widget"]
         assert widget["versions"] == [1]
     finally:
+        pipeline.stop()
+
+
+def cache_entries(pipeline: RunningPipeline) -> int:
+    entries: int = pipeline.get("beta", "/admin/cache/stats").json()["entries"]
+    return entries
+
+
+def test_backup_carries_the_enrichment_cache(tmp_path: Path) -> None:
+    config_dir = copy_quickstart(tmp_path / "config")
+    add_csv_source(config_dir, tmp_path)
+    data_dir = tmp_path / "data"
+    backups = tmp_path / "backups"
+    pipeline = start_pipeline(config_dir, data_dir)
+    try:
+        pipeline.wait_ready()
+        wait_until(lambda: pipeline._healthy("beta"), 60, "beta admin API never answered")
+        wait_until(lambda: cache_entries(pipeline) >= ROWS, 30, "warmup never filled the cache")
+        args = ["backup", "create", str(config_dir), "--data-dir", str(data_dir)]
+        done = dps(*args, "--target", str(backups), "--admin-port-base", str(pipeline.port_base))
+        assert done.returncode == 0, done.stderr
+        assert f"Exported the enrichment cache ({ROWS} entries)." in done.stderr
+        backup = Path(done.stdout.strip())
+    finally:
+        pipeline.stop()
+    manifest = json.loads((backup / "manifest.json").read_text())
+    assert manifest["enrichment_cache"] == {
+        "included": True,
+        "entries": ROWS,
+        "path": "cache/enrichment-cache.json",
+    }
+    assert any(f["kind"] == "enrichment_cache" for f in manifest["files"])
+    assert dps("backup", "verify", str(backup)).returncode == 0
+
+    # The pipeline is stopped: the backup is made, noting the cache is not in it.
+    done = dps(
+        *args, "--target", str(tmp_path / "cold"), "--admin-port-base", str(pipeline.port_base)
+    )
+    assert done.returncode == 0, done.stderr
+    cold = json.loads((Path(done.stdout.strip()) / "manifest.json").read_text())
+    assert cold["enrichment_cache"]["included"] is False
+    assert "beta did not export its cache" in cold["enrichment_cache"]["reason"]
+
+    # Restore with the pipeline stopped: files back, the cache waits for a running beta.
+    restored_dir = tmp_path / "restored"
+    result = restore_backup(backup, restored_dir)
+    assert result["enrichment_cache"]["imported"] is False
+    assert not (restored_dir / "enrichment-cache.json").exists()
+    assert not (restored_dir / "cache").exists()
+
+    (config_dir / "beta" / "enrichment" / "countries.yaml").write_text(
+        (config_dir / "beta" / "enrichment" / "countries.yaml")
+        .read_text()
+        .replace("warmup: true", "warmup: false")
+    )
+    pipeline = start_pipeline(config_dir, restored_dir)
+    client: ModuleClient | None = None
+    try:
+        pipeline.wait_ready()
+        wait_until(lambda: pipeline._healthy("beta"), 60, "beta admin API never answered")
+        assert cache_entries(pipeline) == 0
+        client = ModuleClient({"beta": pipeline.url("beta")})
+        imported = import_enrichment_cache(backup, client)
+        assert imported["imported"] is True
+        assert imported["entries"] == ROWS and imported["per_source"] == {"countries": ROWS}
+        assert (
+            pipeline.get("beta", "/admin/cache/stats").json()["sources"]["countries"]["entries"]
+            == ROWS
+        )
+        # restore_backup given a running beta imports the cache itself.
+        assert pipeline.post("beta", "/admin/cache/clear").status_code == 200
+        result = restore_backup(backup, tmp_path / "again", modules=client)
+        assert result["enrichment_cache"]["imported"] is True
+        assert cache_entries(pipeline) == ROWS
+    finally:
+        if client is not None:
+            client.close()
         pipeline.stop()

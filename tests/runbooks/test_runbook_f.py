@@ -131,7 +131,7 @@ def test_f1_bad_requests(pipeline: RunningPipeline) -> None:
     scheduler = pipeline.url("control")
     code, body = curl("-X", "POST", f"{scheduler}/admin/jobs/no_such_job/trigger")
     assert code == 404 and "no_such_job" in body["error"]
-    code, body = curl("-X", "POST", f"{scheduler}/admin/jobs/beta_cache_refresh/trigger")
+    code, body = curl("-X", "POST", f"{scheduler}/admin/jobs/gamma_ack_reconcile/trigger")
     assert code == 409 and "inactive" in body["error"]
     code, body = curl(f"{scheduler}/admin/jobs/no_such_job/logs")
     assert code == 404
@@ -153,7 +153,7 @@ def test_f2_suspend_verify_resume(pipeline: RunningPipeline) -> None:
     out = subprocess.run(["bash", "-c", verify], capture_output=True, text=True, check=True)
     code, jobs = curl(f"{scheduler}/admin/jobs/list")
     active = [j for j in jobs if j["active"]]
-    assert out.stdout.count('"name"') == len(active) == 21
+    assert out.stdout.count('"name"') == len(active) == 24
     # A suspended job can still be triggered by hand (F.1 is for outside the schedule).
     code, _ = curl("-X", "POST", f"{scheduler}/admin/jobs/daily_audit_export/trigger")
     assert code == 202
@@ -162,7 +162,7 @@ def test_f2_suspend_verify_resume(pipeline: RunningPipeline) -> None:
     code, body = curl("-X", "POST", f"{scheduler}/admin/jobs/daily_audit_export/resume")
     assert code == 200 and body["status"] == "scheduled" and body["next_run"]
     code, body = curl("-X", "POST", f"{scheduler}/admin/jobs/resume-all")
-    assert code == 200 and len(body["resumed"]) == 20
+    assert code == 200 and len(body["resumed"]) == 23
     out = subprocess.run(["bash", "-c", verify], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 

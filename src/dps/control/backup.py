@@ -9,6 +9,10 @@ default) holding:
   is copied consistently; plus the other files of the data directory (a file destination's
   output), except logs, reports, exports and backups;
 - ``config/``: the configuration directory's files, as loaded (its checksum is in the manifest);
+- ``cache/enrichment-cache.json``: beta's enrichment cache (``GET /admin/cache/export``) when
+  beta answers; the manifest's ``enrichment_cache`` says whether it is included and, if not, why.
+  ``restore`` loads it into a running beta (``POST /admin/cache/import``) when given one, and
+  :func:`import_enrichment_cache` does so later (entries keep their fetch time, so their age);
 - ``manifest.json``: each file's size and sha256, the configuration checksum, the state schema
   version and the time. ``verify`` checks every checksum and runs ``PRAGMA integrity_check`` on
   every database.
@@ -47,6 +51,8 @@ from dps.control.modules import MODULES, ModuleClient, ModuleUnreachable
 #: Folders of the data directory that are not pipeline data.
 SKIPPED_DIRS = frozenset({"backups", "logs", "reports", "exports"})
 MANIFEST = "manifest.json"
+#: Where a backup keeps beta's enrichment cache export (manifest kind ``enrichment_cache``).
+CACHE_EXPORT = "cache/enrichment-cache.json"
 FORMAT_VERSION = 1
 
 
@@ -160,6 +166,55 @@ def _resume(modules: ModuleClient | None, paused: list[str], log: list[str]) -> 
             log.append(f"{module} could not be resumed: {exc}")
 
 
+def _export_enrichment_cache(
+    modules: ModuleClient | None, partial: Path, log: list[str]
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """Beta's cache export written into the backup: (its file entry or None, manifest note)."""
+    if modules is None:
+        return None, {"included": False, "reason": "no module client given"}
+    try:
+        export = modules.get_json("beta", "/admin/cache/export")
+    except (ModuleUnreachable, RuntimeError) as exc:
+        log.append(f"Enrichment cache not exported (beta not reachable?): {exc}")
+        return None, {"included": False, "reason": f"beta did not export its cache: {exc}"}
+    dest = partial / CACHE_EXPORT
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(export) + "\n")
+    entries = int(export.get("entries", 0)) if isinstance(export, dict) else 0
+    log.append(f"Exported the enrichment cache ({entries} entries).")
+    entry = {
+        "path": CACHE_EXPORT,
+        "kind": "enrichment_cache",
+        "size": dest.stat().st_size,
+        "sha256": _sha256(dest),
+    }
+    return entry, {"included": True, "entries": entries, "path": CACHE_EXPORT}
+
+
+def import_enrichment_cache(path: Path, modules: ModuleClient) -> dict[str, Any]:
+    """Load a backup's enrichment cache into a running beta (``POST /admin/cache/import``).
+
+    Answers ``{"imported": True, "per_source", "skipped_sources", "entries"}`` (beta's answer;
+    ``entries``: its cache size after), or ``{"imported": False, "reason"}`` (no cache export in
+    the backup, beta unreachable or refusing).
+    """
+    file = path / CACHE_EXPORT
+    if not file.is_file():
+        return {"imported": False, "reason": "the backup holds no enrichment cache export"}
+    try:
+        export = json.loads(file.read_text())
+        response = modules.post_json("beta", "/admin/cache/import", export)
+    except (ModuleUnreachable, RuntimeError, OSError, ValueError) as exc:
+        return {"imported": False, "reason": f"beta did not import the cache: {exc}"}
+    answer = response if isinstance(response, dict) else {}
+    return {
+        "imported": True,
+        "per_source": answer.get("imported", {}),
+        "skipped_sources": answer.get("skipped_sources", []),
+        "entries": answer.get("entries"),
+    }
+
+
 def create_backup(
     config: PipelineConfig,
     data_dir: Path,
@@ -228,6 +283,9 @@ def create_backup(
                     "schema": pg.schema,
                 }
             )
+        cache_entry, cache_note = _export_enrichment_cache(modules, partial, log)
+        if cache_entry is not None:
+            entries.append(cache_entry)
         for path in config_files(config.root):
             rel = path.relative_to(config.root)
             dest = partial / "config" / rel
@@ -248,6 +306,7 @@ def create_backup(
             "state_schema_version": schema_version,
             "state_backend": state_backend,
             "paused_modules": paused,
+            "enrichment_cache": cache_note,
             "files": entries,
         }
         (partial / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -335,11 +394,14 @@ def restore_backup(
     config_dir: Path | None = None,
     force: bool = False,
     state_settings: dict[str, Any] | None = None,
+    modules: ModuleClient | None = None,
 ) -> dict[str, Any]:
     """Restore a verified backup into ``data_dir`` (and its configuration into ``config_dir``).
 
     Refuses a data directory that already holds pipeline data unless ``force``; the modules must
-    be stopped. Files are written beside their final name and renamed into place.
+    be stopped. Files are written beside their final name and renamed into place. The enrichment
+    cache export is loaded into the beta that ``modules`` reaches, when given (else, once the
+    pipeline runs again, with :func:`import_enrichment_cache`); ``enrichment_cache`` says which.
     """
     check = verify_backup(path)
     if not check["ok"]:
@@ -376,6 +438,8 @@ def restore_backup(
             pg.run("pg_restore", "--clean", "--if-exists", "--no-owner", str(path / entry["path"]))
             restored.append(f"postgresql schema {pg.schema}")
             continue
+        if kind == "enrichment_cache":
+            continue  # not a data file: imported into a running beta (below)
         if kind == "config":
             if config_dir is None:
                 continue
@@ -389,8 +453,23 @@ def restore_backup(
         shutil.copy2(path / entry["path"], tmp)
         tmp.replace(dest)
         restored.append(str(dest))
+    if not any(e["kind"] == "enrichment_cache" for e in manifest["files"]):
+        note = manifest.get("enrichment_cache") or {"reason": "not in this backup"}
+        cache: dict[str, Any] = {
+            "imported": False,
+            "reason": "the backup holds no enrichment cache export: "
+            + str(note.get("reason", "not in this backup")),
+        }
+    elif modules is None:
+        cache = {
+            "imported": False,
+            "reason": "no running beta given; import it once the pipeline runs",
+        }
+    else:
+        cache = import_enrichment_cache(path, modules)
     return {
         "restored": len(restored),
+        "enrichment_cache": cache,
         "path": str(path),
         "data_dir": str(data_dir),
         "created_at": manifest.get("created_at"),
