@@ -32,9 +32,12 @@ import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from dps.core import registry
+from dps.core.errors import ConfigError, ConfigIssue
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +140,34 @@ class QueueBackend(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """What operators should know about this backend (durability settings, endpoints)."""
         return {}
+
+
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+_Settings = TypeVar("_Settings", bound=BaseModel)
+
+
+def check_queue_name(name: str) -> str:
+    """Return ``name`` if it is usable as a file name and a NATS stream name, else raise."""
+    if not name or len(name) > 64 or not set(name) <= _NAME_CHARS:
+        raise ValueError(
+            f"Queue name {name!r} is not valid; expected 1 to 64 letters, digits, '_' or '-'."
+        )
+    return name
+
+
+def backend_settings(model: type[_Settings], settings: dict[str, Any]) -> _Settings:
+    """A backend's settings from ``pipeline.yaml``'s ``transport:``; errors name the key."""
+    try:
+        return model.model_validate(settings)
+    except ValidationError as exc:
+        raise ConfigError(
+            ConfigIssue(
+                file="pipeline.yaml",
+                key="transport." + ".".join(str(part) for part in err["loc"]),
+                message=f"{err['msg']} (got {err.get('input')!r}); the queues are not opened.",
+            )
+            for err in exc.errors()
+        ) from None
 
 
 def open_queue(backend: str, settings: dict[str, Any], data_dir: Path, spec: QueueSpec) -> Queue:

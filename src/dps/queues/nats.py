@@ -54,11 +54,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from dps.core.errors import ConfigError, ConfigIssue, DpsError, QueueFullError, TransientError
+from dps.core.errors import ConfigError, DpsError, QueueFullError, TransientError
 from dps.core.registry import register
-from dps.queues.base import Lease, Message, Queue, QueueBackend, QueueSpec
+from dps.queues.base import (
+    Lease,
+    Message,
+    Queue,
+    QueueBackend,
+    QueueSpec,
+    backend_settings,
+    check_queue_name,
+)
 
 T = TypeVar("T")
 
@@ -75,7 +83,6 @@ ERR_STREAM_EXISTS = 10058
 _POLL_FIRST = 0.005
 _POLL_MAX = 0.1
 
-_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 DURABILITY_NOTE = (
     "JetStream stores each message before acknowledging it but fsyncs lazily (every "
@@ -124,28 +131,6 @@ class NatsQueueSettings(BaseModel):
             "`describe()` reports the server's JetStream sync setting from `/varz`."
         ),
     )
-
-
-def _settings(settings: dict[str, Any]) -> NatsQueueSettings:
-    try:
-        return NatsQueueSettings.model_validate(settings)
-    except ValidationError as exc:
-        raise ConfigError(
-            ConfigIssue(
-                file="pipeline.yaml",
-                key="transport." + ".".join(str(part) for part in err["loc"]),
-                message=f"{err['msg']} (got {err.get('input')!r}); the queues are not opened.",
-            )
-            for err in exc.errors()
-        ) from None
-
-
-def _check_name(name: str) -> str:
-    if not name or len(name) > 64 or not set(name) <= _NAME_CHARS:
-        raise ValueError(
-            f"Queue name {name!r} is not valid; expected 1 to 64 letters, digits, '_' or '-'."
-        )
-    return name
 
 
 def _redact(url: str) -> str:
@@ -218,7 +203,7 @@ class NatsBackend(QueueBackend):
     Config = NatsQueueSettings
 
     def __init__(self, settings: dict[str, Any], data_dir: Path) -> None:
-        self.config = _settings(settings)
+        self.config = backend_settings(NatsQueueSettings, settings)
         self.url = _redact(self.config.url)
         self._lock = threading.RLock()
         self._runner: _LoopThread | None = None
@@ -231,11 +216,11 @@ class NatsBackend(QueueBackend):
 
     def stream_name(self, queue: str) -> str:
         """The stream that holds queue ``queue``: ``<PREFIX>_<QUEUE>``."""
-        return f"{self.config.stream_prefix}_{_check_name(queue)}".upper()
+        return f"{self.config.stream_prefix}_{check_queue_name(queue)}".upper()
 
     def subject(self, queue: str) -> str:
         """The subject messages of queue ``queue`` are published on: ``<prefix>.<queue>``."""
-        return f"{self.config.stream_prefix}.{_check_name(queue)}".lower()
+        return f"{self.config.stream_prefix}.{check_queue_name(queue)}".lower()
 
     @property
     def js(self) -> Any:

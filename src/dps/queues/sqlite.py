@@ -37,12 +37,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, ParamSpec, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from dps.core.errors import ConfigError, ConfigIssue, QueueFullError, TransientError
+from dps.core.errors import QueueFullError, TransientError
 from dps.core.registry import register
 from dps.core.sqlite import enable_wal
-from dps.queues.base import Lease, Message, Queue, QueueBackend, QueueSpec
+from dps.queues.base import (
+    Lease,
+    Message,
+    Queue,
+    QueueBackend,
+    QueueSpec,
+    backend_settings,
+    check_queue_name,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -61,7 +69,6 @@ _CHUNK = 500
 #: How often (seconds) a queue instance prunes tombstones older than the dedupe window.
 _PRUNE_EVERY = 10.0
 
-_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -115,29 +122,6 @@ class SqliteQueueSettings(BaseModel):
             "re-putting it after a crash does not deliver it again. 0 turns this off."
         ),
     )
-
-
-def _settings(settings: dict[str, Any]) -> SqliteQueueSettings:
-    try:
-        return SqliteQueueSettings.model_validate(settings)
-    except ValidationError as exc:
-        raise ConfigError(
-            ConfigIssue(
-                file="pipeline.yaml",
-                key="transport." + ".".join(str(part) for part in err["loc"]),
-                message=f"{err['msg']} (got {err.get('input')!r}); the queues are not opened.",
-            )
-            for err in exc.errors()
-        ) from None
-
-
-def _check_name(name: str) -> str:
-    """Return ``name`` if it is usable as a file name and a NATS stream name, else raise."""
-    if not name or len(name) > 64 or not set(name) <= _NAME_CHARS:
-        raise ValueError(
-            f"Queue name {name!r} is not valid; expected 1 to 64 letters, digits, '_' or '-'."
-        )
-    return name
 
 
 def _transient(method: Callable[P, R]) -> Callable[P, R]:
@@ -489,12 +473,12 @@ class SqliteBackend(QueueBackend):
     Config = SqliteQueueSettings
 
     def __init__(self, settings: dict[str, Any], data_dir: Path) -> None:
-        self.config = _settings(settings)
+        self.config = backend_settings(SqliteQueueSettings, settings)
         self.directory = Path(data_dir) / "queues"
 
     def open(self, spec: QueueSpec) -> SqliteQueue:
         """Open (creating the file if needed) ``<data_dir>/queues/<spec.name>.db``."""
-        _check_name(spec.name)
+        check_queue_name(spec.name)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
