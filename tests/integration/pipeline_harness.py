@@ -103,7 +103,7 @@ class RunningPipeline:
         if self.process.poll() is not None:
             raise AssertionError(f"dps run exited early with {self.process.returncode}")
         try:
-            return self.get(module, "/admin/health").status_code in (200, 503)
+            return self.get(module, "/admin/ready").status_code == 200
         except httpx.HTTPError:
             return False
 

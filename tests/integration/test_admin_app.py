@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Route
 from dps.admin import AdminServer, AdminServerError, build_app, json_response, read_json
 from dps.alpha.metrics import ALPHA_RECORDS_INGESTED_TOTAL
 from dps.core.errors import ConfigError, ConfigIssue, TerminalError, TransientError
-from dps.runtime.lifecycle import Health, HealthReport
+from dps.runtime.lifecycle import Health, HealthReport, RunState
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}  # what `curl -d` sends
 
@@ -35,6 +35,13 @@ class FakeTarget:
         self.reload_error: ConfigError | None = None
         self.pause_delay = 0.0
         self.state = "running"
+
+    @property
+    def run_state(self) -> RunState:
+        return RunState(self.state)
+
+    def ready(self) -> bool:
+        return self.state in ("running", "paused")
 
     def status(self) -> dict[str, Any]:
         return {"module": self.name, "state": self.state}
@@ -132,6 +139,19 @@ def test_health_check_that_raises_is_unhealthy(client: httpx.Client, target: Fak
     assert response.status_code == 503
     assert response.json()["status"] == "UNHEALTHY"
     assert "queue file missing" in response.json()["checks"]["health_check"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("state", "code"), [("starting", 503), ("running", 200), ("paused", 200), ("draining", 503)]
+)
+def test_ready_follows_the_run_state_not_the_health(
+    client: httpx.Client, target: FakeTarget, state: str, code: int
+) -> None:
+    target.state = state
+    target.health_status = Health.UNHEALTHY
+    response = client.get("/admin/ready")
+    assert response.status_code == code
+    assert response.json() == {"ready": code == 200, "state": state}
 
 
 def test_status_and_config_export(client: httpx.Client) -> None:
@@ -262,6 +282,7 @@ def test_openapi_lists_every_route(client: httpx.Client) -> None:
     paths = document["paths"]
     for path, method in [
         ("/admin/health", "get"),
+        ("/admin/ready", "get"),
         ("/admin/status", "get"),
         ("/admin/config/export", "get"),
         ("/admin/config/reload", "post"),
@@ -309,6 +330,7 @@ def test_bearer_token(target: FakeTarget) -> None:
         good = client.get("/admin/status", headers={"Authorization": "Bearer s3cret"})
         assert good.status_code == 200
         assert client.get("/admin/health").status_code == 200
+        assert client.get("/admin/ready").status_code == 200
         assert client.get("/metrics").status_code == 200
     assert target.calls == []
 

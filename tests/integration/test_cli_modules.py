@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from tests.integration.pipeline_harness import copy_quickstart, dps, free_port_base, wait_until
+from tests.integration.test_pipeline_faults import add_bulk_orders
 
 
 @pytest.mark.parametrize("module", ["alpha", "beta", "gamma", "control"])
@@ -56,6 +57,68 @@ def test_a_module_runs_alone_serves_its_admin_api_and_stops_on_sigterm(
     assert process.returncode == 0, err[-2000:]
     # Logs are JSON lines with the manual's fields.
     assert f'"module":"{module}"' in err.replace(" ", "")
+
+
+def test_a_full_buffer_makes_alpha_unhealthy_but_still_ready_so_a_run_can_drain_it(
+    tmp_path: Path,
+) -> None:
+    # After a restore (or a crash) the transform queue may hold more than alpha's buffer: alpha
+    # is UNHEALTHY until beta drains it, and `dps run` must still start so that beta can.
+    config_dir = copy_quickstart(tmp_path / "quickstart")
+    add_bulk_orders(config_dir, 1000)
+    settings = config_dir / "alpha" / "alpha.yaml"
+    settings.write_text(
+        settings.read_text().replace("BUFFER_CAPACITY: 10000", "BUFFER_CAPACITY: 100")
+    )
+    data_dir = tmp_path / "data"
+    port = free_port_base(1)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dps",
+            "alpha",
+            str(config_dir),
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def buffer_full() -> bool:
+            assert process.poll() is None, process.communicate()[1][-2000:]
+            try:
+                return httpx.get(f"{url}/admin/health", timeout=2).status_code == 503
+            except httpx.HTTPError:
+                return False
+
+        wait_until(buffer_full, 60, "alpha never filled its buffer")
+        health = httpx.get(f"{url}/admin/health", timeout=5).json()
+        assert health["checks"]["buffer_utilization"]["status"] == "UNHEALTHY"
+        ready = httpx.get(f"{url}/admin/ready", timeout=5)
+        assert ready.status_code == 200 and ready.json() == {"ready": True, "state": "running"}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err[-2000:]
+    done = dps(
+        "run",
+        str(config_dir),
+        "--data-dir",
+        str(data_dir),
+        "--once",
+        "--json",
+        "--admin-port-base",
+        str(free_port_base(4)),
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_validate_accepts_the_quickstart_and_refuses_a_broken_copy(tmp_path: Path) -> None:

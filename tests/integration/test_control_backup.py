@@ -19,6 +19,7 @@ from tests.integration.pipeline_harness import (
     PG_DSN,
     copy_quickstart,
     dps,
+    free_port_base,
     last_json_line,
     start_pipeline,
     wait_until,
@@ -28,6 +29,10 @@ from tests.integration.test_pipeline_faults import add_bulk_orders
 from dps.state import open_state
 
 BULK = 20_000
+
+
+def ports() -> tuple[str, str]:
+    return "--admin-port-base", str(free_port_base(4))
 
 
 def warehouse_ids(data_dir: Path) -> tuple[int, set[str]]:
@@ -79,7 +84,16 @@ def test_backup_wipe_restore_finishes_the_run_once(tmp_path: Path) -> None:
     restored_rows, _ = warehouse_ids(data_dir)
     assert restored_rows > 0
     # The pipeline picks up where the backup left it and finishes.
-    done = dps("run", str(config_dir), "--data-dir", str(data_dir), "--once", "--json", timeout=400)
+    done = dps(
+        "run",
+        str(config_dir),
+        "--data-dir",
+        str(data_dir),
+        "--once",
+        "--json",
+        *ports(),
+        timeout=400,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     summary = last_json_line(done.stdout)
     rows, ids = warehouse_ids(data_dir)
@@ -96,7 +110,16 @@ def test_backup_wipe_restore_finishes_the_run_once(tmp_path: Path) -> None:
 def test_corrupted_backup_is_refused_and_restore_protects_data(tmp_path: Path) -> None:
     config_dir = copy_quickstart(tmp_path / "config")
     data_dir = tmp_path / "data"
-    done = dps("run", str(config_dir), "--data-dir", str(data_dir), "--once", "--json", timeout=300)
+    done = dps(
+        "run",
+        str(config_dir),
+        "--data-dir",
+        str(data_dir),
+        "--once",
+        "--json",
+        *ports(),
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     # Offline backup: no module answers, nothing to pause.
     done = dps("backup", "create", str(config_dir), "--data-dir", str(data_dir), "--keep", "1")
@@ -152,7 +175,9 @@ def test_postgresql_state_is_dumped_and_restored(tmp_path: Path) -> None:
     engine = sa.create_engine(PG_DSN.replace("postgresql://", "postgresql+psycopg://", 1))
     settings = {"dsn": PG_DSN, "schema": schema}
     try:
-        done = dps("run", str(config_dir), "--data-dir", str(data_dir), "--once", timeout=300)
+        done = dps(
+            "run", str(config_dir), "--data-dir", str(data_dir), "--once", *ports(), timeout=300
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         store = open_state("postgresql", settings, data_dir)
         before, audit_before = store.accounting(), store.verify_audit()
@@ -190,7 +215,7 @@ def test_postgresql_state_is_dumped_and_restored(tmp_path: Path) -> None:
 def test_a_full_backup_target_fails_cleanly(tmp_path: Path) -> None:
     config_dir = copy_quickstart(tmp_path / "config")
     data_dir = tmp_path / "data"
-    done = dps("run", str(config_dir), "--data-dir", str(data_dir), "--once", timeout=300)
+    done = dps("run", str(config_dir), "--data-dir", str(data_dir), "--once", *ports(), timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     full = tmp_path / "full"
     full.mkdir()

@@ -42,7 +42,7 @@ from dps.runtime.lifecycle import Health, HealthReport, ModuleTarget
 __all__ = ["OPEN_PATHS", "build_app"]
 
 #: Paths that need no token even when ``auth_token`` is set: probes and scrapers have none.
-OPEN_PATHS: Final = frozenset({"/admin/health", "/metrics"})
+OPEN_PATHS: Final = frozenset({"/admin/health", "/admin/ready", "/metrics"})
 
 _log = get_logger("admin_api")
 T = TypeVar("T")
@@ -88,6 +88,16 @@ def build_app(
             )
         status_code = 503 if report.status is Health.UNHEALTHY else 200
         return json_response(report.as_dict(), status_code)
+
+    async def ready(request: Request) -> Response:
+        """Readiness: 200 once the module serves and its worker runs (also when paused), else 503.
+
+        Unlike health it does not grade the work: a module whose queue is full after a restore
+        is ready (and UNHEALTHY) so that the modules downstream of it can be started to drain it.
+        """
+        is_ready = await call(target.ready)
+        body = {"ready": is_ready, "state": target.run_state.value}
+        return json_response(body, 200 if is_ready else 503)
 
     async def status(request: Request) -> Response:
         """Module status: run state, counters, sources or destinations."""
@@ -156,6 +166,7 @@ def build_app(
 
     routes: list[BaseRoute] = [
         Route("/admin/health", health, methods=["GET"]),
+        Route("/admin/ready", ready, methods=["GET"]),
         Route("/admin/status", status, methods=["GET"]),
         Route("/admin/config/export", config_export, methods=["GET"]),
         Route("/admin/config/reload", config_reload, methods=["POST"]),

@@ -120,7 +120,7 @@ def run_all(
                 host,
             ],
             env=env,
-            ready_url=f"http://{host}:{ports[name]}/admin/health",
+            ready_url=f"http://{host}:{ports[name]}/admin/ready",
             log_path=str(log_dir / f"{name}.log") if log_dir else None,
         )
         for name in START_ORDER

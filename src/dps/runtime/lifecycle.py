@@ -34,6 +34,9 @@ class ModuleTarget(Protocol):
     """
 
     name: str
+    run_state: RunState
+
+    def ready(self) -> bool: ...
 
     def status(self) -> dict[str, Any]: ...
 

@@ -153,6 +153,10 @@ class ModuleHost:
         self.state_store.close()
 
     # -- ModuleTarget (the admin API) -----------------------------------------------------------
+    def ready(self) -> bool:
+        """Serving and working (or paused by an operator): the supervisor may start the next."""
+        return self.run_state in (RunState.RUNNING, RunState.PAUSED)
+
     def status(self) -> dict[str, Any]:
         return {
             "module": self.name,
