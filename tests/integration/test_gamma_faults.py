@@ -442,6 +442,12 @@ def test_a_destination_down_for_a_while_loses_nothing_and_stalls_no_other(
         assert check_exactly_once(state, "warehouse", expected, pg_ids(table)) == {}
         assert state.gamma_dlq_total() == 0
         assert breakers(run) == {"api": "CLOSED", "warehouse": "CLOSED"}
+        # The healthy warehouse was delivered by the router directly; the async API, which
+        # the direct path never takes, got everything through its spool.
+        warehouse = run.get("gamma", "/admin/destinations/warehouse/status").json()
+        assert warehouse["delivered_direct"] > 0, warehouse
+        api_view = run.get("gamma", "/admin/destinations/api/status").json()
+        assert api_view["delivered_direct"] == 0 and api_view["spooled"] >= 500, api_view
         check_running(run, gamma_pid)
     finally:
         run.stop()

@@ -26,6 +26,7 @@ from sqlalchemy.pool import NullPool
 
 from dps.core import registry
 from dps.core.errors import ConfigError, TransientError
+from dps.core.record import Quality, encode, new_record
 from dps.state import open_state
 from dps.state import sql as state_sql
 from dps.state.base import DedupeCandidate, DeliveryOutcome, DlqEntry, ValidationFailure
@@ -572,6 +573,175 @@ def test_delivered_records_large_batch(store: SqlStateStore) -> None:
     ids = [f"r{i}" for i in range(1300)]
     store.record_deliveries([DeliveryOutcome(i, "d", "delivered") for i in ids[::2]])
     assert store.delivered_records(ids, "d") == set(ids[::2])
+
+
+def test_deliveries_keep_the_lineage_summary(store: SqlStateStore, clock: Clock) -> None:
+    """Schema v5: rules, enrichment and quality score ride in the delivery-log row."""
+    record = new_record("orders", {"id": "A1"}, id_field="id")
+    record.touched("alpha", "ingested")
+    record.touched("beta", "TRX_010_RENAME")
+    record.touched("beta", "enrichment:crm")
+    record.touched("beta", "TRX_200_LOOKUP")
+    record.touched("beta", "enrichment:geo:default")
+    record.touched("beta", "TRX_010_RENAME")  # replayed through Beta: listed once
+    record.touched("gamma", "route:warehouse")
+    record.quality = Quality(score=0.85)
+    bare = new_record("orders", {"id": "B2"}, id_field="id")
+    start = clock.now.timestamp()
+    store.record_deliveries(
+        [
+            DeliveryOutcome.of(record, "warehouse", "failed", error="timeout"),
+            DeliveryOutcome.of(record, "archive", "delivered"),
+            DeliveryOutcome.of(bare, "warehouse", "delivered"),
+        ]
+    )
+    with store.engine.connect() as conn:
+        row = conn.execute(
+            sa.text(
+                "SELECT rules, enrichment, quality_score FROM delivery_log "
+                "WHERE record_id = 'orders:A1' AND destination_id = 'archive'"
+            )
+        ).one()
+        assert row[0] == "TRX_010_RENAME,TRX_200_LOOKUP"
+        assert row[1] == "crm,geo:default"
+        assert row[2] == pytest.approx(0.85)
+        # Nothing to say is NULL, not an empty string.
+        row = conn.execute(
+            sa.text(
+                "SELECT rules, enrichment, quality_score FROM delivery_log "
+                "WHERE record_id = 'orders:B2'"
+            )
+        ).one()
+        assert tuple(row) == (None, None, None)
+    summary = {
+        "rules": ["TRX_010_RENAME", "TRX_200_LOOKUP"],
+        "enrichment": ["crm", "geo:default"],
+        "quality_score": 0.85,
+    }
+    trace = store.record_trace("orders:A1")
+    assert {k: trace[k] for k in summary} == summary
+    assert [(d["destination_id"], d["status"]) for d in trace["deliveries"]] == [
+        ("archive", "delivered"),
+        ("warehouse", "failed"),
+    ]
+    assert all({k: d[k] for k in summary} == summary for d in trace["deliveries"])
+    # The retry that delivers it writes the summary it carries then (re-scored: 0.9).
+    record.quality = Quality(score=0.9)
+    clock.advance(1)
+    store.record_deliveries([DeliveryOutcome.of(record, "warehouse", "delivered", error=None)])
+    (row,) = [
+        d
+        for d in store.record_trace("orders:A1")["deliveries"]
+        if d["destination_id"] == "warehouse"
+    ]
+    assert row["status"] == "delivered" and row["quality_score"] == 0.9
+    # A delivered row is never rewritten, lineage summary included.
+    record.quality = Quality(score=0.1)
+    store.record_deliveries([DeliveryOutcome.of(record, "warehouse", "failed", error="x")])
+    (row,) = [
+        d
+        for d in store.record_trace("orders:A1")["deliveries"]
+        if d["destination_id"] == "warehouse"
+    ]
+    assert row["status"] == "delivered" and row["quality_score"] == 0.9
+    bare_trace = store.record_trace("orders:B2")
+    assert (bare_trace["rules"], bare_trace["enrichment"], bare_trace["quality_score"]) == (
+        [],
+        [],
+        None,
+    )
+    # The export carries it per row.
+    exported = {
+        (r["record_id"], r["destination_id"]): r for r in store.delivered_between(start, None)
+    }
+    assert set(exported) == {
+        ("orders:A1", "warehouse"),
+        ("orders:A1", "archive"),
+        ("orders:B2", "warehouse"),
+    }
+    assert exported["orders:A1", "archive"]["rules"] == summary["rules"]
+    assert exported["orders:A1", "archive"]["enrichment"] == summary["enrichment"]
+    assert exported["orders:A1", "archive"]["quality_score"] == 0.85
+    assert exported["orders:B2", "warehouse"]["rules"] == []
+
+
+def test_trace_finds_the_ingest_position_by_key_or_by_record_id(store: SqlStateStore) -> None:
+    store.claim_dedupe_keys(
+        [
+            # No dedupe key fields: the record id is the key (a primary-key lookup).
+            DedupeCandidate("orders:A1", "file:3", "orders:A1", "orders"),
+            # Dedupe on payload fields: found by record id.
+            DedupeCandidate("crm:x\x1fy", "file:7", "crm:C9", "crm"),
+        ],
+        3600,
+    )
+    assert [(c["source_id"], c["origin"]) for c in store.record_trace("orders:A1")["ingested"]] == [
+        ("orders", "file:3")
+    ]
+    assert [(c["source_id"], c["origin"]) for c in store.record_trace("crm:C9")["ingested"]] == [
+        ("crm", "file:7")
+    ]
+    assert store.record_trace("crm:none")["ingested"] == []
+
+
+def test_trace_of_a_dlq_record_reads_the_summary_from_its_body(store: SqlStateStore) -> None:
+    """A record Beta sent to the DLQ was never delivered: its envelope in the entry tells."""
+    record = new_record("orders", {"id": "Q1"}, id_field="id")
+    record.touched("beta", "TRX_100_TAG_EU")
+    record.quality = Quality(score=0.2)
+    store.add_dlq_entries(
+        [
+            dlq("beta", record.record_id, reason="quality_rejected", body=encode(record)),
+            dlq("alpha", "orders:RAW", body=b"not a record"),
+        ]
+    )
+    trace = store.record_trace(record.record_id)
+    assert (trace["rules"], trace["enrichment"], trace["quality_score"]) == (
+        ["TRX_100_TAG_EU"],
+        [],
+        0.2,
+    )
+    assert "body" not in trace["dlq"][0]
+    raw = store.record_trace("orders:RAW")
+    assert (raw["rules"], raw["quality_score"]) == ([], None)
+
+
+def test_v5_upgrades_a_v4_delivery_log(open_store: OpenStore) -> None:
+    """An existing database at version 4 gets the lineage columns; its rows keep NULLs."""
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
+    store = open_store()
+    with store.engine.begin() as conn:
+        # Make it a version 4 database: no lineage columns, no step 5, one old delivery.
+        op = Operations(MigrationContext.configure(conn))
+        op.drop_index("idx_delivery_timestamp", table_name="delivery_log")
+        with op.batch_alter_table("delivery_log") as batch:
+            for name in ("rules", "enrichment", "quality_score"):
+                batch.drop_column(name)
+        conn.execute(sa.text("DELETE FROM schema_version WHERE version >= 5"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO delivery_log (record_id, destination_id, status, attempts, timestamp)"
+                " VALUES ('old', 'warehouse', 'delivered', 1, :now)"
+            ),
+            {"now": datetime.now(UTC)},
+        )
+    assert store.schema_version() == 4
+    assert store.migrate() == state_sql.LATEST_VERSION == 5
+    columns = {c["name"] for c in sa.inspect(store.engine).get_columns("delivery_log")}
+    assert {"rules", "enrichment", "quality_score"} <= columns
+    # The indexes survive the (SQLite batch-mode) alteration.
+    indexes = {i["name"] for i in sa.inspect(store.engine).get_indexes("delivery_log")}
+    assert {"idx_delivery_destination", "idx_delivery_timestamp"} <= indexes
+    old = store.record_trace("old")
+    assert old["deliveries"][0]["status"] == "delivered"
+    assert (old["rules"], old["enrichment"], old["quality_score"]) == ([], [], None)
+    record = new_record("orders", {"id": "N1"}, id_field="id")
+    record.touched("beta", "TRX_1")
+    store.record_deliveries([DeliveryOutcome.of(record, "warehouse", "delivered")])
+    assert store.record_trace("orders:N1")["rules"] == ["TRX_1"]
+    assert store.migrate() == 5
 
 
 # -- control -------------------------------------------------------------------------------------

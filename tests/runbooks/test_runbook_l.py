@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
+import pytest
 from tests.integration.pipeline_harness import copy_quickstart, dps, start_pipeline, wait_until
 
 
@@ -84,7 +85,11 @@ def test_l2_lineage_queries(tmp_path: Path) -> None:
 
         wait_until(settled, 120, "the quickstart did not finish")
         with sqlite3.connect(data_dir / "warehouse.db") as conn:
-            (delivered,) = conn.execute("SELECT event_id FROM pipeline_events LIMIT 1").fetchone()
+            # An EU order: the quickstart's TRX_100_TAG_EU rule set its region.
+            delivered, delivered_score = conn.execute(
+                "SELECT event_id, quality_score FROM pipeline_events"
+                " WHERE json_extract(event_data, '$.region') = 'EU' LIMIT 1"
+            ).fetchone()
         with sqlite3.connect(data_dir / "state.db") as conn:
             dlq_record, dlq_source = conn.execute(
                 "SELECT record_id, source_id FROM dlq_entries WHERE record_id LIKE '%:%' LIMIT 1"
@@ -105,6 +110,13 @@ def test_l2_lineage_queries(tmp_path: Path) -> None:
         assert forward["outcome"] == "delivered" and forward["record_id"] == delivered
         assert forward["ingested"][0]["origin"]  # the source position it came from
         assert any(d["destination_id"] == "warehouse" for d in forward["deliveries"])
+        # Which rules touched it (in the order they ran), enrichment (none in the quickstart)
+        # and its quality score: the one the warehouse got.
+        assert "TRX_100_TAG_EU" in forward["rules"]
+        assert forward["rules"][-1] == "TRX_100_TAG_EU"  # the lowest priority runs last
+        assert forward["enrichment"] == []
+        assert forward["quality_score"] == pytest.approx(delivered_score, abs=1e-6)
+        assert forward["deliveries"][0]["rules"] == forward["rules"]
         # A record that went to a DLQ says so, with the reason.
         code, forward = curl_json(
             f"{lineage}/api/forward?source_id={dlq_source}&record_id={dlq_record}"
@@ -117,6 +129,9 @@ def test_l2_lineage_queries(tmp_path: Path) -> None:
         )
         assert code == 200 and isinstance(backward, dict)
         assert backward["delivery"]["status"] == "delivered"
+        assert backward["delivery"]["timestamp"] > 0  # when it was delivered (and acked)
+        assert "TRX_100_TAG_EU" in backward["rules"]
+        assert backward["quality_score"] == pytest.approx(delivered_score, abs=1e-6)
         assert backward["sources"][0]["source_id"] == source
         code, _ = curl_json(f"{lineage}/api/backward?destination_id=nowhere&record_id={delivered}")
         assert code == 404
@@ -128,6 +143,9 @@ def test_l2_lineage_queries(tmp_path: Path) -> None:
         )
         subprocess.run(["bash", "-c", script], cwd=tmp_path, check=True, timeout=60)
         exported = json.loads((tmp_path / "lineage.json").read_text())
-        assert any(row["record_id"] == delivered for row in exported)
+        (row,) = [r for r in exported if r["record_id"] == delivered]
+        assert row["destination_id"] == "warehouse" and "TRX_100_TAG_EU" in row["rules"]
+        assert row["enrichment"] == []
+        assert row["quality_score"] == pytest.approx(delivered_score, abs=1e-6)
     finally:
         pipeline.stop()

@@ -124,7 +124,8 @@ def control_routes(control: ControlModule) -> list[BaseRoute]:
 
         Audit: a JSON array of entries, oldest first, archived ones included, with their hashes.
         Lineage (``start``/``end`` without ``since``): the deliveries of the period, oldest first,
-        at most ``limit`` (10000); ``/api/forward`` gives one record's whole trace.
+        at most ``limit`` (10000), each with the record's ``rules``, ``enrichment`` and
+        ``quality_score``; ``/api/forward`` gives one record's whole trace.
         """
         q = request.query_params
         fmt = q.get("format", "json")
@@ -153,13 +154,14 @@ def control_routes(control: ControlModule) -> list[BaseRoute]:
             return "dlq"
         if trace["duplicates"] and not trace["ingested"]:
             return "duplicate"
-        return "in_flight" if trace["ingested"] else "unknown"
+        return "in_flight" if trace["ingested"] or trace["deliveries"] else "unknown"
 
     async def forward(request: Request) -> Response:
         """Forward lineage: ``?source_id=&record_id=`` -> where the record went.
 
         ``record_id`` is the source's id (``ORD-1``) or the full record id
-        (``orders_file:ORD-1``).
+        (``orders_file:ORD-1``). The answer includes the record's ``rules``, ``enrichment``
+        and ``quality_score`` (see ``StateStore.record_trace``).
         """
         q = request.query_params
         source_id, record_id = q.get("source_id", ""), q.get("record_id", "")
@@ -167,7 +169,9 @@ def control_routes(control: ControlModule) -> list[BaseRoute]:
             raise ValueError("source_id and record_id are both required.")
         full = record_id if record_id.startswith(f"{source_id}:") else f"{source_id}:{record_id}"
         trace = await call(lambda: control.state_store.record_trace(full))
-        if not any(trace[k] for k in ("ingested", "duplicates", "validation_failures", "dlq")):
+        # The dedupe claim expires with the window; the delivery log still knows the record.
+        known = ("ingested", "duplicates", "validation_failures", "dlq", "deliveries")
+        if not any(trace[k] for k in known):
             return error_response(404, f"No record {full!r} from source {source_id!r} is known.")
         return json_response(
             {"direction": "forward", "source_id": source_id, "outcome": outcome(trace), **trace}
@@ -176,7 +180,8 @@ def control_routes(control: ControlModule) -> list[BaseRoute]:
     async def backward(request: Request) -> Response:
         """Backward lineage: ``?destination_id=&record_id=`` -> where a delivered record came from.
 
-        ``record_id`` is the full record id, as the destination holds it.
+        ``record_id`` is the full record id, as the destination holds it. The answer includes
+        the record's ``rules``, ``enrichment`` and ``quality_score``, as stored with the delivery.
         """
         q = request.query_params
         destination_id, record_id = q.get("destination_id", ""), q.get("record_id", "")

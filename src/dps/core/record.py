@@ -54,6 +54,31 @@ class Record(msgspec.Struct, kw_only=True):
         self.lineage.append(LineageStep(stage, action, time.time()))
 
 
+#: The lineage action prefix of an enrichment lookup (``enrichment:<source>``).
+ENRICHMENT_PREFIX = "enrichment:"
+
+
+def lineage_summary(record: Record) -> tuple[list[str], list[str], float | None]:
+    """What the delivery log keeps of a record's Beta history: ``(rules, enrichment, score)``.
+
+    ``rules`` are the ids of the rules applied (and ``schema:<ref>`` for the output schema
+    checked), in order; ``enrichment`` the enrichment sources that filled fields (``<source>``,
+    or ``<source>:default`` for a miss answered with ``on_miss: default``); each once, so a
+    record replayed through Beta is not listed twice. Step timestamps are not kept.
+    """
+    rules: dict[str, None] = {}
+    enrichment: dict[str, None] = {}
+    for step in record.lineage:
+        if step.stage != "beta":
+            continue
+        if step.action.startswith(ENRICHMENT_PREFIX):
+            enrichment[step.action[len(ENRICHMENT_PREFIX) :]] = None
+        else:
+            rules[step.action] = None
+    score = record.quality.score if record.quality is not None else None
+    return list(rules), list(enrichment), score
+
+
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Record)
 _canonical = msgspec.json.Encoder(order="sorted")

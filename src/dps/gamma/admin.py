@@ -22,6 +22,7 @@ from dps.core.record import Record
 from dps.gamma.circuit_breaker import CircuitBreaker
 from dps.gamma.delivery import spool_name
 from dps.gamma.dlq import DlqService, entry_view, parse_since, stage_queue_opener
+from dps.gamma.reconcile import DEFAULT_LIMIT, reconcile_spool
 
 if TYPE_CHECKING:
     from dps.gamma.module import GammaModule
@@ -144,6 +145,8 @@ def gamma_routes(gamma: GammaModule) -> list[BaseRoute]:
                 dead_lettered=stats.dlq,
                 retries=stats.retries,
                 throttled=stats.throttled,
+                delivered_direct=stats.direct,
+                spooled=stats.spooled,
                 last_success=stats.last_success,
                 last_error=stats.last_error,
             )
@@ -366,6 +369,41 @@ def gamma_routes(gamma: GammaModule) -> list[BaseRoute]:
             }
         )
 
+    async def ack_reconcile(request: Request) -> Response:
+        """Ack spool messages already delivered or dead-lettered (the gamma_ack_reconcile job).
+
+        Body (optional): ``{"destinations": [...], "limit": 100000}``; default every configured
+        destination, enabled or not. Answers the counts per destination and in total.
+        """
+        body = await read_json(request)
+        chosen = body.get("destinations") or sorted(gamma.config.gamma.destinations)
+        if not isinstance(chosen, list) or not all(isinstance(d, str) for d in chosen):
+            raise ValueError("destinations must be a list of destination ids.")
+        unknown = [d for d in chosen if known(d) is None]
+        if unknown:
+            return not_found(unknown[0])
+        limit = int(body.get("limit", DEFAULT_LIMIT))
+        if limit < 1:
+            raise ValueError(f"limit is {limit}; expected at least 1.")
+        opener = stage_queue_opener(gamma.config, gamma.data_dir)
+
+        def run() -> dict[str, Any]:
+            results = {}
+            for dest_id in chosen:
+                spool = opener(spool_name(dest_id))
+                try:
+                    results[dest_id] = reconcile_spool(
+                        spool, gamma.state_store, dest_id, limit=limit
+                    )
+                finally:
+                    spool.close()
+            keys = ("scanned", "acked_delivered", "acked_dead_lettered", "pending")
+            totals = {k: sum(int(r[k]) for r in results.values()) for k in keys}
+            gamma.log.info("Pending acknowledgements reconciled.", **totals)
+            return {"destinations": results, "totals": totals}
+
+        return json_response(await run_in_threadpool(run))
+
     async def render_stats(request: Request) -> Response:
         """Time to decode and prepare each batch per destination."""
         return json_response(
@@ -395,5 +433,6 @@ def gamma_routes(gamma: GammaModule) -> list[BaseRoute]:
         Route("/admin/circuit-breakers/{dest_id}/reset", breaker_reset, methods=["POST"]),
         Route("/admin/delivery/parallelism", parallelism, methods=["GET"]),
         Route("/admin/ack/wait-stats", ack_wait_stats, methods=["GET"]),
+        Route("/admin/ack/reconcile", ack_reconcile, methods=["POST"]),
         Route("/admin/render/stats", render_stats, methods=["GET"]),
     ]

@@ -59,7 +59,7 @@ from dps.core.logging import get_logger
 from dps.core.metrics import PIPELINE_END_TO_END_LATENCY_SECONDS
 from dps.core.record import Record, decode, encode
 from dps.gamma import metrics as m
-from dps.gamma.circuit_breaker import STATE_VALUES, BreakerSettings, CircuitBreaker
+from dps.gamma.circuit_breaker import CLOSED, STATE_VALUES, BreakerSettings, CircuitBreaker
 from dps.gamma.destinations.base import (
     DeliveryError,
     Destination,
@@ -132,6 +132,9 @@ class DestinationStats:
     throttled: int = 0
     splits: int = 0
     ack_timeouts: int = 0
+    #: Records the router delivered directly (no spool), and records it put into the spool.
+    direct: int = 0
+    spooled: int = 0
     ack_wait: Percentiles = field(default_factory=Percentiles)
     delivery: Percentiles = field(default_factory=Percentiles)
     render: Percentiles = field(default_factory=Percentiles)
@@ -164,6 +167,8 @@ class _Result:
     dlq: list[tuple[Record, ErrorClass, str, str]] = field(default_factory=list)
     retry_later: list[Record] = field(default_factory=list)
     retry_delay: float = 1.0
+    #: The router's direct path: one attempt, whatever fails goes to the spool (no inline retry).
+    direct: bool = False
     #: ``ack_mode: record``: the spool messages of each record, and what is already settled.
     msg_of: dict[str, list[tuple[Lease, str]]] | None = None
     delivered_done: int = 0
@@ -222,6 +227,9 @@ class DestinationWorker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.busy = False
+        #: Set by a direct delivery that left records for the spool; the router clears it once
+        #: no direct batch of this destination is in flight (see GammaModule._hand_over).
+        self.direct_blocked = False
         self.rng = random.Random()
         #: ``delivery_mode: async``: up to this many batches in flight, each on its own thread
         #: and destination instance (a destination instance is never called concurrently).
@@ -448,6 +456,48 @@ class DestinationWorker:
             elif rest:
                 self.spool.ack(lease, rest)
 
+    def can_take_direct(self) -> bool:
+        """The router may deliver here itself: a synchronous, running destination whose
+        breaker is CLOSED and whose spool is empty (so nothing spooled earlier is overtaken)."""
+        return (
+            self.window == 1
+            and not self.direct_blocked
+            and self.alive
+            and not self.paused()
+            and self.breaker.state == CLOSED
+            and self.spool.depth() == 0
+        )
+
+    def deliver_direct(self, records: list[Record]) -> list[Record]:
+        """The router's fast path: deliver ``records`` now in the calling thread, one attempt.
+
+        Delivered and dead-lettered records are settled here (delivery log, DLQ) like a spool
+        batch; the records returned could not be delivered right now and must go to the spool.
+        Records the delivery log already shows delivered are skipped (a redelivered batch).
+        A crash before the caller acks its own queue redelivers the batch; that is safe for
+        the same reason.
+        """
+        if self.direct_blocked:
+            return records  # an earlier batch is going to the spool: follow it there, in order
+        self.busy = True
+        try:
+            done = self.state.delivered_records([r.record_id for r in records], self.dest_id)
+            todo = [r for r in records if r.record_id not in done]
+            now = time.time()
+            for r in todo:
+                self.stats.queue_wait.add(max(0.0, now - r.ingested_at))
+            result = _Result(direct=True)
+            if todo:
+                self._deliver(todo, result)
+            self._record_outcomes(result.delivered, result.dlq, [])
+            with self._counter_lock:
+                self.stats.direct += len(result.delivered)
+            if result.retry_later:
+                self.direct_blocked = True
+            return result.retry_later
+        finally:
+            self.busy = False
+
     def _settle_now(self, result: _Result) -> None:
         """``ack_mode: record``: write and ack the records whose outcome just became known."""
         if result.msg_of is None:
@@ -495,8 +545,10 @@ class DestinationWorker:
                     config_version=self.config_version,
                 )
             )
-            outcomes.append(DeliveryOutcome(record.record_id, self.dest_id, "failed", error=error))
-        outcomes.extend(DeliveryOutcome(r.record_id, self.dest_id, "delivered") for r in delivered)
+            outcomes.append(DeliveryOutcome.of(record, self.dest_id, "failed", error=error))
+        # Each row carries the record's lineage summary (rules, enrichment, quality score): the
+        # lineage API reads it from here, so Beta writes nothing per record for it.
+        outcomes.extend(DeliveryOutcome.of(r, self.dest_id, "delivered") for r in delivered)
         if entries:
             self.state.add_dlq_entries(entries)
         if outcomes:
@@ -552,6 +604,12 @@ class DestinationWorker:
                     unknown_seen = True
                 message = f"{type(exc).__name__}: {exc}" if klass == "retryable" else str(exc)
                 self._failed_attempt(klass, message, len(chunk))
+                if klass in ("throttle", "retryable") and result.direct:
+                    # The router does not wait on a failing destination: the spool takes these
+                    # and the worker retries them under the full policy.
+                    self.stats.retries += 1
+                    result.retry_later.extend(chunk)
+                    return
                 if klass == "throttle":
                     throttles += 1
                     self.stats.throttled += 1

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dps.core import registry
+from dps.core.record import Record, lineage_summary
 
 
 class JobRunConflict(RuntimeError):
@@ -132,6 +133,27 @@ class DeliveryOutcome:
     status: str
     attempts: int = 1
     error: str | None = None
+    #: The record's lineage summary (:func:`dps.core.record.lineage_summary`), kept in the same
+    #: delivery-log row: the rules and enrichment sources that touched it, its quality score.
+    rules: Sequence[str] = ()
+    enrichment: Sequence[str] = ()
+    quality_score: float | None = None
+
+    @classmethod
+    def of(
+        cls, record: Record, destination_id: str, status: str, *, error: str | None = None
+    ) -> DeliveryOutcome:
+        """The outcome of delivering ``record``, with its lineage summary."""
+        rules, enrichment, score = lineage_summary(record)
+        return cls(
+            record.record_id,
+            destination_id,
+            status,
+            error=error,
+            rules=rules,
+            enrichment=enrichment,
+            quality_score=score,
+        )
 
 
 @dataclass(slots=True)
@@ -280,6 +302,12 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     def delivered_records(self, record_ids: Sequence[str], destination_id: str) -> set[str]:
         """Which of these records are already delivered to the destination."""
+
+    def dead_lettered_records(
+        self, record_ids: Sequence[str], destination_id: str, module: str = "gamma"
+    ) -> set[str]:
+        """Which of these records have an open DLQ entry of ``module`` for the destination."""
+        raise NotImplementedError
 
     @abc.abstractmethod
     def delivery_counts(self) -> dict[str, dict[str, int]]:

@@ -54,6 +54,7 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from dps.core.errors import ConfigError, TransientError
+from dps.core.record import decode, lineage_summary
 from dps.state.base import (
     DedupeCandidate,
     DeliveryError,
@@ -278,8 +279,21 @@ delivery_errors = sa.Table(
     sa.Index("idx_delivery_errors_destination", "destination_id", "timestamp"),
 )
 
+
+def _delivery_v5_columns() -> list[sa.Column[Any]]:
+    # Schema version 5: the record's lineage summary, written with its delivery outcome (see
+    # dps.core.record.lineage_summary). Comma-separated ids (rule ids and enrichment source names
+    # are identifiers: no commas), NULL when none; the score as a 4-byte REAL on PostgreSQL.
+    return [
+        sa.Column("rules", sa.Text, nullable=True),
+        sa.Column("enrichment", sa.Text, nullable=True),
+        sa.Column("quality_score", sa.REAL, nullable=True),
+    ]
+
+
 # Gamma's delivery tracking; idx_delivery_record_id / idx_delivery_destination are the manual's
-# index names (its "Index Maintenance" REINDEX commands).
+# index names (its "Index Maintenance" REINDEX commands). Each row also carries the record's
+# lineage summary (schema version 5): one row per record and destination is what lineage costs.
 delivery_log = sa.Table(
     "delivery_log",
     metadata,
@@ -289,9 +303,14 @@ delivery_log = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("error", sa.Text, nullable=True),
     sa.Column("timestamp", UtcDateTime, nullable=False),
+    *_delivery_v5_columns(),
     sa.PrimaryKeyConstraint("record_id", "destination_id", name="idx_delivery_record_id"),
     sa.Index("idx_delivery_destination", "destination_id", "status"),
 )
+#: Schema version 5: the lineage export (``/api/export?start=&end=``, a time range in time
+#: order), delivery-log retention and the manual's D.2 "last hour" counts read by time. A batch
+#: shares one timestamp, so PostgreSQL's B-tree deduplication keeps it at ~8 bytes a row.
+idx_delivery_timestamp = sa.Index("idx_delivery_timestamp", delivery_log.c.timestamp)
 
 source_offsets = sa.Table(
     "source_offsets",
@@ -429,6 +448,31 @@ def audit_entry_hash(
     return hashlib.sha256(f"{prev_hash}\n{canonical}".encode()).hexdigest()
 
 
+def _lineage_columns(row: dict[str, Any]) -> dict[str, Any]:
+    """A delivery-log row's lineage summary as the API shows it: lists, and a rounded score.
+
+    (PostgreSQL's 4-byte REAL reads back as ``0.8500000238418579``; six decimals is what it
+    holds.)
+    """
+    row["rules"] = row["rules"].split(",") if row["rules"] else []
+    row["enrichment"] = row["enrichment"].split(",") if row["enrichment"] else []
+    if row["quality_score"] is not None:
+        row["quality_score"] = round(float(row["quality_score"]), 6)
+    return row
+
+
+def _summary_of_body(body: bytes | None) -> dict[str, Any] | None:
+    """The lineage summary in the envelope a DLQ entry keeps (None if the body is no record)."""
+    try:
+        record = decode(body or b"")
+    except ValueError:
+        return None  # a raw line that never parsed: no rules touched it
+    rules, enrichment, score = lineage_summary(record)
+    if not rules and not enrichment and score is None:
+        return None
+    return {"rules": rules, "enrichment": enrichment, "quality_score": score}
+
+
 # -- migrations -----------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Migration:
@@ -479,6 +523,20 @@ def _v4_operations_plane(op: Operations) -> None:
     uq_job_runs_running.create(bind, checkfirst=True)
 
 
+def _v5_delivery_lineage(op: Operations) -> None:
+    # Nullable columns without a default: a metadata-only change on PostgreSQL (no table
+    # rewrite, however big the delivery log), ADD COLUMN on SQLite. Older rows keep NULLs.
+    existing = {c["name"] for c in sa.inspect(op.get_bind()).get_columns("delivery_log")}
+    missing = [c for c in _delivery_v5_columns() if c.name not in existing]
+    if missing:
+        with op.batch_alter_table("delivery_log") as batch:
+            for column in missing:
+                batch.add_column(column)
+    # Blocks writes to delivery_log while it builds: on a big PostgreSQL table create it first
+    # with CREATE INDEX CONCURRENTLY (docs/operations.md); it is then skipped here.
+    idx_delivery_timestamp.create(op.get_bind(), checkfirst=True)
+
+
 #: The schema's history, oldest first. Append a step (and change ``metadata``) to evolve it.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -496,6 +554,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "Operations plane: audit hash chain (prev_hash, entry_hash, audit_chain_head); job run "
         "logs.",
         _v4_operations_plane,
+    ),
+    Migration(
+        5,
+        "Lineage: delivery_log.rules, enrichment, quality_score (the record's lineage "
+        "summary); idx_delivery_timestamp.",
+        _v5_delivery_lineage,
     ),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
@@ -619,6 +683,9 @@ class SqlStateStore(StateStore):
                 "attempts": ins.excluded.attempts,
                 "error": ins.excluded.error,
                 "timestamp": ins.excluded.timestamp,
+                "rules": ins.excluded.rules,
+                "enrichment": ins.excluded.enrichment,
+                "quality_score": ins.excluded.quality_score,
             },
             where=dl.status != "delivered",
         )
@@ -1163,7 +1230,8 @@ class SqlStateStore(StateStore):
         """Upsert outcomes on ``(record_id, destination_id)``; ``delivered`` is never downgraded.
 
         ``attempts`` and ``error`` are those of the latest outcome written (summing would count
-        a replayed write twice).
+        a replayed write twice), and so is the lineage summary (``rules``, ``enrichment``,
+        ``quality_score``), stored in the same row: one ``executemany`` per batch.
         """
         if not outcomes:
             return
@@ -1181,6 +1249,9 @@ class SqlStateStore(StateStore):
                 "attempts": o.attempts,
                 "error": o.error,
                 "timestamp": now,
+                "rules": ",".join(o.rules) or None,
+                "enrichment": ",".join(o.enrichment) or None,
+                "quality_score": o.quality_score,
             }
         batch = list(rows.values())
         self._write(lambda conn: conn.execute(self._record_deliveries, batch))
@@ -1192,6 +1263,23 @@ class SqlStateStore(StateStore):
         params = {"record_ids": self._list_param(record_ids), "destination_id": destination_id}
         with self._reading() as conn:
             return {row[0] for row in conn.execute(self._delivered, params)}
+
+    def dead_lettered_records(
+        self, record_ids: Sequence[str], destination_id: str, module: str = "gamma"
+    ) -> set[str]:
+        """Which of these records have an open DLQ entry of ``module`` for the destination."""
+        if not record_ids:
+            return set()
+        d = dlq_entries.c
+        stmt = sa.select(d.record_id).where(
+            d.module == module,
+            d.destination_id == destination_id,
+            d.status == "open",
+            self._in(d.record_id, "record_ids"),
+        )
+        with self._reading() as conn:
+            rows = conn.execute(stmt, {"record_ids": self._list_param(record_ids)})
+            return {row[0] for row in rows}
 
     def delivery_counts(self) -> dict[str, dict[str, int]]:
         """``{destination_id: {status: count}}``."""
@@ -1442,8 +1530,10 @@ class SqlStateStore(StateStore):
         """Everything the store knows of one record's life (the lineage API, runbook L.2).
 
         Read from what the stages already write per record — the dedupe claim (source and
-        position), duplicates, validation failures, DLQ entries, the delivery log — plus any
-        ``lineage`` events; no extra row is written per record for it.
+        position), duplicates, validation failures, DLQ entries, the delivery log with the
+        record's lineage summary — plus any ``lineage`` events; no extra row is written per
+        record for it. ``rules``, ``enrichment`` and ``quality_score`` are those of the delivery
+        log row (a delivered one first), else those in the envelope of a DLQ entry's body.
         """
         vc, du, vf, dq, dl = (
             validation_cache.c,
@@ -1453,15 +1543,15 @@ class SqlStateStore(StateStore):
             delivery_log.c,
         )
         with self._reading() as conn:
+            # A source without its own dedupe key fields claims the record id itself as the key:
+            # a primary-key lookup. Only when that finds nothing (dedupe ``key`` fields, dedupe
+            # off, an unknown record) is the cache scanned by record id (see docs/operations.md).
+            claim = sa.select(vc.source_id, vc.origin, vc.timestamp)
             claims = (
-                conn.execute(
-                    sa.select(vc.source_id, vc.origin, vc.timestamp).where(
-                        vc.record_id == record_id
-                    )
-                )
+                conn.execute(claim.where(vc["key"] == record_id, vc.record_id == record_id))
                 .mappings()
                 .all()
-            )
+            ) or conn.execute(claim.where(vc.record_id == record_id)).mappings().all()
             dups = (
                 conn.execute(
                     sa.select(du.source_id, du.origin, du.timestamp).where(
@@ -1491,6 +1581,7 @@ class SqlStateStore(StateStore):
                         dq.status,
                         dq.attempts,
                         dq.created_at,
+                        dq.body,
                     ).where(dq.record_id == record_id)
                 )
                 .mappings()
@@ -1498,7 +1589,16 @@ class SqlStateStore(StateStore):
             )
             deliveries = (
                 conn.execute(
-                    sa.select(dl.destination_id, dl.status, dl.attempts, dl.error, dl.timestamp)
+                    sa.select(
+                        dl.destination_id,
+                        dl.status,
+                        dl.attempts,
+                        dl.error,
+                        dl.timestamp,
+                        dl.rules,
+                        dl.enrichment,
+                        dl.quality_score,
+                    )
                     .where(dl.record_id == record_id)
                     .order_by(dl.destination_id)
                 )
@@ -1516,22 +1616,44 @@ class SqlStateStore(StateStore):
                 out.append(row)
             return out
 
+        delivered = [_lineage_columns(row) for row in rows(deliveries)]
+        dead = rows(dlq)
+        summaries = [d for d in delivered if d["status"] == "delivered"] + delivered
+        summaries += [s for s in map(_summary_of_body, (d.pop("body") for d in dead)) if s]
+        summary = (
+            {k: summaries[0][k] for k in ("rules", "enrichment", "quality_score")}
+            if summaries
+            else {"rules": [], "enrichment": [], "quality_score": None}
+        )
         return {
             "record_id": record_id,
+            **summary,
             "ingested": rows(claims),
             "duplicates": rows(dups),
             "validation_failures": rows(failures),
-            "dlq": rows(dlq),
-            "deliveries": rows(deliveries),
+            "dlq": dead,
+            "deliveries": delivered,
             "events": self.lineage_of(record_id),
         }
 
     def delivered_between(
         self, since: float | None, until: float | None, *, limit: int = 10000
     ) -> list[dict[str, Any]]:
-        """Delivery log rows stamped between two Unix times, oldest first (lineage export)."""
+        """Delivery log rows stamped between two Unix times, oldest first (lineage export).
+
+        Each with the record's lineage summary: ``rules``, ``enrichment``, ``quality_score``.
+        """
         dl = delivery_log.c
-        stmt = sa.select(dl.record_id, dl.destination_id, dl.status, dl.attempts, dl.timestamp)
+        stmt = sa.select(
+            dl.record_id,
+            dl.destination_id,
+            dl.status,
+            dl.attempts,
+            dl.timestamp,
+            dl.rules,
+            dl.enrichment,
+            dl.quality_score,
+        )
         if since is not None:
             stmt = stmt.where(dl.timestamp >= _from_epoch(since))
         if until is not None:
@@ -1539,7 +1661,7 @@ class SqlStateStore(StateStore):
         stmt = stmt.order_by(dl.timestamp, dl.record_id, dl.destination_id).limit(limit)
         with self._reading() as conn:
             return [
-                {**dict(m), "timestamp": m["timestamp"].timestamp()}
+                _lineage_columns({**dict(m), "timestamp": m["timestamp"].timestamp()})
                 for m in conn.execute(stmt).mappings()
             ]
 

@@ -109,6 +109,7 @@ class Lookup(Transform):
             if self.config.on_miss == "default":
                 for target, value in self.config.defaults.items():
                     set_path(record.payload, target, value)
+                record.touched("beta", f"enrichment:{self.config.source}:default")
             return None
         for target, column in self.config.fields.items():
             if column in answer:
