@@ -1,8 +1,10 @@
 """Module Alpha: fetch from sources, parse, validate, dedupe, and make records durable.
 
-One step takes one fetch from each enabled source in turn and, for that fetch:
+One step takes one fetch from each enabled source. The fetches, and the parse of what they
+return, run at once on ``PARSER_THREAD_COUNT`` threads; the rest runs on the worker thread, one
+source after the other in configuration order. For each fetch:
 
-1. parses every raw item (a parse error sends the raw bytes to the Alpha DLQ; the rest go on);
+1. every raw item is parsed (a parse error sends the raw bytes to the Alpha DLQ; the rest go on);
 2. builds the envelope (deterministic record id, event time from ``timestamp_field``);
 3. checks ``required_fields`` (failures go to the validation failures table and the DLQ);
 4. claims dedupe keys in the state store (a key held by another origin is a duplicate, counted);
@@ -14,7 +16,8 @@ same ids and origins and nothing is counted or delivered twice.
 
 Backpressure: the ingest buffer is the transform queue, up to ``BUFFER_CAPACITY`` records. When it
 is full no source is fetched (pull sources simply wait; push sources answer 429), and
-``alpha_buffer_utilization`` is its fill ratio.
+``alpha_buffer_utilization`` is its fill ratio. The room is shared out among a step's fetches
+before they start, so together they never fetch more than it.
 
 A configuration reload keeps the runners of sources whose configuration did not change (their
 connections, push endpoints and uncommitted fetches stay as they are; only their credentials are
@@ -26,10 +29,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -52,13 +59,37 @@ from dps.alpha.timestamps import TimestampParser
 from dps.alpha.validation.base import SourceValidator
 from dps.config import PipelineConfig
 from dps.config.models import SourceConfig
+from dps.config.secrets import SecretRef
 from dps.core import registry
-from dps.core.errors import TerminalError
+from dps.core.errors import SecretError, TerminalError
 from dps.core.health import Check, combine, evaluate, worst
 from dps.core.record import Record, encode_many, get_path, new_record
 from dps.runtime.lifecycle import Health, HealthReport, RunState
 from dps.runtime.module import TRANSFORM_QUEUE, ModuleHost
 from dps.state import DedupeCandidate, DlqEntry, ValidationFailure
+
+
+@dataclass(slots=True)
+class _Parsed:
+    """A fetch's raw items parsed: per item its payloads (None: an item handed out with an
+    error, not parsed), the slow parses, and the seconds the parse took."""
+
+    payloads: list[list[Any] | None] = field(default_factory=list)
+    slow: list[SlowParse] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass(slots=True)
+class _Fetched:
+    """What one source's fetch-and-parse task returned to the worker thread."""
+
+    runner: SourceRunner
+    batch: int
+    fetch: Fetch | None
+    seconds: float
+    parsed: _Parsed | None = None
+    error: Exception | None = None
+    parse_error: Exception | None = None
 
 
 class SourceRunner:
@@ -114,8 +145,10 @@ class AlphaModule(ModuleHost):
         self.runners: dict[str, SourceRunner] = {}
         self.stats = IngestStats()
         self._room = 0
-        self._build(self.config)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_size = 0
         self._next = 0
+        self._build(self.config)
 
     def _build(self, config: PipelineConfig) -> None:
         old = self.runners
@@ -213,58 +246,151 @@ class AlphaModule(ModuleHost):
 
     def apply_config(self, new: PipelineConfig) -> None:
         self._build(new)
+        if self._pool_size != new.alpha.settings.PARSER_THREAD_COUNT:
+            # Resized between two steps (the caller holds the worker lock): the next step
+            # starts a pool of the new size.
+            self._close_pool()
 
     # -- the work -------------------------------------------------------------------------------
+    def _executor(self) -> ThreadPoolExecutor | None:
+        """The fetch-and-parse pool of ``PARSER_THREAD_COUNT`` threads (None: serial, here)."""
+        size = self.config.alpha.settings.PARSER_THREAD_COUNT
+        if size <= 1:
+            return None
+        if self._pool is None or self._pool_size != size:
+            self._close_pool()
+            self._pool = ThreadPoolExecutor(size, thread_name_prefix="alpha-parse")
+            self._pool_size = size
+        return self._pool
+
+    def _close_pool(self) -> None:
+        """Stop the pool's threads (no fetch is in flight: the caller holds the worker lock)."""
+        pool, self._pool, self._pool_size = self._pool, None, 0
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def _plan(self, active: list[SourceRunner], room: int) -> list[tuple[SourceRunner, int]]:
+        """How many items each source may fetch now, in source order: the room, shared out.
+
+        The sum never exceeds ``room`` (the fetches run at once, so each gets its own share of
+        the buffer). When the room does not go round, the source served first rotates, so a busy
+        first source cannot starve the others.
+        """
+        size = self.config.alpha.settings.DEFAULT_BATCH_SIZE
+        start = self._next % len(active)
+        self._next = start + 1
+        shares: dict[str, int] = {}
+        left = room
+        for runner in active[start:] + active[:start]:
+            if left <= 0:
+                break
+            shares[runner.source_id] = min(size, left)
+            left -= shares[runner.source_id]
+        return [(r, shares[r.source_id]) for r in active if r.source_id in shares]
+
+    def _fetch_and_parse(self, runner: SourceRunner, batch: int) -> _Fetched:
+        """One fetch of one source and the parse of what it returned (on a pool thread).
+
+        Only the source and its parser are touched: a source is never fetched twice at once
+        (one task per source per step), and everything shared is left to :meth:`_ingest`.
+        """
+        started = time.perf_counter()
+        try:
+            fetch = runner.source.fetch(batch)
+        except Exception as exc:  # TransientError, or a source's own bug: the same handling
+            return _Fetched(runner, batch, None, time.perf_counter() - started, error=exc)
+        out = _Fetched(runner, batch, fetch, time.perf_counter() - started)
+        if fetch:
+            try:
+                out.parsed = self._parse(runner, fetch)
+            except Exception as exc:
+                out.parse_error = exc
+        return out
+
     def step(self) -> bool:
+        """One fetch of every enabled source, ingested in source order.
+
+        The fetches (and the parse of what they return) run at once on the pool of
+        ``PARSER_THREAD_COUNT`` threads: fetching is waiting on HTTP, brokers and disks. The
+        ingest (validation, dedupe claims, transform-queue writes, then the source's commit)
+        stays on this thread, one source after the other, so a source's offsets or acks still
+        move only once its records are durable. The step returns only when every fetch it
+        started is done: a reload, a pause or a flush never meets a fetch in flight.
+        """
         active = [r for r in self.runners.values() if r.config.enabled and r.status != "paused"]
         if not active:
             return False
-        worked = False
         room = self._buffer_room()
-        for runner in active:
-            if room <= 0:
-                # Backpressure: nothing is fetched until beta has made room.
-                return worked
-            batch = min(self.config.alpha.settings.DEFAULT_BATCH_SIZE, room)
-            fetch_started = time.perf_counter()
+        if room <= 0:
+            # Backpressure: nothing is fetched until beta has made room.
+            return False
+        plan = self._plan(active, room)
+        pool = self._executor() if len(plan) > 1 else None
+        worked = False
+        if pool is None:
+            # Serial: each source is fetched, parsed and ingested before the next is fetched.
+            for runner, batch in plan:
+                worked = self._take(self._fetch_and_parse(runner, batch)) or worked
+        else:
+            results = [pool.submit(self._fetch_and_parse, r, b) for r, b in plan]
+            ingested = 0
             try:
-                fetch = runner.source.fetch(batch)
-            except Exception as exc:  # TransientError, or a source's own bug: the same handling
-                self._fetched(runner, fetch_started, ok=False)
-                self._source_failed(runner, exc)
-                continue
-            if fetch:
-                fetch_seconds = self._fetched(runner, fetch_started, ok=True)
-                try:
-                    self._ingest(
-                        runner,
-                        fetch,
-                        full=len(fetch.items) >= batch,
-                        fetch_seconds=fetch_seconds,
-                    )
-                except BaseException:
-                    # Nothing of this fetch is committed: hand it out again next time.
-                    runner.source.rewind()
-                    raise
-                worked = True
-                runner.last_success = time.time()
-                room = self._buffer_room()
-            elif runner.status == "error" and runner.source.waiting_to_retry():
-                continue
-            runner.status = "enabled"
-            runner.last_error = None
-            m.ALPHA_SOURCE_CONNECTION_STATUS.labels(source=runner.source_id).set(1)
+                for future in results:
+                    fetched = future.result()
+                    ingested += 1
+                    worked = self._take(fetched) or worked
+            except BaseException:
+                # What the other sources fetched is not committed: hand it out again next time.
+                wait(results)
+                for future in results[ingested:]:
+                    fetched = future.result()
+                    if fetched.fetch:
+                        fetched.runner.source.rewind()
+                raise
         m.ALPHA_ACTIVE_CONNECTIONS.set(
             sum(r.source.open_connections() for r in self.runners.values())
         )
         return worked
 
-    def _fetched(self, runner: SourceRunner, started: float, *, ok: bool) -> float:
-        """Record a fetch attempt that returned data or failed; its duration in seconds."""
-        seconds = time.perf_counter() - started
+    def _take(self, fetched: _Fetched) -> bool:
+        """Ingest one source's fetch on the worker thread; True when it returned data."""
+        runner = fetched.runner
+        if fetched.error is not None:
+            self._fetched(runner, fetched.seconds, ok=False)
+            self._source_failed(runner, fetched.error)
+            return False
+        fetch = fetched.fetch
+        worked = False
+        if fetch:
+            self._fetched(runner, fetched.seconds, ok=True)
+            try:
+                if fetched.parse_error is not None:
+                    raise fetched.parse_error
+                self._ingest(
+                    runner,
+                    fetch,
+                    fetched.parsed,
+                    full=len(fetch.items) >= fetched.batch,
+                    fetch_seconds=fetched.seconds,
+                )
+            except BaseException:
+                # Nothing of this fetch is committed: hand it out again next time.
+                runner.source.rewind()
+                raise
+            worked = True
+            runner.last_success = time.time()
+            self._buffer_room()
+        elif runner.status == "error" and runner.source.waiting_to_retry():
+            return False
+        runner.status = "enabled"
+        runner.last_error = None
+        m.ALPHA_SOURCE_CONNECTION_STATUS.labels(source=runner.source_id).set(1)
+        return worked
+
+    def _fetched(self, runner: SourceRunner, seconds: float, *, ok: bool) -> None:
+        """Record a fetch attempt that returned data or failed, and its duration."""
         m.ALPHA_SOURCE_FETCH_DURATION_SECONDS.labels(source_id=runner.source_id).observe(seconds)
         self.stats.attempt(runner.source_id, ok)
-        return seconds
 
     def _flush(self, runner: SourceRunner) -> None:
         """Make durable what a source being replaced has received but not committed.
@@ -301,9 +427,49 @@ class AlphaModule(ModuleHost):
         runner.error_count += 1
         m.ALPHA_SOURCE_CONNECTION_STATUS.labels(source=runner.source_id).set(0)
 
+    def _parse(self, runner: SourceRunner, fetch: Fetch) -> _Parsed:
+        """Parse every raw item of a fetch (on a pool thread when PARSER_THREAD_COUNT > 1).
+
+        Touches only the source's parser; the slow parses are kept here and remembered by the
+        worker thread in :meth:`_ingest`.
+        """
+        out = _Parsed()
+        started = time.perf_counter()
+        for item in fetch.items:
+            if item.error is not None:
+                out.payloads.append(None)
+                continue
+            parse_started = time.perf_counter()
+            parsed = runner.parser.parse_each(item.data)
+            parse_took = time.perf_counter() - parse_started
+            out.payloads.append(parsed)
+            if parse_took >= SLOW_PARSE_SECONDS:
+                out.slow.append(
+                    SlowParse(
+                        time.time(),
+                        runner.source_id,
+                        item.origin,
+                        parse_took,
+                        len(item.data),
+                        len(parsed),
+                        item.data[:200].decode("utf-8", "replace"),
+                    )
+                )
+        out.seconds = time.perf_counter() - started
+        return out
+
     def _ingest(
-        self, runner: SourceRunner, fetch: Fetch, *, full: bool = False, fetch_seconds: float = 0.0
+        self,
+        runner: SourceRunner,
+        fetch: Fetch,
+        parsed_fetch: _Parsed | None = None,
+        *,
+        full: bool = False,
+        fetch_seconds: float = 0.0,
     ) -> None:
+        """Validate, dedupe and make durable a fetch's records, then commit it (worker thread)."""
+        if parsed_fetch is None:
+            parsed_fetch = self._parse(runner, fetch)
         sc = runner.config
         sid = sc.source_id
         read: Counter[str] = Counter()
@@ -314,9 +480,11 @@ class AlphaModule(ModuleHost):
         failed_records = 0
         validate_seconds = 0.0
         strict = self.config.alpha.settings.VALIDATION_STRICT_MODE
+        for slow in parsed_fetch.slow:
+            self.stats.slow_parse(slow)
         started = time.perf_counter()
-        for item in fetch.items:
-            if item.error is not None:
+        for item, parsed in zip(fetch.items, parsed_fetch.payloads, strict=True):
+            if item.error is not None or parsed is None:
                 read[item.position_key] += 1
                 parse_errors += 1
                 dlq.append(
@@ -326,26 +494,11 @@ class AlphaModule(ModuleHost):
                         sid,
                         item.origin,
                         "record_too_large",
-                        item.error,
+                        item.error or "The item was not parsed.",
                         item.data,
                     )
                 )
                 continue
-            parse_started = time.perf_counter()
-            parsed = runner.parser.parse_each(item.data)
-            parse_took = time.perf_counter() - parse_started
-            if parse_took >= SLOW_PARSE_SECONDS:
-                self.stats.slow_parse(
-                    SlowParse(
-                        time.time(),
-                        sid,
-                        item.origin,
-                        parse_took,
-                        len(item.data),
-                        len(parsed),
-                        item.data[:200].decode("utf-8", "replace"),
-                    )
-                )
             multi = len(parsed) > 1
             for index, payload in enumerate(parsed):
                 read[item.position_key] += 1
@@ -397,7 +550,8 @@ class AlphaModule(ModuleHost):
                     )
                 )
         parsed_at = time.perf_counter()
-        parse_seconds = max(0.0, parsed_at - started - validate_seconds)
+        # The parse proper (maybe on a pool thread) and the envelopes built here.
+        parse_seconds = parsed_fetch.seconds + max(0.0, parsed_at - started - validate_seconds)
         m.ALPHA_PARSE_DURATION_SECONDS.observe(parse_seconds / max(1, sum(read.values())))
 
         valid, duplicates = self._dedupe(sc, candidates)
@@ -430,7 +584,7 @@ class AlphaModule(ModuleHost):
                 failed=failed_records,
                 parse_seconds=parse_seconds,
                 validate_seconds=validate_seconds,
-                busy_seconds=fetch_seconds + time.perf_counter() - started,
+                busy_seconds=fetch_seconds + parsed_fetch.seconds + time.perf_counter() - started,
                 full=full,
             )
         )
@@ -500,11 +654,159 @@ class AlphaModule(ModuleHost):
         duplicates = [c for (_, c), dup in zip(candidates, flags, strict=True) if dup]
         return valid, duplicates
 
+    # -- held items and credentials (jobs alpha_buffer_flush, alpha_credential_rotate) ---------
+    def buffer_status(self) -> dict[str, Any]:
+        """What Alpha holds that is not yet durable, per source, and the transform queue's fill.
+
+        Between two steps only push sources hold records (batches whose senders wait for the
+        answer); pull sources hold nothing (a fetch is committed or rewound within its step), and
+        a file's last line without its newline stays on disk until it is complete.
+        """
+        now = time.time()
+        capacity = min(
+            self.config.alpha.settings.BUFFER_CAPACITY, self.config.pipeline.transport.capacity
+        )
+        depth = self.queue.depth()
+        sources: dict[str, Any] = {}
+        for sid, runner in self.runners.items():
+            since = runner.source.held_since()
+            sources[sid] = {
+                "source_type": runner.config.source_type,
+                "status": runner.status,
+                "held_records": runner.source.pending(),
+                "held_since": _iso(since),
+                "oldest_age_seconds": round(now - since, 3) if since is not None else None,
+            }
+        return {
+            "state": self.run_state.value,
+            "held_records": sum(s["held_records"] for s in sources.values()),
+            "transform_queue_depth": depth,
+            "buffer_capacity": capacity,
+            "buffer_utilization": round(min(1.0, depth / capacity), 4),
+            "sources": sources,
+        }
+
+    def flush_buffers(self) -> dict[str, Any]:
+        """Make durable now what sources hold (``POST /admin/buffer/flush``), between two steps.
+
+        As much as the ingest buffer has room for: a flush never writes past BUFFER_CAPACITY, and
+        writes nothing while Alpha is paused or stopped (a backup may be copying). A paused,
+        draining or disabled source keeps what it holds. Answers per source what was written,
+        what is still held and why.
+        """
+        before = self.buffer_status()
+        flushed: dict[str, Any] = {}
+        with self._lock:
+            running = self.run_state == RunState.RUNNING
+            for sid, runner in self.runners.items():
+                held = runner.source.pending()
+                if not held:
+                    continue
+                entry: dict[str, Any] = {"held_before": held, "records_written": 0}
+                flushed[sid] = entry
+                if not running:
+                    entry["kept"] = f"Alpha is {self.run_state.value}"
+                elif not runner.config.enabled:
+                    entry["kept"] = "the source is disabled"
+                elif runner.status == "paused" or runner.draining:
+                    entry["kept"] = "the source is paused or draining"
+                else:
+                    self._flush_held(runner, entry)
+                entry["held_after"] = runner.source.pending()
+        after = self.buffer_status()
+        written = sum(e["records_written"] for e in flushed.values())
+        if written or flushed:
+            self.log.info("Held records flushed.", records=written, sources=sorted(flushed))
+        return {
+            "records_written": written,
+            "held_before": before["held_records"],
+            "held_after": after["held_records"],
+            "errors": {sid: e["error"] for sid, e in flushed.items() if "error" in e},
+            "flushed": flushed,
+            "buffer": after,
+        }
+
+    def _flush_held(self, runner: SourceRunner, entry: dict[str, Any]) -> None:
+        for _ in range(1000):
+            if not runner.source.pending():
+                return
+            room = self._buffer_room()
+            if room <= 0:
+                entry["kept"] = "the ingest buffer is full (BUFFER_CAPACITY)"
+                return
+            try:
+                fetch = runner.source.fetch(
+                    min(self.config.alpha.settings.DEFAULT_BATCH_SIZE, room)
+                )
+                if not fetch:
+                    return
+                self._ingest(runner, fetch)
+            except Exception as exc:
+                runner.source.rewind()
+                entry["error"] = str(exc)
+                self.log.error(
+                    "Held records could not be made durable; they stay held.",
+                    source_id=runner.source_id,
+                    error=str(exc),
+                )
+                return
+            entry["records_written"] += len(fetch.items)
+            runner.last_success = time.time()
+            self._buffer_room()
+
+    def rotate_credentials(self) -> dict[str, Any]:
+        """Resolve every source's secret references again (``POST /admin/credentials/rotate``).
+
+        Runbook A.2's reload does the same for an edited file; this is for a secret rotated
+        behind an unchanged reference (a file rewritten, a Vault secret updated). Between two
+        steps: an enabled source switches to the new values (an ``oauth2`` source fetches a new
+        token, a broker source whose password changed reconnects) and loses nothing; a reference
+        that does not resolve leaves that source on the credentials it has. Values are never
+        answered, only the references and whether they changed.
+        """
+        results: dict[str, Any] = {}
+        with self._lock:
+            for sid, runner in self.runners.items():
+                refs = dict(_secret_refs(runner.config.connection))
+                entry: dict[str, Any] = {
+                    "source_type": runner.config.source_type,
+                    "enabled": runner.config.enabled,
+                    "secret_refs": {path: str(ref) for path, ref in refs.items()},
+                    "ok": True,
+                    "changed": False,
+                }
+                results[sid] = entry
+                problems = []
+                for path, ref in refs.items():
+                    try:
+                        ref.resolve()
+                    except SecretError as exc:
+                        problems.append(f"{path}: {exc}")
+                if problems:
+                    entry.update(ok=False, error=" ".join(problems))
+                    continue
+                if not runner.config.enabled:
+                    runner.source.refresh_credentials()  # resolved when it is enabled
+                    continue
+                try:
+                    entry.update(runner.source.rotate_credentials())
+                except Exception as exc:
+                    entry.update(ok=False, error=str(exc))
+        failed = sorted(sid for sid, e in results.items() if not e["ok"])
+        self.log.info(
+            "Credentials resolved again.",
+            sources=len(results),
+            changed=sorted(sid for sid, e in results.items() if e["changed"]),
+            failed=failed,
+        )
+        return {"sources": results, "failed": failed}
+
     def close(self) -> None:
         """Close every source (connections, listeners, files), then the queues and the store.
 
         What a queue consumer fetched and did not commit goes back to its server (unacked).
         """
+        self._close_pool()
         for runner in self.runners.values():
             try:
                 runner.source.close()
@@ -661,6 +963,12 @@ class AlphaModule(ModuleHost):
                 {
                     "window_seconds": WINDOW_SECONDS,
                     "parser_thread_count": settings.PARSER_THREAD_COUNT,
+                    # The sources' fetch-and-parse run at once on this many threads; 1: one
+                    # after the other on the worker thread. Ingest is always the worker's.
+                    "fetch_parse_mode": (
+                        "concurrent" if settings.PARSER_THREAD_COUNT > 1 else "serial"
+                    ),
+                    "fetch_parse_threads_started": self._pool_size,
                     "sources": {
                         sid: {
                             "format": r.config.parsing.format,
@@ -724,7 +1032,22 @@ class AlphaModule(ModuleHost):
                 }
             )
 
+        async def buffer_status(_: Request) -> JSONResponse:
+            """Records held by sources and not yet durable, with their age; the queue's fill."""
+            return JSONResponse(await run_in_threadpool(self.buffer_status))
+
+        async def buffer_flush(_: Request) -> JSONResponse:
+            """Make durable now what sources hold (job ``alpha_buffer_flush``)."""
+            return JSONResponse(await run_in_threadpool(self.flush_buffers))
+
+        async def credentials_rotate(_: Request) -> JSONResponse:
+            """Resolve every source's secrets again (job ``alpha_credential_rotate``)."""
+            return JSONResponse(await run_in_threadpool(self.rotate_credentials))
+
         return [
+            Route("/admin/buffer", buffer_status),
+            Route("/admin/buffer/flush", buffer_flush, methods=["POST"]),
+            Route("/admin/credentials/rotate", credentials_rotate, methods=["POST"]),
             Route("/admin/parser/stats", parser_stats),
             Route("/admin/parser/slow-records", slow_records),
             Route("/admin/validation/rule-performance", validation_performance),
@@ -741,6 +1064,21 @@ class AlphaModule(ModuleHost):
 def _same_source(a: SourceConfig, b: SourceConfig) -> bool:
     """Same settings: the runner (connection, push endpoint, position) can be kept on reload."""
     return a.model_dump(mode="json") == b.model_dump(mode="json")
+
+
+def _secret_refs(value: Any, path: str = "") -> Iterator[tuple[str, SecretRef]]:
+    """Every secret reference of a source's ``connection:``, with its dotted path."""
+    if isinstance(value, SecretRef):
+        yield path, value
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from _secret_refs(getattr(value, name), f"{path}.{name}" if path else name)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _secret_refs(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _secret_refs(item, f"{path}[{index}]")
 
 
 def _iso(ts: float | None) -> str | None:

@@ -32,6 +32,7 @@ from dps.beta.schemas import SchemaRegistry
 from dps.beta.stage import Result, Stage
 from dps.config import PipelineConfig
 from dps.core.health import Check, Health, HealthReport, combine, evaluate, worst
+from dps.core.metrics import observe_many
 from dps.core.record import Record, decode, encode, encode_many
 from dps.queues import Lease, Message
 from dps.runtime.module import DELIVERY_QUEUE, TRANSFORM_QUEUE, ModuleHost, dlq_from_message
@@ -245,11 +246,11 @@ class BetaModule(ModuleHost):
         m.BETA_RECORDS_TRANSFORMED_TOTAL.inc(batch.delivered)
         if failed:
             m.BETA_TRANSFORM_FAILURES_TOTAL.inc(failed)
-        for seconds in durations:
-            m.BETA_TRANSFORM_DURATION_SECONDS.observe(seconds)
-        for record, _ in scored:
-            assert record.quality is not None
-            m.BETA_QUALITY_SCORE_DISTRIBUTION.observe(record.quality.score)
+        observe_many(m.BETA_TRANSFORM_DURATION_SECONDS, durations)
+        observe_many(
+            m.BETA_QUALITY_SCORE_DISTRIBUTION,
+            [record.quality.score for record, _ in scored if record.quality is not None],
+        )
         scorer = stage.scorer
         if scorer is not None and scored:
             self.quality_stats.add(scored, 1.0)

@@ -10,6 +10,8 @@ tests parse the manual and fail when a name it uses is missing here or has anoth
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Final
 
@@ -21,6 +23,7 @@ __all__ = [
     "LATENCY_BUCKETS",
     "MODULE_LATENCY_SECONDS",
     "PIPELINE_END_TO_END_LATENCY_SECONDS",
+    "observe_many",
     "package_version",
     "set_module_info",
 ]
@@ -70,3 +73,27 @@ def package_version() -> str:
 def set_module_info(module: str) -> None:
     """Set ``dps_module_info{module=..., version=...} 1`` for this process."""
     DPS_MODULE_INFO.info({"module": module, "version": package_version()})
+
+
+def observe_many(histogram: Histogram, values: Iterable[float]) -> None:
+    """``histogram.observe(v)`` for each value, counted per bucket first.
+
+    The hot paths observe a whole batch at once (a duration or a score per record): this takes
+    one lock per bucket touched instead of two per value. It relies on prometheus-client's
+    ``Histogram`` layout (``_upper_bounds``, ``_buckets``, ``_sum``; the version is pinned) and
+    a test checks it against ``observe``. ``histogram`` is a child when it has labels.
+    """
+    bounds: list[float] = histogram._upper_bounds
+    counts = [0] * len(bounds)
+    total = 0.0
+    for value in values:
+        total += value
+        index = bisect.bisect_left(bounds, value)
+        if index < len(counts):  # the last bound is +Inf, so only NaN falls past it
+            counts[index] += 1
+    if not any(counts):
+        return
+    histogram._sum.inc(total)
+    for index, count in enumerate(counts):
+        if count:
+            histogram._buckets[index].inc(count)

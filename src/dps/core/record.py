@@ -120,6 +120,8 @@ _MISSING = object()
 
 def get_path(payload: Mapping[str, Any], path: str, default: Any = None) -> Any:
     """Read a dotted path (``customer.address.city``) from a nested payload."""
+    if "." not in path and isinstance(payload, dict):
+        return payload.get(path, default)  # the common case, once per rule and record
     node: Any = payload
     for part in path.split("."):
         if isinstance(node, Mapping):

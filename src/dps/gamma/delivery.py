@@ -56,7 +56,7 @@ import msgspec
 from dps.config.models import DestinationConfig, GammaSettings
 from dps.core.errors import TerminalError, TransientError
 from dps.core.logging import get_logger
-from dps.core.metrics import PIPELINE_END_TO_END_LATENCY_SECONDS
+from dps.core.metrics import PIPELINE_END_TO_END_LATENCY_SECONDS, observe_many
 from dps.core.record import Record, decode, encode
 from dps.gamma import metrics as m
 from dps.gamma.circuit_breaker import CLOSED, STATE_VALUES, BreakerSettings, CircuitBreaker
@@ -554,8 +554,9 @@ class DestinationWorker:
         if outcomes:
             self.state.record_deliveries(outcomes)
         now = time.time()
-        for r in delivered:
-            PIPELINE_END_TO_END_LATENCY_SECONDS.observe(max(0.0, now - r.ingested_at))
+        observe_many(
+            PIPELINE_END_TO_END_LATENCY_SECONDS, [max(0.0, now - r.ingested_at) for r in delivered]
+        )
         with self._counter_lock:
             if delivered:
                 self.stats.delivered += len(delivered)

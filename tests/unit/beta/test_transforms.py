@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,12 @@ import pytest
 from pydantic import ValidationError
 
 from dps.beta.rules import RuleSet
-from dps.beta.transforms.regex_replace import RegexReplace, RegexReplaceConfig, python_replacement
+from dps.beta.transforms.regex_replace import (
+    RegexReplace,
+    RegexReplaceConfig,
+    compiled_replacement,
+    python_replacement,
+)
 from dps.beta.transforms.rename import Rename, RenameConfig
 from dps.beta.transforms.set import Set, SetConfig
 from dps.config import load_file
@@ -286,3 +292,30 @@ def test_set_config_refuses_what_cannot_work(settings: dict[str, Any], words: st
 def test_set_needs_a_field() -> None:
     with pytest.raises(ValueError, match="set needs a field"):
         Set(SetConfig(value=1), None)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "replacement", "value"),
+    [
+        (r"^\(?(\d{3})\)?[\s.-]?(\d{3})[\s.-]?(\d{4})$", "+1$1$2$3", "(555) 010-1234"),
+        (r"(?P<user>[^@]+)@(?P<host>.+)", "${host}/${user}", "ann@example.com"),
+        (r"(a)|(b)", "[$1$2]", "abc"),  # an unmatched group is empty
+        (r"(x)", r"\n$1\t", "axb"),  # escapes: left to re.sub
+        (r"(x)", r"\1-\1", "xx"),  # a backslash reference: left to re.sub
+        (r"o", "0", "foo boo"),  # no group at all
+    ],
+)
+def test_compiled_replacement_gives_what_re_sub_gives(
+    pattern: str, replacement: str, value: str
+) -> None:
+    compiled = re.compile(pattern)
+    template = python_replacement(replacement)
+    fast = compiled_replacement(compiled, template)
+    assert compiled.sub(fast, value) == compiled.sub(template, value)
+
+
+def test_a_reference_to_a_missing_group_still_fails_as_re_sub_does() -> None:
+    compiled = re.compile(r"(x)")
+    assert compiled_replacement(compiled, r"\g<2>") == r"\g<2>"
+    with pytest.raises(re.error):
+        compiled.sub(compiled_replacement(compiled, r"\g<2>"), "x")

@@ -165,8 +165,26 @@ class Source(abc.ABC):
     def stop_intake(self) -> None:  # noqa: B027 - optional
         """Take nothing new (the source is being replaced); what is pending may still be fetched."""
 
+    def held_since(self) -> float | None:
+        """Wall-clock time the oldest item of :meth:`pending` was received (None: none held)."""
+        return None
+
     def refresh_credentials(self) -> None:  # noqa: B027 - optional
-        """Forget cached credentials and tokens: a reload may have rotated the secrets."""
+        """Forget cached credentials and tokens: a reload may have rotated the secrets.
+
+        Must not raise: a secret that does not resolve shows at the next fetch.
+        """
+
+    def rotate_credentials(self) -> dict[str, Any]:
+        """Resolve the secret references again now (an OAuth2 source fetches a new token) and
+        use them from the next request; ``/admin/credentials/rotate``.
+
+        Called between two steps. Raises :class:`~dps.core.errors.TransientError` when the new
+        credentials cannot be had; the source then keeps those it uses. Answers what changed
+        (never a secret): ``{"changed": bool, ...}``.
+        """
+        self.refresh_credentials()
+        return {}
 
     def close(self) -> None:  # noqa: B027 - optional
         """Release connections and files."""

@@ -100,6 +100,7 @@ class _Batch:
     loop: asyncio.AbstractEventLoop
     done: asyncio.Future[bool]
     created: float = field(default_factory=time.monotonic)
+    received_at: float = field(default_factory=time.time)
 
 
 class BadBatch(ValueError):
@@ -350,8 +351,37 @@ class HttpPushSource(Source):
         with self._lock:
             return self._pending_records
 
+    def held_since(self) -> float | None:
+        with self._lock:
+            held = list(self._waiting) + [b for bs in self._inflight.values() for b in bs]
+        return min((b.received_at for b in held), default=None)
+
     def stop_intake(self) -> None:
         self._closed = True
+
+    def rotate_credentials(self) -> dict[str, Any]:
+        """Read ``auth_token_ref`` again: senders must present its current value from now on."""
+        ref = self.connection.auth_token_ref
+        if ref is None:
+            return {"changed": False}
+        try:
+            token = ref.resolve()
+        except SecretError as exc:
+            raise TransientError(f"Source {self.source_id}: {exc}") from None
+        changed = self._token is not None and not hmac.compare_digest(token, self._token)
+        if self._server is not None:
+            self._token = token
+        return {"changed": changed}
+
+    def refresh_credentials(self) -> None:
+        try:
+            self.rotate_credentials()
+        except TransientError as exc:
+            _log.warning(
+                "The push token cannot be read again; the endpoint keeps the one it has.",
+                source_id=self.source_id,
+                error=str(exc),
+            )
 
     def test(self) -> dict[str, Any]:
         return {

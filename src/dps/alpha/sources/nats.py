@@ -123,6 +123,7 @@ class NatsSource(Source):
         self._sub: Any = None
         # origin -> message, fetched and not yet acked.
         self._unacked: dict[str, Any] = {}
+        self._in_use: tuple[str | None, str | None] = (None, None)
         self.errors = 0
         self.acked = 0
 
@@ -146,16 +147,47 @@ class NatsSource(Source):
             "reconnect_time_wait": 0.2,
             "name": f"dps-alpha-{self.source_id}",
         }
+        password, token = self._in_use = self._credentials()
+        if c.user is not None:
+            options["user"] = c.user
+            if password is not None:
+                options["password"] = password
+        if token is not None:
+            options["token"] = token
+        return options
+
+    def _credentials(self) -> tuple[str | None, str | None]:
+        """The password and token the references hold now."""
+        c = self.connection
         try:
-            if c.user is not None:
-                options["user"] = c.user
-                if c.password_ref is not None:
-                    options["password"] = c.password_ref.resolve()
-            if c.token_ref is not None:
-                options["token"] = c.token_ref.resolve()
+            password = c.password_ref.resolve() if c.user is not None and c.password_ref else None
+            token = c.token_ref.resolve() if c.token_ref is not None else None
         except SecretError as exc:
             raise TransientError(str(exc)) from None
-        return options
+        return password, token
+
+    def rotate_credentials(self) -> dict[str, Any]:
+        """Resolve the secrets again; when they changed, the connection is closed between two
+        steps (nothing is unacked then) and the next fetch connects with the new ones."""
+        fresh = self._credentials()
+        changed = self._nc is not None and fresh != self._in_use
+        if changed and self._loop is not None:
+            nc, self._nc, self._sub = self._nc, None, None
+            try:
+                self._loop.run(nc.close(), self._timeout)
+            except Exception as exc:
+                log.debug("NATS close failed.", source_id=self.source_id, error=str(exc))
+        return {"changed": changed, "reconnect": changed}
+
+    def refresh_credentials(self) -> None:
+        try:
+            self.rotate_credentials()
+        except TransientError as exc:
+            log.warning(
+                "The NATS credentials cannot be read again; the connection keeps the old ones.",
+                source_id=self.source_id,
+                error=str(exc),
+            )
 
     async def _connect(self) -> None:
         import nats

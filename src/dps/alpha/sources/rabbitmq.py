@@ -95,6 +95,7 @@ class RabbitMqSource(Source):
         self._consumer: Any = None
         # origin -> delivery tag, handed out and not yet acked.
         self._unacked: dict[str, int] = {}
+        self._in_use: str | None = None
         self.errors = 0
         self.acked = 0
 
@@ -103,10 +104,7 @@ class RabbitMqSource(Source):
         import pika
 
         c = self.connection
-        try:
-            password = c.password_ref.resolve() if c.password_ref is not None else "guest"
-        except SecretError as exc:
-            raise TransientError(str(exc)) from None
+        password = self._in_use = self._password()
         given = "connect_timeout_ms" in c.model_fields_set
         timeout = (c.connect_timeout_ms if given else self.context.connection_timeout_ms) / 1000
         return pika.ConnectionParameters(
@@ -121,6 +119,31 @@ class RabbitMqSource(Source):
             connection_attempts=1,
             client_properties={"connection_name": f"dps-alpha-{self.source_id}"},
         )
+
+    def _password(self) -> str:
+        c = self.connection
+        try:
+            return c.password_ref.resolve() if c.password_ref is not None else "guest"
+        except SecretError as exc:
+            raise TransientError(str(exc)) from None
+
+    def rotate_credentials(self) -> dict[str, Any]:
+        """Resolve the password again; when it changed, the connection is closed between two
+        steps (nothing is unacked then) and the next fetch connects with the new one."""
+        changed = self._conn is not None and self._password() != self._in_use
+        if changed:
+            self._drop()
+        return {"changed": changed, "reconnect": changed}
+
+    def refresh_credentials(self) -> None:
+        try:
+            self.rotate_credentials()
+        except TransientError as exc:
+            log.warning(
+                "The AMQP password cannot be read again; the connection keeps the old one.",
+                source_id=self.source_id,
+                error=str(exc),
+            )
 
     def _where(self) -> str:
         c = self.connection

@@ -263,6 +263,20 @@ class _Auth:
         self._headers = None
         self.token_expires_at = None
 
+    def renew(self) -> bool:
+        """Resolve the credentials (fetch a token) now; True when the headers changed.
+
+        On failure the credentials in use are kept, and the error raised.
+        """
+        kept = (self._headers, self._margin, self.token_expires_at)
+        self.forget()
+        try:
+            headers = self.headers()
+        except Exception:
+            self._headers, self._margin, self.token_expires_at = kept
+            raise
+        return kept[0] is not None and headers != kept[0]
+
     @staticmethod
     def _secret(ref: SecretRef | None, key: str) -> str:
         if ref is None:
@@ -584,6 +598,15 @@ class RestApiSource(Source):
 
     def refresh_credentials(self) -> None:
         self._auth.forget()
+
+    def rotate_credentials(self) -> dict[str, Any]:
+        """Resolve the auth secrets again now; an ``oauth2`` source fetches a new token."""
+        changed = self._auth.renew()
+        result: dict[str, Any] = {"changed": changed}
+        if self.connection.auth_type == "oauth2":
+            result["token_refreshed"] = True
+            result["token_expires_at"] = _iso(self._auth.token_expires_at)
+        return result
 
     def waiting_to_retry(self) -> bool:
         return time.monotonic() < self._not_before

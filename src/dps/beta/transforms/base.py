@@ -44,6 +44,9 @@ def split_path(path: str) -> list[str]:
 
 def set_path(payload: dict[str, Any], path: str, value: Any) -> None:
     """Set a dotted path, creating the dicts on the way."""
+    if "." not in path:
+        payload[path] = value
+        return
     node = payload
     *parents, last = split_path(path)
     for part in parents:

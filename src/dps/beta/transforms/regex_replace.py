@@ -7,6 +7,7 @@ The replacement uses ``$1``-style group references, as in the manual's E.164 rul
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import Field, field_validator
@@ -45,6 +46,40 @@ def python_replacement(replacement: str) -> str:
     return _DOLLAR_GROUP.sub(lambda m: f"\\g<{m.group(1).strip('{}')}>", replacement)
 
 
+_GROUP_REF = re.compile(r"\\g<(\w+)>")
+
+
+def compiled_replacement(
+    pattern: re.Pattern[str], replacement: str
+) -> str | Callable[[re.Match[str]], str]:
+    """A function building the replacement from a match, when ``replacement`` (Python syntax)
+    is only literal text and ``\\g<...>`` references to groups the pattern has; else the
+    template itself, for ``re.sub`` to interpret (escapes, ``\\1``, errors).
+
+    ``re.sub`` re-expands a string template for every match; a rule runs once per record.
+    """
+    parts: list[str | int] = []
+    position = 0
+    for ref in _GROUP_REF.finditer(replacement):
+        literal = replacement[position : ref.start()]
+        name = ref.group(1)
+        group = int(name) if name.isdigit() else pattern.groupindex.get(name)
+        if "\\" in literal or group is None or not 0 <= group <= pattern.groups:
+            return replacement
+        parts += [literal, group]
+        position = ref.end()
+    tail = replacement[position:]
+    if "\\" in tail:
+        return replacement
+    parts.append(tail)
+
+    def expand(match: re.Match[str]) -> str:
+        # An unmatched group is replaced by an empty string, as re.sub does.
+        return "".join(p if isinstance(p, str) else (match.group(p) or "") for p in parts)
+
+    return expand
+
+
 @register("transforms", "regex_replace")
 class RegexReplace(Transform):
     """Regex substitution on one string field; non-string values are left alone."""
@@ -57,7 +92,9 @@ class RegexReplace(Transform):
         if not self.target_field:
             raise ValueError("regex_replace needs a field: set config.field or match a field.")
         self._pattern = re.compile(self.config.pattern)
-        self._replacement = python_replacement(self.config.replacement)
+        self._replacement = compiled_replacement(
+            self._pattern, python_replacement(self.config.replacement)
+        )
 
     def apply(self, record: Record) -> str | None:
         field = str(self.target_field)
