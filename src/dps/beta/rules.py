@@ -7,6 +7,7 @@ batch in progress finishes on the rules it started with.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from dps.config.models import RuleConfig
 from dps.core import registry
 from dps.core.conditions import Predicate, compile_condition
 from dps.core.errors import TerminalError
-from dps.core.record import Record
+from dps.core.record import LineageStep, Record
 
 if TYPE_CHECKING:
     from dps.beta.enrichment.cache import Enrichment
@@ -84,6 +85,7 @@ class RuleSet:
         # which runs when no batch is in flight: no lock on the per-record path.
         self._local = threading.local()
         self._all_counts: list[Counter[tuple[int, str]]] = []
+        self._all_applied: list[list[int]] = []
         self._counts_lock = threading.Lock()
         #: Every count since the rule set was built: ``(rule_id, result) -> n``.
         self.totals: Counter[tuple[str, str]] = Counter()
@@ -119,9 +121,22 @@ class RuleSet:
                 self._all_counts.append(counts)
         return counts
 
+    @property
+    def _applied_counts(self) -> list[int]:
+        """This thread's "applied" count per rule index (the common result, kept in a list)."""
+        applied: list[int] | None = getattr(self._local, "applied", None)
+        if applied is None:
+            applied = self._local.applied = [0] * len(self.rules)
+            with self._counts_lock:
+                self._all_applied.append(applied)
+        return applied
+
     def apply(self, record: Record) -> Outcome:
         outcome = Outcome(applied=[], skipped=[])
         counts = self._counts
+        applied = self._applied_counts
+        lineage = record.lineage
+        now = time.time()  # one lineage time per record: the rules run within microseconds
         for index, rule in enumerate(self.rules):
             if not rule.matches(record):
                 continue
@@ -141,9 +156,10 @@ class RuleSet:
                 outcome.failed_rule = rule.rule_id
                 counts[index, "failed"] += 1
                 return outcome
-            counts[index, "applied"] += 1
-            outcome.applied.append(rule.rule_id)
-            record.touched("beta", rule.rule_id)
+            applied[index] += 1
+            rule_id = rule.config.rule_id
+            outcome.applied.append(rule_id)
+            lineage.append(LineageStep("beta", rule_id, now))
             if result == DROP:
                 outcome.dropped = True
                 return outcome
@@ -156,6 +172,11 @@ class RuleSet:
             for counts in self._all_counts:
                 merged.update(counts)
                 counts.clear()
+            for applied in self._all_applied:
+                for index, count in enumerate(applied):
+                    if count:
+                        merged[index, "applied"] += count
+                        applied[index] = 0
         for (index, result), count in merged.items():
             self.totals[self.rules[index].rule_id, result] += count
             config = self.rules[index].config

@@ -58,7 +58,10 @@ def compiled_replacement(
 
     ``re.sub`` re-expands a string template for every match; a rule runs once per record.
     """
-    parts: list[str | int] = []
+    if "\\" not in replacement:
+        return replacement  # plain text: re.sub copies it without a Python call
+    text: list[str] = []
+    refs: list[int | str] = []
     position = 0
     for ref in _GROUP_REF.finditer(replacement):
         literal = replacement[position : ref.start()]
@@ -66,18 +69,18 @@ def compiled_replacement(
         group = int(name) if name.isdigit() else pattern.groupindex.get(name)
         if "\\" in literal or group is None or not 0 <= group <= pattern.groups:
             return replacement
-        parts += [literal, group]
+        text.append(literal.replace("{", "{{").replace("}", "}}") + "{}")
+        refs.append(group)
         position = ref.end()
     tail = replacement[position:]
     if "\\" in tail:
         return replacement
-    parts.append(tail)
-
-    def expand(match: re.Match[str]) -> str:
-        # An unmatched group is replaced by an empty string, as re.sub does.
-        return "".join(p if isinstance(p, str) else (match.group(p) or "") for p in parts)
-
-    return expand
+    template = "".join(text) + tail.replace("{", "{{").replace("}", "}}")
+    # An unmatched group is replaced by an empty string, as re.sub does.
+    if len(refs) == 1:
+        only = refs[0]
+        return lambda match: template.format(match.group(only) or "")
+    return lambda match: template.format(*[g or "" for g in match.group(*refs)])
 
 
 @register("transforms", "regex_replace")
