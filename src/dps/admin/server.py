@@ -10,10 +10,12 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from pathlib import Path
 
 import uvicorn
 from starlette.types import ASGIApp
 
+from dps.admin.tls import TlsSetupError, check_server_files
 from dps.core.logging import get_logger
 
 __all__ = ["AdminServer", "AdminServerError"]
@@ -30,22 +32,34 @@ class AdminServer:
 
     ``port=0`` picks a free port; ``port`` holds the real one after ``start()``. uvicorn's own log
     configuration and access log are off, so every line goes through the JSON logging of the
-    process.
+    process. With ``ssl_certfile`` and ``ssl_keyfile`` it serves HTTPS only (``admin.tls``).
     """
 
-    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 8080) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        *,
+        ssl_certfile: str | Path | None = None,
+        ssl_keyfile: str | Path | None = None,
+    ) -> None:
+        if (ssl_certfile is None) != (ssl_keyfile is None):
+            raise AdminServerError("TLS needs both a certificate file and a key file.")
         self.app = app
         self.host = host
         self.port = port
+        self.ssl_certfile = ssl_certfile
+        self.ssl_keyfile = ssl_keyfile
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
     @property
     def url(self) -> str:
-        """The base URL, e.g. ``http://127.0.0.1:8081``."""
+        """The base URL, e.g. ``http://127.0.0.1:8081`` (``https://`` with TLS)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.ssl_certfile else 'http'}://{host}:{self.port}"
 
     def _bind(self) -> socket.socket:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -74,6 +88,12 @@ class AdminServer:
         """
         if self._thread is not None:
             raise AdminServerError("The admin server is already started.")
+        if self.ssl_certfile is not None and self.ssl_keyfile is not None:
+            # Checked here so that a wrong file is a clear error, not uvicorn's thread dying.
+            try:
+                check_server_files(self.ssl_certfile, self.ssl_keyfile)
+            except TlsSetupError as exc:
+                raise AdminServerError(str(exc)) from exc
         sock = self._bind()
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
@@ -81,6 +101,8 @@ class AdminServer:
             log_config=None,
             access_log=False,
             lifespan="off",
+            ssl_certfile=str(self.ssl_certfile) if self.ssl_certfile else None,
+            ssl_keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None,
             # Idle keep-alive connections are closed at once; a request in progress gets this long.
             timeout_graceful_shutdown=5,
         )

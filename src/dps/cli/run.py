@@ -23,6 +23,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from dps.admin.tls import TlsSetupError, base_url, client_verify
 from dps.config import ConfigError, load_config
 from dps.core.logging import configure_logging
 from dps.runtime.module import resolve_data_dir
@@ -100,8 +101,15 @@ def run_all(
         configure_logging("supervisor", config.pipeline.logging.level)
     host = config.pipeline.admin.bind
     ports = admin_ports(config, port_base)
-    # The control service reaches the modules through their admin APIs at these URLs.
-    admin_urls = json.dumps({name: f"http://{host}:{port}" for name, port in ports.items()})
+    # The control service reaches the modules through their admin APIs at these URLs (https
+    # with admin.tls); the readiness probe and the progress poll verify the same certificate.
+    urls = {name: base_url(config, host, port) for name, port in ports.items()}
+    try:
+        verify = client_verify(config)
+    except TlsSetupError as exc:
+        console.print(f"[bold red]The pipeline did not start:[/] {exc}")
+        return 2
+    admin_urls = json.dumps(urls)
     env = {**os.environ, "DPS_DATA_DIR": str(data), "DPS_ADMIN_URLS": admin_urls}
     children = [
         ChildSpec(
@@ -120,7 +128,8 @@ def run_all(
                 host,
             ],
             env=env,
-            ready_url=f"http://{host}:{ports[name]}/admin/ready",
+            ready_url=f"{urls[name]}/admin/ready",
+            ready_verify=verify,
             log_path=str(log_dir / f"{name}.log") if log_dir else None,
         )
         for name in START_ORDER
@@ -140,7 +149,6 @@ def run_all(
         console.print(f"[bold red]The pipeline did not start:[/] {exc}")
         supervisor.stop()
         return 1
-    urls = {name: f"http://{host}:{port}" for name, port in ports.items()}
     console.print(
         f"Pipeline [bold]{config.pipeline.name}[/] running; data in {data}; admin APIs: "
         + ", ".join(f"{n} {u}" for n, u in urls.items())
@@ -151,7 +159,7 @@ def run_all(
     try:
         token = config.pipeline.admin.client_token()
         auth = {"Authorization": f"Bearer {token}"} if token else {}
-        with httpx.Client(timeout=5.0, headers=auth) as client:
+        with httpx.Client(timeout=5.0, headers=auth, verify=verify) as client:
             drained = False
             with Live(
                 Text("Starting..."), console=console, refresh_per_second=4, transient=True

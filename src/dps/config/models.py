@@ -237,6 +237,32 @@ class AdminToken(ConfigModel):
     )
 
 
+class AdminTls(ConfigModel):
+    """``admin.tls:``: serve every admin API over HTTPS (see docs/operations.md)."""
+
+    cert_file: str = Field(
+        description="PEM certificate (chain) the admin APIs present; relative paths are relative "
+        "to CONFIG_DIR."
+    )
+    key_file: str = Field(
+        description="PEM private key of cert_file; relative paths are relative to CONFIG_DIR."
+    )
+    ca_file: str | None = Field(
+        default=None,
+        description="PEM CA bundle the control service, the supervisor and the CLI verify the "
+        "admin APIs against (default: cert_file itself, for a self-signed certificate); "
+        "relative paths are relative to CONFIG_DIR.",
+    )
+
+    def path(self, name: Literal["cert_file", "key_file", "ca_file"], root: Path) -> Path | None:
+        """One of the files as an absolute path (relative to ``root``, the CONFIG_DIR)."""
+        value: str | None = getattr(self, name)
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (root / path).resolve()
+
+
 class AdminSettings(ConfigModel):
     """``admin:`` in pipeline.yaml: the admin APIs."""
 
@@ -251,6 +277,11 @@ class AdminSettings(ConfigModel):
         default_factory=list,
         description="Named tokens with roles (see docs/operations.md). With neither tokens nor "
         "auth_token_ref the admin APIs are open: keep bind on loopback then.",
+    )
+    tls: AdminTls | None = Field(
+        default=None,
+        description="Serve the admin APIs over HTTPS with this certificate and key (none: plain "
+        "HTTP). Everything that calls them then uses https and verifies the certificate.",
     )
 
     def token_roles(self) -> dict[str, tuple[str, str]]:
@@ -306,13 +337,53 @@ class JobOverride(ConfigModel):
     )
 
 
+class BackupS3(ConfigModel):
+    """``backup.s3:``: how to reach an S3-compatible store when the target is ``s3://``."""
+
+    endpoint_url: str | None = Field(
+        default=None,
+        description="The S3 API endpoint, e.g. https://minio.internal:9000 (none: AWS S3).",
+    )
+    region: str | None = Field(
+        default=None, description="Region (none: the AWS SDK's default, e.g. AWS_REGION)."
+    )
+    access_key_id_ref: SecretRef | None = Field(
+        default=None,
+        description="Access key id, as a secret reference (env:, file:, vault:); none: the AWS "
+        "SDK's default credential chain.",
+    )
+    secret_access_key_ref: SecretRef | None = Field(
+        default=None,
+        description="Secret access key, as a secret reference; set with access_key_id_ref.",
+    )
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        default="auto",
+        description="Bucket addressing: path (https://host/bucket/key, most S3-compatible "
+        "servers), virtual (https://bucket.host/key) or auto.",
+    )
+
+    @model_validator(mode="after")
+    def _both_keys(self) -> BackupS3:
+        if (self.access_key_id_ref is None) != (self.secret_access_key_ref is None):
+            raise config_error(
+                "access_key_id_ref and secret_access_key_ref go together; expected both or "
+                "neither (neither: the AWS SDK's default credentials).",
+                at="access_key_id_ref",
+            )
+        return self
+
+
 class BackupSettings(ConfigModel):
     """``backup:`` in pipeline.yaml: where ``dps backup create`` and weekly_full_backup write."""
 
     directory: str | None = Field(
         default=None,
         description="Target directory (default: <data_dir>/backups); relative paths are relative "
-        "to the data directory.",
+        "to the data directory. s3://bucket/prefix: an S3-compatible bucket (see s3).",
+    )
+    s3: BackupS3 = Field(
+        default_factory=BackupS3,
+        description="Endpoint, region and credentials for an s3:// directory or --target.",
     )
     keep: int = Field(
         default=4,
@@ -321,8 +392,14 @@ class BackupSettings(ConfigModel):
         description="Backups kept; older ones are deleted after a new one.",
     )
 
+    def location(self, data_dir: Path) -> str:
+        """Where backups go: an ``s3://`` URL, or the target directory as a string."""
+        if self.directory is not None and self.directory.startswith("s3://"):
+            return self.directory
+        return str(self.target(data_dir))
+
     def target(self, data_dir: Path) -> Path:
-        """The target directory for a data directory."""
+        """The target directory for a data directory (a local ``directory`` only)."""
         if self.directory is None:
             return data_dir / "backups"
         path = Path(self.directory).expanduser()
@@ -397,9 +474,17 @@ class AlphaSettings(ConfigModel):
     BUFFER_CAPACITY: int = Field(
         default=10000, ge=1, le=100_000_000, description="Records buffered before backpressure."
     )
-    PARSER_THREAD_COUNT: int = Field(default=4, ge=1, le=256, description="Parser threads.")
+    PARSER_THREAD_COUNT: int = Field(
+        default=4,
+        ge=1,
+        le=256,
+        description="Threads that fetch and parse the sources at once, one source per thread "
+        "(1: one source after the other); ingest stays on the worker thread.",
+    )
     VALIDATION_PARALLEL_RULES: bool = Field(
-        default=False, description="Run a record's validation rules in parallel."
+        default=False,
+        description="Accepted, no effect: validating on threads was measured slower under the "
+        "GIL (docs/alpha.md).",
     )
     VALIDATION_STRICT_MODE: bool = Field(
         default=True,

@@ -179,6 +179,9 @@ def generate() -> str:
     )
     parts.append("### Source types: `connection`\n")
     parts.append(_plugin_tables("sources", "connection."))
+    section("`alpha/validation/*.yaml`", models.ValidationRuleFile)
+    parts.append("Each entry of `rules:`:\n")
+    parts.append(_table(models.ValidationRule, "rules[]."))
 
     section("`beta/beta.yaml`", models.BetaSettings)
     section("`beta/transforms/rules/*.yaml`", models.RuleConfig)

@@ -24,6 +24,11 @@ writes are idempotent, so a restored pipeline replays whatever was in flight and
 record once. A backup is written to ``<name>.partial`` and renamed when complete: a full or
 read-only target leaves no half backup behind and changes nothing in the data directory.
 
+The target may also be an S3-compatible bucket (``s3://bucket/prefix``): the backup is written
+to a local staging folder, the modules are resumed, and it is uploaded with its manifest last;
+verify and restore download it first (:mod:`dps.control.backup_storage`, the one interface
+over a directory and a bucket).
+
 SQLite's online backup is used (not a file copy) because a WAL-mode database's committed pages
 may still be in its ``-wal`` file; ``sqlite3.Connection.backup`` reads them through SQLite.
 PostgreSQL state is dumped with ``pg_dump -Fc`` of its schema (and restored with ``pg_restore
@@ -45,19 +50,22 @@ from pathlib import Path
 from typing import Any
 
 from dps.config import PipelineConfig
-from dps.config.models import config_files
+from dps.config.models import BackupS3, config_files
+from dps.control.backup_storage import (
+    MANIFEST,
+    BackupStorage,
+    LocalStorage,
+    open_backup,
+    storage_for,
+)
+from dps.control.backup_storage import BackupError as BackupError  # callers catch it here
 from dps.control.modules import MODULES, ModuleClient, ModuleUnreachable
 
 #: Folders of the data directory that are not pipeline data.
 SKIPPED_DIRS = frozenset({"backups", "logs", "reports", "exports"})
-MANIFEST = "manifest.json"
 #: Where a backup keeps beta's enrichment cache export (manifest kind ``enrichment_cache``).
 CACHE_EXPORT = "cache/enrichment-cache.json"
 FORMAT_VERSION = 1
-
-
-class BackupError(Exception):
-    """A backup could not be created, verified or restored; the message says why and what next."""
 
 
 def _sha256(path: Path) -> str:
@@ -218,13 +226,17 @@ def import_enrichment_cache(path: Path, modules: ModuleClient) -> dict[str, Any]
 def create_backup(
     config: PipelineConfig,
     data_dir: Path,
-    target: Path | None = None,
+    target: Path | str | BackupStorage | None = None,
     *,
     modules: ModuleClient | None = None,
     keep: int | None = None,
     schema_version: int | None = None,
 ) -> dict[str, Any]:
-    """Create a backup (see the module docstring); its manifest with ``path`` and ``log``."""
+    """Create a backup (see the module docstring); its manifest with ``path`` and ``log``.
+
+    ``target`` is a directory, an ``s3://bucket/prefix`` URL (reached with ``backup.s3``) or a
+    :class:`~dps.control.backup_storage.BackupStorage`; default ``<data_dir>/backups``.
+    """
     if config.pipeline.transport.backend != "sqlite":
         raise BackupError(
             "dps backup covers sqlite queues only; back up NATS JetStream streams with "
@@ -232,20 +244,18 @@ def create_backup(
         )
     state_backend = config.pipeline.state.backend
     data_dir = data_dir.resolve()
-    target = (target or data_dir / "backups").resolve()
+    if isinstance(target, BackupStorage):
+        storage = target
+    else:
+        storage = storage_for(target or data_dir / "backups", config.pipeline.backup.s3)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    final = target / f"backup-{stamp}"
-    partial = target / f"backup-{stamp}.partial"
+    name = f"backup-{stamp}"
     log: list[str] = []
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-        partial.mkdir()
-    except OSError as exc:
-        raise BackupError(f"The backup target {target} is not writable: {exc}.") from exc
+    partial = storage.stage(name)
     paused = _pause_all(modules, log)
     try:
         entries = []
-        for path in _data_files(data_dir, target):
+        for path in _data_files(data_dir, storage.local_root):
             rel = path.relative_to(data_dir)
             dest = partial / "data" / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -310,42 +320,52 @@ def create_backup(
             "files": entries,
         }
         (partial / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        partial.rename(final)
+        # The modules run again as soon as the copy is complete; an upload does not need them
+        # paused.
+        _resume(modules, paused, log)
+        paused = []
+        ref = storage.publish(partial, name)
     except BackupError:
-        shutil.rmtree(partial, ignore_errors=True)
+        storage.discard(partial)
         raise
     except (OSError, sqlite3.Error) as exc:
-        shutil.rmtree(partial, ignore_errors=True)
+        storage.discard(partial)
         raise BackupError(
-            f"The backup could not be written to {target}: {exc}. Nothing was changed in the "
-            "data directory; free space or fix permissions and run it again."
+            f"The backup could not be written to {storage.location}: {exc}. Nothing was "
+            "changed in the data directory; free space or fix permissions and run it again."
         ) from exc
     finally:
         _resume(modules, paused, log)
-    removed = prune(target, keep) if keep else []
-    return {**manifest, "path": str(final), "log": log, "pruned": removed}
+    removed = storage.prune(keep) if keep else []
+    if storage.local_root is None:
+        log.append(f"Uploaded to {ref}.")
+    return {**manifest, "path": ref, "log": log, "pruned": removed}
 
 
 def list_backups(target: Path) -> list[Path]:
-    """Complete backups in ``target``, oldest first."""
-    if not target.is_dir():
-        return []
-    return sorted(
-        p for p in target.glob("backup-*") if p.is_dir() and not p.name.endswith(".partial")
-    )
+    """Complete backups in the directory ``target``, oldest first (any storage: ``backups()``)."""
+    return [Path(ref) for ref in LocalStorage(target).backups()]
 
 
 def prune(target: Path, keep: int) -> list[str]:
-    """Delete all but the newest ``keep`` backups; returns what was removed."""
-    backups = list_backups(target)
-    removed = backups[: max(0, len(backups) - keep)]
-    for path in removed:
-        shutil.rmtree(path)
-    return [str(p) for p in removed]
+    """Delete all but the newest ``keep`` backups of a directory; returns what was removed."""
+    return LocalStorage(target).prune(keep)
 
 
-def verify_backup(path: Path) -> dict[str, Any]:
-    """Check every file's sha256 and every database's integrity: ``{"ok", "problems", ...}``."""
+def verify_backup(path: Path | str, *, s3: BackupS3 | None = None) -> dict[str, Any]:
+    """Check every file's sha256 and every database's integrity: ``{"ok", "problems", ...}``.
+
+    ``path`` is a backup folder or an ``s3://`` backup (downloaded first, with ``s3``).
+    """
+    try:
+        with open_backup(path, s3) as local:
+            result = _verify_local(local)
+    except BackupError as exc:
+        return {"ok": False, "path": str(path), "problems": [str(exc)]}
+    return {**result, "path": str(path)}
+
+
+def _verify_local(path: Path) -> dict[str, Any]:
     problems: list[str] = []
     manifest_path = path / MANIFEST
     try:
@@ -388,25 +408,53 @@ def verify_backup(path: Path) -> dict[str, Any]:
 
 
 def restore_backup(
-    path: Path,
+    path: Path | str,
     data_dir: Path,
     *,
     config_dir: Path | None = None,
     force: bool = False,
     state_settings: dict[str, Any] | None = None,
     modules: ModuleClient | None = None,
+    s3: BackupS3 | None = None,
+    label: str | None = None,
 ) -> dict[str, Any]:
     """Restore a verified backup into ``data_dir`` (and its configuration into ``config_dir``).
 
-    Refuses a data directory that already holds pipeline data unless ``force``; the modules must
-    be stopped. Files are written beside their final name and renamed into place. The enrichment
+    ``path`` is a backup folder or an ``s3://`` backup (downloaded first, with ``s3``). Refuses
+    a data directory that already holds pipeline data unless ``force``; the modules must be
+    stopped. Files are written beside their final name and renamed into place. The enrichment
     cache export is loaded into the beta that ``modules`` reaches, when given (else, once the
     pipeline runs again, with :func:`import_enrichment_cache`); ``enrichment_cache`` says which.
+    ``label`` names the backup in messages (default: ``path``).
     """
-    check = verify_backup(path)
+    shown = label or str(path)
+    with open_backup(path, s3) as local:
+        result = _restore_local(
+            local,
+            data_dir,
+            config_dir=config_dir,
+            force=force,
+            state_settings=state_settings,
+            modules=modules,
+            shown=shown,
+        )
+    return {**result, "path": shown}
+
+
+def _restore_local(
+    path: Path,
+    data_dir: Path,
+    *,
+    config_dir: Path | None,
+    force: bool,
+    state_settings: dict[str, Any] | None,
+    modules: ModuleClient | None,
+    shown: str,
+) -> dict[str, Any]:
+    check = _verify_local(path)
     if not check["ok"]:
         raise BackupError(
-            f"The backup {path} failed verification, nothing was restored: "
+            f"The backup {shown} failed verification, nothing was restored: "
             + "; ".join(check["problems"])
         )
     data_dir = data_dir.resolve()

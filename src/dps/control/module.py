@@ -22,6 +22,7 @@ from typing import Any
 
 from starlette.routing import BaseRoute
 
+from dps.admin.tls import client_verify
 from dps.config import PipelineConfig
 from dps.control.jobs import JobContext
 from dps.control.modules import ModuleClient, module_urls
@@ -44,7 +45,9 @@ class ControlModule(ModuleHost):
         self.delivery = self.open_queue(DELIVERY_QUEUE)
         admin = self.config.pipeline.admin
         token = admin.client_token()
-        self.modules = ModuleClient(module_urls(self.config), token)
+        self.modules = ModuleClient(
+            module_urls(self.config), token, verify=client_verify(self.config)
+        )
         self.sampler = ThroughputSampler(self.state_store)
         self._last_sample = 0.0
         self.scheduler = Scheduler(

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from typing import Any, Final
 
 import httpx
 
+from dps.admin.tls import base_url, client_verify
 from dps.config import PipelineConfig
 
 #: The processing modules, in the order records pass through them.
@@ -29,11 +31,13 @@ class ModuleUnreachable(Exception):
 
 
 def module_urls(config: PipelineConfig) -> dict[str, str]:
-    """The admin API URL of alpha, beta, gamma and control (see the module docstring)."""
+    """The admin API URL of alpha, beta, gamma and control (see the module docstring).
+
+    ``https://`` when ``admin.tls`` is set (:mod:`dps.admin.tls`).
+    """
     admin = config.pipeline.admin
-    host = "127.0.0.1" if admin.bind in ("0.0.0.0", "::", "") else admin.bind
     urls = {
-        name: f"http://{host}:{getattr(admin.ports, name)}"
+        name: base_url(config, admin.bind, getattr(admin.ports, name))
         for name in ("control", "alpha", "beta", "gamma")
     }
     raw = os.environ.get(URLS_ENV)
@@ -46,12 +50,23 @@ def module_urls(config: PipelineConfig) -> dict[str, str]:
 
 
 class ModuleClient:
-    """Calls to the modules' admin APIs, with the admin token when one is configured."""
+    """Calls to the modules' admin APIs, with the admin token when one is configured.
 
-    def __init__(self, urls: dict[str, str], token: str | None = None, timeout: float = 10.0):
+    ``verify`` is httpx's certificate check: :func:`dps.admin.tls.client_verify` of the
+    configuration (the admin CA when ``admin.tls`` is set).
+    """
+
+    def __init__(
+        self,
+        urls: dict[str, str],
+        token: str | None = None,
+        timeout: float = 10.0,
+        *,
+        verify: ssl.SSLContext | bool = True,
+    ):
         self.urls = dict(urls)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._client = httpx.Client(timeout=timeout, headers=headers)
+        self._client = httpx.Client(timeout=timeout, headers=headers, verify=verify)
 
     def close(self) -> None:
         self._client.close()
@@ -94,4 +109,4 @@ def client_for(config: PipelineConfig, port_base: int | None = None) -> ModuleCl
         urls = {name: f"{host}:{port_base + i}" for i, name in enumerate(names)}
     admin = config.pipeline.admin
     token = admin.client_token()
-    return ModuleClient(urls, token)
+    return ModuleClient(urls, token, verify=client_verify(config))

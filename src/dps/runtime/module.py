@@ -231,6 +231,7 @@ class ModuleHost:
         """Serve the admin API and run the worker until SIGTERM/SIGINT; returns the exit code."""
         from dps.admin.app import build_app
         from dps.admin.server import AdminServer
+        from dps.admin.tls import server_files
 
         admin = self.config.pipeline.admin
         token = admin.auth_token_ref.resolve() if admin.auth_token_ref else None
@@ -239,7 +240,14 @@ class ModuleHost:
         app = build_app(
             self, auth_token=token, audit=self.state_store.append_audit, tokens=admin.token_roles()
         )
-        server = AdminServer(app, bind_host, bind_port)
+        tls = server_files(self.config)
+        server = AdminServer(
+            app,
+            bind_host,
+            bind_port,
+            ssl_certfile=tls[0] if tls else None,
+            ssl_keyfile=tls[1] if tls else None,
+        )
         stop = threading.Event()
 
         def on_signal(signum: int, _frame: Any) -> None:
@@ -249,7 +257,7 @@ class ModuleHost:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         server.start()
-        self.log.info("Admin API listening.", host=bind_host, port=bind_port)
+        self.log.info("Admin API listening.", url=server.url)
         if worker:
             self.start_worker()
         else:

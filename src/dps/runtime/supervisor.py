@@ -25,6 +25,7 @@ import ctypes
 import ctypes.util
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -52,7 +53,8 @@ class ChildSpec:
     """One child process.
 
     ``env`` is added to the supervisor's environment (``None``: inherit it unchanged).
-    ``ready_url``, when set, is polled until it answers 200 before the next child starts.
+    ``ready_url``, when set, is polled until it answers 200 before the next child starts;
+    ``ready_verify`` is httpx's certificate check for it (an ``https`` URL of ``admin.tls``).
     """
 
     name: str
@@ -60,6 +62,7 @@ class ChildSpec:
     env: dict[str, str] | None = None
     ready_url: str | None = None
     ready_timeout: float = 60.0
+    ready_verify: ssl.SSLContext | bool = True
     cwd: str | None = None
     #: Where the child's stdout and stderr go (appended); ``None``: inherited.
     log_path: str | None = None
@@ -309,7 +312,7 @@ class Supervisor:
             return
         deadline = time.monotonic() + spec.ready_timeout
         last_error = "no answer yet"
-        with httpx.Client(timeout=2.0) as client:
+        with httpx.Client(timeout=2.0, verify=spec.ready_verify) as client:
             while not self._stop.is_set():
                 code = process.poll()
                 if code is not None:
@@ -381,7 +384,8 @@ class Supervisor:
         # After a restart readiness is only reported, not waited for: the others keep running.
         assert child.spec.ready_url is not None
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(child.spec.ready_url, timeout=0.5).status_code == 200:
+            answer = httpx.get(child.spec.ready_url, timeout=0.5, verify=child.spec.ready_verify)
+            if answer.status_code == 200:
                 child.ready = True
                 self.log.info("Child ready.", child=child.spec.name, url=child.spec.ready_url)
 

@@ -220,9 +220,9 @@ def test_unknown_and_inactive_jobs(tmp_path: Path, store: StateStore) -> None:
     scheduler = make_scheduler(tmp_path, store)
     with pytest.raises(UnknownJob):
         scheduler.trigger("no_such_job")
-    with pytest.raises(JobInactive, match="alpha_buffer_flush"):
-        scheduler.trigger("alpha_buffer_flush")
-    assert scheduler.status("alpha_buffer_flush")["status"] == "inactive"
+    with pytest.raises(JobInactive, match="alpha_source_sync"):
+        scheduler.trigger("alpha_source_sync")
+    assert scheduler.status("alpha_source_sync")["status"] == "inactive"
 
 
 def test_suspension_survives_a_restart_and_skips_schedules(

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Final
 
+from dps.control.jobs import alpha as alpha_jobs
 from dps.control.jobs import backup as backup_jobs
+from dps.control.jobs import certs as cert_jobs
 from dps.control.jobs import modules as module_jobs
 from dps.control.jobs import system as system_jobs
 from dps.control.jobs.base import JobContext, JobResult, JobSpec
@@ -38,11 +40,7 @@ CATALOG: Final[tuple[JobSpec, ...]] = (
         "Force flush of any stale buffer contents",
         "alpha",
         3,
-        inactive_reason=_NOT_BUILT.format(
-            what="an alpha buffer flush endpoint (alpha commits "
-            "each batch before reading the next; it holds no "
-            "partial batches today)"
-        ),
+        alpha_jobs.alpha_buffer_flush,
     ),
     JobSpec(
         "alpha_metrics_aggregate",
@@ -108,7 +106,7 @@ CATALOG: Final[tuple[JobSpec, ...]] = (
         "Reconcile pending acknowledgments",
         "gamma",
         8,
-        inactive_reason=_NOT_BUILT.format(what="gamma's pending-acknowledgement reconcile API"),
+        module_jobs.gamma_ack_reconcile,
     ),
     JobSpec(
         "gamma_dest_health",
@@ -192,7 +190,7 @@ CATALOG: Final[tuple[JobSpec, ...]] = (
         "Check for credential rotation needs",
         "alpha",
         30,
-        inactive_reason=_NOT_BUILT.format(what="credential expiry metadata on secret references"),
+        alpha_jobs.alpha_credential_rotate,
     ),
     JobSpec(
         "beta_enrichment_warmup",
@@ -259,7 +257,7 @@ CATALOG: Final[tuple[JobSpec, ...]] = (
         "Check certificate expiration dates",
         "system",
         10,
-        inactive_reason=_NOT_BUILT.format(what="TLS on the admin APIs"),
+        cert_jobs.weekly_cert_check,
     ),
     JobSpec(
         "midweek_perf_baseline",

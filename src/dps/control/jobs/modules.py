@@ -43,6 +43,36 @@ def gamma_dlq_cleanup(ctx: JobContext) -> JobResult:
     return JobResult(archived, f"{archived} expired DLQ entries archived.")
 
 
+#: Seconds gamma_ack_reconcile waits for gamma's answer.
+RECONCILE_TIMEOUT: float = 600.0
+
+
+def gamma_ack_reconcile(ctx: JobContext) -> JobResult:
+    """Ack spool messages already delivered or dead-lettered (``POST /admin/ack/reconcile``)."""
+    # A large spool takes a while to scan: longer than the client's usual timeout.
+    response = ctx.modules.request(
+        "gamma", "POST", "/admin/ack/reconcile", json={}, timeout=RECONCILE_TIMEOUT
+    )
+    result = response.json()
+    if response.status_code >= 400:
+        raise RuntimeError(
+            f"gamma /admin/ack/reconcile answered {response.status_code}: "
+            f"{result.get('error') if isinstance(result, dict) else result}"
+        )
+    for counts in result.get("destinations", {}).values():
+        ctx.log("Spool reconciled.", **counts)
+    totals = result.get("totals", {})
+    outputs = ctx.write_report("Pending acknowledgements", result)
+    acked = int(totals.get("acked_delivered", 0)) + int(totals.get("acked_dead_lettered", 0))
+    return JobResult(
+        acked,
+        f"{acked} pending acknowledgements settled ({totals.get('acked_delivered', 0)} "
+        f"delivered, {totals.get('acked_dead_lettered', 0)} dead-lettered); "
+        f"{totals.get('pending', 0)} records still to deliver.",
+        outputs=outputs,
+    )
+
+
 def gamma_dlq_report(ctx: JobContext) -> JobResult:
     """The DLQ's size, reasons and oldest entry (``/admin/dlq/stats`` on gamma) as a report."""
     stats = ctx.modules.get_json("gamma", "/admin/dlq/stats")
