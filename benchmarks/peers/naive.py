@@ -104,7 +104,11 @@ def main() -> None:
         conn.execute(f"DROP TABLE {args.table}")
         conn.commit()
     elapsed = time.perf_counter() - started
-    print(json.dumps({"records": records, "seconds": elapsed, "records_per_second": records / elapsed}))
+    print(
+        json.dumps(
+            {"records": records, "seconds": elapsed, "records_per_second": records / elapsed}
+        )
+    )
 
 
 if __name__ == "__main__":

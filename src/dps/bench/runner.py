@@ -6,15 +6,25 @@ durable accounting (polled), the module processes' CPU time and peak RSS (``/pro
 the end, the rows in PostgreSQL and the lines in the review file. Nothing inside the pipeline is
 instrumented for the benchmark.
 
-Throughput is records over the time from the first ingested record to the last record reaching
-its end (a destination acknowledgement, a DLQ, or the duplicate count), as seen by polling every
-``POLL`` seconds; per-module rates use the same clock on each module's own counter.
+Throughput is records over the time from the moment the input files appear (see below) to the
+last record reaching its end (a destination acknowledgement, a DLQ, or the duplicate count), as
+seen by polling every ``POLL`` seconds; per-module rates use the same clock on each module's own
+counter. The poll makes the end up to ``POLL`` seconds late, which matters only for small runs.
+
+The input reaches the pipeline only once every process is ready: ``dps run`` starts on an empty
+input directory and the workload's files are linked into it afterwards. This keeps start-up out
+of the measurement and lets extra Beta instances (``beta_instances``, started by the runner
+next to the supervisor's one, on their own admin ports) be consuming from the first record.
+Every Beta instance is a plain ``dps beta`` on the same configuration and data directory: the
+transform queue hands each leased batch to one consumer (per-row leases in SQLite, one durable
+pull consumer in JetStream), so instances share the work without any coordination.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -22,7 +32,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +71,24 @@ class ProcessStats:
 
 
 @dataclass(slots=True)
+class BetaInstance:
+    """One Beta process of a run: where it served, what it used, how much it transformed."""
+
+    url: str
+    stats: ProcessStats
+    transformed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "pid": self.stats.pid,
+            "cpu_seconds": round(self.stats.cpu_seconds, 3),
+            "peak_rss_mb": round(self.stats.peak_rss_mb, 1),
+            "records_transformed": self.transformed,
+        }
+
+
+@dataclass(slots=True)
 class RunResult:
     """What one pipeline run measured."""
 
@@ -79,6 +107,11 @@ class RunResult:
         default_factory=lambda: {"p50": None, "p95": None, "p99": None}
     )
     latency_offered_rps: int = 0
+    beta_instances: list[BetaInstance] = field(default_factory=list)
+    heavy_beta_rules: int = 0
+    #: CPU cores the whole host kept busy during the throughput phase (every process: the
+    #: pipeline's, NATS's, PostgreSQL's, and whatever else runs there).
+    host_cpu_cores_busy: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -96,6 +129,9 @@ class RunResult:
             "correct": self.correct,
             "latency_ms": self.latency_ms,
             "latency_offered_rps": self.latency_offered_rps,
+            "beta_instances": [b.as_dict() for b in self.beta_instances],
+            "heavy_beta_rules": self.heavy_beta_rules,
+            "host_cpu_cores_busy": round(self.host_cpu_cores_busy, 2),
             "notes": self.notes,
         }
 
@@ -136,14 +172,56 @@ def _proc_stats(pid: int) -> tuple[float, float]:
     return cpu, peak
 
 
+#: The extra rule of the Beta-bound variant (``heavy_beta_rules``): a full-match regular
+#: expression over the (already lower-cased) e-mail address that rebuilds it unchanged. It costs
+#: Beta what a real validation rule costs and changes no output, so the correctness line holds.
+HEAVY_RULE = """rule_id: TRX_9{n:02d}_BENCH_LOAD
+name: "Benchmark load {n}: re-derive the e-mail address (no change)"
+enabled: true
+priority: 10
+
+match:
+  field: email
+  condition: exists
+
+transform:
+  type: regex_replace
+  config:
+    pattern: "^([a-z0-9._%+-]+)@([a-z0-9-]+(?:\\\\.[a-z0-9-]+)*)\\\\.([a-z]{{2,}})$"
+    replacement: "$1@$2.$3"
+
+on_failure: skip
+"""
+
+
+def _host_cpu() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole host so far, from the first line of /proc/stat."""
+    with open("/proc/stat") as fh:
+        values = [int(v) for v in fh.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
 def prepare_config(
-    work: Path, backend: Backend, pg_dsn: str, schema: str, stream_prefix: str
+    work: Path,
+    backend: Backend,
+    pg_dsn: str,
+    schema: str,
+    stream_prefix: str,
+    heavy_beta_rules: int = 0,
 ) -> Path:
-    """Copy the benchmark pipeline into ``work`` and write its pipeline.yaml for ``backend``."""
+    """Copy the benchmark pipeline into ``work`` and write its pipeline.yaml for ``backend``.
+
+    ``heavy_beta_rules`` adds that many :data:`HEAVY_RULE` rules, which makes Beta the
+    bottleneck (for the Beta scaling measurement).
+    """
     config = work / f"config-{backend.name}"
     if config.exists():
         shutil.rmtree(config)
     shutil.copytree(REPO_BENCHMARKS / "pipeline", config)
+    rules = config / "beta" / "transforms" / "rules"
+    for n in range(heavy_beta_rules):
+        (rules / f"bench_load_{n:02d}.yaml").write_text(HEAVY_RULE.format(n=n))
     lines = [f"name: bench-{backend.name}", "transport:", f"  backend: {backend.transport}"]
     if backend.transport == "nats":
         lines += ["  url: nats://127.0.0.1:4222", f"  stream_prefix: {stream_prefix}"]
@@ -171,15 +249,23 @@ def run_pipeline(
     timeout: float = 3600.0,
     latency_rate: int = 5000,
     latency_seconds: float = 10.0,
+    beta_instances: int = 1,
+    heavy_beta_rules: int = 0,
+    label: str | None = None,
 ) -> RunResult:
-    """Run ``dps run`` on the workload in ``input_dir`` until drained; measure; clean up."""
+    """Run ``dps run`` on the workload in ``input_dir`` until drained; measure; clean up.
+
+    ``beta_instances`` > 1 starts that many Beta processes in all; ``heavy_beta_rules`` makes
+    Beta the bottleneck (see :func:`prepare_config`); ``label`` names the run in ``progress``.
+    """
     run_id = uuid.uuid4().hex[:8]
     schema = f"bench_{run_id}"
     prefix = f"BENCH{run_id.upper()}"
-    config = prepare_config(work, backend, pg_dsn, schema, prefix)
+    config = prepare_config(work, backend, pg_dsn, schema, prefix, heavy_beta_rules)
     data = work / f"data-{backend.name}"
     out = work / f"out-{backend.name}"
-    for path in (data, out):
+    feed = work / f"feed-{backend.name}"
+    for path in (data, out, feed):
         if path.exists():
             shutil.rmtree(path)
         path.mkdir(parents=True)
@@ -190,7 +276,7 @@ def run_pipeline(
     env = {
         "BENCH_PUSH_PORT": str(push_port),
         **os.environ,
-        "BENCH_INPUT_DIR": str(input_dir),
+        "BENCH_INPUT_DIR": str(feed),
         "BENCH_OUTPUT_DIR": str(out),
         "BENCH_PG_TABLE": f"{schema}.events",
     }
@@ -204,8 +290,30 @@ def run_pipeline(
         m: f"http://127.0.0.1:{base + i}"
         for i, m in enumerate(("control", "alpha", "beta", "gamma"))
     }
+    extra: list[subprocess.Popen[bytes]] = []
     try:
-        result = _measure(process, urls, backend, records, schema, out, pg_dsn, progress, timeout)
+        deadline = time.monotonic() + timeout
+        pids = _wait_ready(process, urls, MODULES, deadline)
+        beta_urls = [urls["beta"]]
+        for n in range(1, beta_instances):
+            port = free_port_base(1)
+            extra.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "dps", "beta", str(config), "--data-dir", str(data),
+                     "--port", str(port), "--host", "127.0.0.1"],
+                    stdout=log, stderr=log,
+                    env={**env, "DPS_DATA_DIR": str(data), "DPS_ADMIN_URLS": json.dumps(urls)},
+                )
+            )  # fmt: skip
+            beta_urls.append(f"http://127.0.0.1:{port}")
+            extra_pids = _wait_ready(extra[-1], {f"beta{n}": beta_urls[-1]}, [f"beta{n}"], deadline)
+            pids.update(extra_pids)
+        fed_at = _feed(input_dir, feed)
+        result = _measure(
+            process, urls, beta_urls, pids, backend, records, schema, out, pg_dsn,
+            progress, label or backend.name, fed_at, deadline,
+        )  # fmt: skip
+        result.heavy_beta_rules = heavy_beta_rules
         if latency_rate > 0:
             push_url = f"http://127.0.0.1:{push_port}/ingest"
             sent = asyncio.run(_push_open_loop(push_url, latency_rate, latency_seconds))
@@ -225,12 +333,8 @@ def run_pipeline(
                 result.correct = False
         return result
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(120)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        for child in [*extra, process]:
+            _stop(child)
         log.close()
         with _pg_connect(pg_dsn) as conn:
             conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
@@ -239,34 +343,91 @@ def run_pipeline(
             _delete_streams(prefix)
 
 
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _feed(input_dir: Path, feed: Path) -> float:
+    """Put the workload's files where the running file source looks, each one whole at once;
+    return the monotonic time the first one appeared (the start of the throughput clock)."""
+    started = time.monotonic()
+    for path in sorted(input_dir.glob("*.ndjson")):
+        target = feed / path.name
+        try:
+            os.link(path, target)
+        except OSError:  # another file system: copy under a name the source ignores, rename
+            partial = feed / f".{path.name}.part"
+            shutil.copy2(path, partial)
+            partial.rename(target)
+    return started
+
+
+def _wait_ready(
+    process: subprocess.Popen[bytes],
+    urls: dict[str, str],
+    names: Sequence[str],
+    deadline: float,
+) -> dict[str, int]:
+    """Each named module's pid, once its admin API reports it ready."""
+    pids: dict[str, int] = {}
+    with httpx.Client(timeout=10.0) as client:
+        while len(pids) < len(names):
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"{' '.join(names)} exited with {process.returncode} before it was ready."
+                )
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"The pipeline did not start ({', '.join(names)}).")
+            for module in names:
+                if module in pids:
+                    continue
+                with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
+                    if client.get(f"{urls[module]}/admin/ready").status_code == 200:
+                        status = client.get(f"{urls[module]}/admin/status").json()
+                        pids[module] = int(status["pid"])
+            time.sleep(0.1)
+    return pids
+
+
+def _transformed_by(client: httpx.Client, url: str) -> int:
+    """``beta_records_transformed_total`` of one Beta instance (its /metrics)."""
+    try:
+        text = client.get(f"{url}/metrics").text
+    except httpx.HTTPError:
+        return -1
+    for line in text.splitlines():
+        if line.startswith("beta_records_transformed_total"):
+            return int(float(line.split()[-1]))
+    return 0
+
+
 def _measure(
     process: subprocess.Popen[bytes],
     urls: dict[str, str],
+    beta_urls: list[str],
+    pids: dict[str, int],
     backend: Backend,
     records: int,
     schema: str,
     out: Path,
     pg_dsn: str,
     progress: Callable[[str, int, int], None] | None,
-    timeout: float,
+    label: str,
+    first: float,
+    deadline: float,
 ) -> RunResult:
     client = httpx.Client(timeout=10.0)
-    deadline = time.monotonic() + timeout
-    pids: dict[str, int] = {}
-    while len(pids) < len(MODULES):
-        if process.poll() is not None:
-            raise RuntimeError(f"dps run exited with {process.returncode} before it was ready.")
-        if time.monotonic() > deadline:
-            raise TimeoutError("The pipeline did not start.")
-        for module in MODULES:
-            if module not in pids:
-                with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
-                    pids[module] = int(client.get(f"{urls[module]}/admin/status").json()["pid"])
-        time.sleep(0.1)
-    stats = {m: ProcessStats(pid) for m, pid in pids.items()}
-    cpu_start = {m: _proc_stats(pid)[0] for m, pid in pids.items()}
+    # "beta", "beta1", ... are the Beta instances; their CPU adds up, their peaks are per process.
+    stats = {name: ProcessStats(pid) for name, pid in pids.items()}
+    cpu_start = {name: _proc_stats(pid)[0] for name, pid in pids.items()}
+    host_start = host_end = _host_cpu()
 
-    first: float | None = None
     last_change: dict[str, float] = {}
     previous: dict[str, int] = {}
     quiet = 0
@@ -275,7 +436,7 @@ def _measure(
         if process.poll() is not None:
             raise RuntimeError(f"dps run exited with {process.returncode} during the benchmark.")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"The pipeline did not drain within {timeout:.0f} s.")
+            raise TimeoutError("The pipeline did not drain in time.")
         now = time.monotonic()
         try:
             acc = client.get(f"{urls['control']}/api/accounting").json()
@@ -292,14 +453,13 @@ def _measure(
             + int(acc.get("dlq_total", 0))
             + int(acc["duplicates"])
         )
-        if first is None and counters["alpha"] > 0:
-            first = now
         for name, value in counters.items():
             if value != previous.get(name):
                 last_change[name] = now
                 previous[name] = value
+                host_end = _host_cpu()  # at the last change: the idle tail does not count
         if progress is not None:
-            progress(backend.name, done, records)
+            progress(label, done, records)
         idle = counters["alpha"] >= records and not any(acc.get("in_flight", {}).values())
         quiet = quiet + 1 if idle and done >= records else 0
         if quiet >= QUIET_POLLS:
@@ -308,11 +468,16 @@ def _measure(
             _, st.peak_rss_mb = _proc_stats(st.pid)
         time.sleep(POLL)
 
-    for module, st in stats.items():
-        cpu, peak = _proc_stats(st.pid)
-        st.cpu_seconds = cpu - cpu_start[module]
-        st.peak_rss_mb = max(st.peak_rss_mb, peak)
-    assert first is not None
+    host_busy = (host_end[0] - host_start[0]) / max(host_end[1] - host_start[1], 1)
+    for name, st in stats.items():
+        cpu_now, peak_now = _proc_stats(st.pid)
+        st.cpu_seconds = cpu_now - cpu_start[name]
+        st.peak_rss_mb = max(st.peak_rss_mb, peak_now)
+    betas = [
+        BetaInstance(url, stats["beta" if i == 0 else f"beta{i}"], _transformed_by(client, url))
+        for i, url in enumerate(beta_urls)
+    ]
+    client.close()
     end = max(last_change.values())
     seconds = max(end - first, 1e-6)
     module_rps = {
@@ -325,18 +490,24 @@ def _measure(
     review = sum(1 for _ in review_path.open()) if review_path.exists() else 0
     dlq_total = int(acc.get("dlq_total", 0))
     correct = rows + review + dlq_total + int(acc["duplicates"]) == records
+    cpu = {m: stats[m].cpu_seconds for m in MODULES}
+    cpu["beta"] = sum(b.stats.cpu_seconds for b in betas)
+    peak = {m: stats[m].peak_rss_mb for m in MODULES}
+    peak["beta"] = max(b.stats.peak_rss_mb for b in betas)
     return RunResult(
         backend=backend.name,
         records=records,
         seconds=seconds,
         throughput_rps=records / seconds,
         module_rps=module_rps,
-        cpu_per_1k={m: st.cpu_seconds * 1000 / records for m, st in stats.items()},
-        peak_rss_mb={m: st.peak_rss_mb for m, st in stats.items()},
+        cpu_per_1k={m: c * 1000 / records for m, c in cpu.items()},
+        peak_rss_mb=peak,
         accounting={k: v for k, v in acc.items() if not k.startswith("_")},
         rows_in_postgresql=rows,
         review_lines=review,
         correct=correct,
+        beta_instances=betas,
+        host_cpu_cores_busy=host_busy * (os.cpu_count() or 1),
     )
 
 

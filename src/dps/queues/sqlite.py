@@ -233,7 +233,7 @@ class SqliteQueue(Queue):
         put or an ack is never on disk ahead of an earlier lease. A process crash loses nothing
         either way: the operating system has the write.
         """
-        relaxed = not durable and self._config.synchronous != "off"
+        relaxed = not durable
         if relaxed:
             self._conn.execute("PRAGMA synchronous=OFF")
         cur = self._conn.cursor()
