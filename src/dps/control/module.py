@@ -16,6 +16,8 @@ It reaches alpha, beta and gamma only through their admin APIs (:mod:`dps.contro
 
 from __future__ import annotations
 
+import copy
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,12 @@ from dps.runtime.module import DELIVERY_QUEUE, TRANSFORM_QUEUE, ModuleHost
 #: Seconds between two throughput samples.
 SAMPLE_EVERY = 5.0
 
+#: The durable counts are read again only after this many times what the last read cost (and
+#: never kept longer than ACCOUNTING_MAX_AGE s): the counts scan tables that grow with the run,
+#: and every poller of /api/accounting (dps run's progress, dps bench, dashboards) shares a read.
+ACCOUNTING_COST_FACTOR = 5.0
+ACCOUNTING_MAX_AGE = 5.0
+
 
 class ControlModule(ModuleHost):
     """Cross-module views, the scheduler and the operations APIs (see the module docstring)."""
@@ -48,7 +56,10 @@ class ControlModule(ModuleHost):
         self.modules = ModuleClient(
             module_urls(self.config), token, verify=client_verify(self.config)
         )
-        self.sampler = ThroughputSampler(self.state_store)
+        self._accounting_lock = threading.Lock()
+        #: (read at, seconds the read took, counts) of the last durable read.
+        self._accounting: tuple[float, float, dict[str, Any]] | None = None
+        self.sampler = ThroughputSampler(self.durable_counts)
         self._last_sample = 0.0
         self.scheduler = Scheduler(
             self.config,
@@ -96,9 +107,21 @@ class ControlModule(ModuleHost):
     def queue_depths(self) -> dict[str, int]:
         return {TRANSFORM_QUEUE: self.transform.depth(), DELIVERY_QUEUE: self.delivery.depth()}
 
+    def durable_counts(self) -> dict[str, Any]:
+        """The state store's accounting, shared by concurrent callers (see ACCOUNTING_*)."""
+        with self._accounting_lock:
+            now = time.monotonic()
+            if self._accounting is not None:
+                read_at, cost, counts = self._accounting
+                if now - read_at < min(ACCOUNTING_MAX_AGE, ACCOUNTING_COST_FACTOR * cost):
+                    return copy.deepcopy(counts)
+            counts = self.state_store.accounting()
+            self._accounting = (now, time.monotonic() - now, counts)
+            return copy.deepcopy(counts)
+
     def accounting(self) -> dict[str, Any]:
         """The durable counts, plus what they imply (validated, transformed, in flight)."""
-        acc = self.state_store.accounting()
+        acc = self.durable_counts()
         dlq = acc.get("dlq", {})
         depths = self.queue_depths()
         validated = acc["ingested"] - acc["duplicates"] - dlq.get("alpha", 0)

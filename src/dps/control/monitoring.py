@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from dps.control.modules import MODULES, ModuleClient, ModuleUnreachable
@@ -45,14 +46,14 @@ def health_summary(modules: ModuleClient, control_status: str = "HEALTHY") -> di
 class ThroughputSampler:
     """Keeps (time, ingested, delivered) samples of the durable accounting for rates."""
 
-    def __init__(self, store: StateStore, keep_seconds: float = 900.0) -> None:
-        self.store = store
+    def __init__(self, read: Callable[[], dict[str, Any]], keep_seconds: float = 900.0) -> None:
+        self.read = read  # the durable accounting (the control service's shared read)
         self.keep_seconds = keep_seconds
         self._samples: deque[tuple[float, int, int, int]] = deque()
         self._lock = threading.Lock()
 
     def sample(self, now: float | None = None) -> dict[str, Any]:
-        acc = self.store.accounting()
+        acc = self.read()
         now = time.time() if now is None else now
         dlq_total = sum(acc.get("dlq", {}).values())
         with self._lock:
