@@ -22,6 +22,7 @@ Prints one JSON object: {"records": N, "rows": R, "review": V, "seconds": S,
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import re
@@ -37,6 +38,7 @@ PHONE = re.compile(r"^\+?1?[\s.-]?\(?([0-9]{3})\)?[\s.-]?([0-9]{3})[\s.-]?([0-9]
 REQUIRED = ("id", "timestamp", "customer_id", "amount")
 SCORED = ("customer_id", "phone_number", "email", "country", "currency")
 EU = {"DE", "FR", "NL", "IT", "ES"}
+CUSTOMERS: dict[str, tuple[str, str]] = {}
 
 
 def transform(r: dict[str, Any]) -> dict[str, Any]:
@@ -51,7 +53,19 @@ def transform(r: dict[str, Any]) -> dict[str, Any]:
     payload = r.get("payload")
     if isinstance(payload, dict) and "channel" in payload:
         r["channel"] = payload.pop("channel")
+    customer = CUSTOMERS.get(r.get("customer_id"))
+    r["customer_tier"] = customer[0] if customer else "unknown"
+    if customer:
+        r["customer_region"] = customer[1]
     return r
+
+
+def load_customers(path: str | None) -> None:
+    """The reference table: customer_id -> (tier, region), as the pipeline's lookup rule."""
+    if path:
+        with open(path, newline="") as fh:
+            for row in csv.DictReader(fh):
+                CUSTOMERS[row["customer_id"]] = (row["tier"], row["region"])
 
 
 class Counts:
@@ -120,7 +134,9 @@ def main() -> None:
     parser.add_argument("--table", default="events", help="Table in the dataset.")
     parser.add_argument("--out", required=True, help="JSON lines file for the review records.")
     parser.add_argument("--keep", action="store_true", help="Keep the schemas (debugging).")
+    parser.add_argument("--customers", help="The customer reference table (CSV).")
     args = parser.parse_args()
+    load_customers(args.customers)
 
     os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
     import dlt

@@ -1,11 +1,12 @@
 """The plain single-process peer: the benchmark pipeline's steps with no queues, in one loop.
 
 Parse each NDJSON line, check the required fields, drop duplicate ids, apply the five rules
-(E.164 phone, lower-case e-mail, upper-case currency, EU tag, lift the channel), score
-completeness, route by score, and write: an upsert into PostgreSQL (COPY into a staging table,
-merge on the record id, one transaction per 2,000 records) and JSON lines for the rest. It keeps
-no state between steps on disk, so a crash loses the batch in hand: that is what the pipeline's
-durability is measured against.
+(E.164 phone, lower-case e-mail, upper-case currency, EU tag, lift the channel), enrich the
+customer from the reference table (``--customers``), score completeness, route by score, and
+write: an upsert into PostgreSQL (COPY into a staging table, merge on the record id, one
+transaction per 2,000 records) and JSON lines for the rest. It keeps no state between steps on
+disk, so a crash loses the batch in hand: that is what the pipeline's durability is measured
+against.
 
 Prints one JSON object: {"records": N, "seconds": S, "records_per_second": R}.
 """
@@ -13,6 +14,7 @@ Prints one JSON object: {"records": N, "seconds": S, "records_per_second": R}.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import re
 import time
@@ -24,6 +26,7 @@ PHONE = re.compile(r"^\+?1?[\s.-]?\(?([0-9]{3})\)?[\s.-]?([0-9]{3})[\s.-]?([0-9]
 REQUIRED = ("id", "timestamp", "customer_id", "amount")
 SCORED = ("customer_id", "phone_number", "email", "country", "currency")
 EU = {"DE", "FR", "NL", "IT", "ES"}
+CUSTOMERS: dict[str, tuple[str, str]] = {}
 BATCH = 2000
 
 
@@ -39,7 +42,19 @@ def transform(r: dict) -> dict:
     payload = r.get("payload")
     if isinstance(payload, dict) and "channel" in payload:
         r["channel"] = payload.pop("channel")
+    customer = CUSTOMERS.get(r.get("customer_id"))
+    r["customer_tier"] = customer[0] if customer else "unknown"
+    if customer:
+        r["customer_region"] = customer[1]
     return r
+
+
+def load_customers(path: str | None) -> None:
+    """The reference table: customer_id -> (tier, region), as the pipeline's lookup rule."""
+    if path:
+        with open(path, newline="") as fh:
+            for row in csv.DictReader(fh):
+                CUSTOMERS[row["customer_id"]] = (row["tier"], row["region"])
 
 
 def main() -> None:
@@ -48,7 +63,9 @@ def main() -> None:
     parser.add_argument("--dsn", required=True)
     parser.add_argument("--table", required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--customers", help="The customer reference table (CSV).")
     args = parser.parse_args()
+    load_customers(args.customers)
 
     started = time.perf_counter()
     seen: set[str] = set()

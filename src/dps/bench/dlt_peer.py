@@ -153,7 +153,8 @@ def run_peer(
     try:
         done = subprocess.run(
             [str(python), str(SCRIPT), "--input", str(input_dir), "--dsn", pg_dsn,
-             "--schema", schema, "--out", str(work / "dlt-review.jsonl")],
+             "--schema", schema, "--out", str(work / "dlt-review.jsonl"),
+             "--customers", str(input_dir.parent / "customers.csv")],
             capture_output=True, text=True, check=False, timeout=timeout, env=env, cwd=work,
         )  # fmt: skip
     except subprocess.TimeoutExpired:

@@ -89,7 +89,8 @@ def naive_peer(input_dir: Path, pg_dsn: str, work: Path) -> float:
     table = f"bench_naive_{uuid.uuid4().hex[:8]}"
     done = subprocess.run(
         [sys.executable, str(script), "--input", str(input_dir), "--dsn", pg_dsn,
-         "--table", table, "--out", str(work / "naive-review.jsonl")],
+         "--table", table, "--out", str(work / "naive-review.jsonl"),
+         "--customers", str(input_dir.parent / "customers.csv")],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if done.returncode != 0:
