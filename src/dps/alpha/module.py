@@ -222,6 +222,7 @@ class AlphaModule(ModuleHost):
             ),
             buffer_room=lambda: self._room,
             accepting=accepting,
+            wake=self.wake,
         )
         source: Source = cls(sc.source_id, connection, self.state_store, context=context)
         return source

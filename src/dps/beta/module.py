@@ -65,7 +65,7 @@ class BetaModule(ModuleHost):
     """The transform stage (see the module docstring)."""
 
     name = "beta"
-    idle_sleep = 0.05
+    idle_sleep = 0.005
 
     def __init__(self, config_dir: Path, *, data_dir: Path | None = None) -> None:
         super().__init__(config_dir, data_dir=data_dir)

@@ -87,7 +87,7 @@ class GammaModule(ModuleHost):
     """The delivery stage (see the module docstring)."""
 
     name = "gamma"
-    idle_sleep = 0.05
+    idle_sleep = 0.005
 
     def __init__(self, config_dir: Path, *, data_dir: Path | None = None) -> None:
         super().__init__(config_dir, data_dir=data_dir)

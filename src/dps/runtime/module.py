@@ -72,6 +72,7 @@ class ModuleHost:
         self.last_error: str | None = None
         self.idle = False
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._resume = threading.Event()
         self._resume.set()
         self._lock = threading.RLock()
@@ -133,7 +134,12 @@ class ModuleHost:
                 self._stop.wait(1.0)
                 continue
             if not worked:
-                self._stop.wait(self.idle_sleep)
+                self._wake.wait(self.idle_sleep)
+                self._wake.clear()
+
+    def wake(self) -> None:
+        """End the worker's idle pause now (new work arrived: a pushed batch, a stop)."""
+        self._wake.set()
 
     def start_worker(self) -> None:
         self.run_state = RunState.RUNNING
@@ -142,6 +148,7 @@ class ModuleHost:
 
     def stop_worker(self, timeout: float = 30.0) -> None:
         self._stop.set()
+        self._wake.set()
         self._resume.set()
         if self._worker is not None:
             self._worker.join(timeout)

@@ -79,6 +79,10 @@ def _always_accepting() -> bool:
     return True
 
 
+def _nothing() -> None:
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class SourceContext:
     """What Alpha tells a source besides its ``connection:`` section."""
@@ -107,6 +111,9 @@ class SourceContext:
     connection_idle_timeout_ms: int = 300000
     #: False while Alpha does not take work (paused, emergency stop, source paused or disabled).
     accepting: Callable[[], bool] = _always_accepting
+    #: Wakes Alpha's worker from its idle wait: a push source calls it when a batch arrives, so
+    #: the batch is written at once rather than after the idle pause.
+    wake: Callable[[], None] = _nothing
 
 
 class Source(abc.ABC):

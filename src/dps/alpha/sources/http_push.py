@@ -270,6 +270,7 @@ class HttpPushSource(Source):
         with self._lock:
             self._waiting.append(batch)
             self._pending_records += len(items)
+        self.context.wake()
         try:
             ok = await asyncio.wait_for(asyncio.shield(batch.done), c.ack_timeout_ms / 1000)
         except TimeoutError:
