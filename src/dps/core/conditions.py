@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Final
 
 from dps.core.record import Record, get_path
 
@@ -122,7 +122,7 @@ def _compare(op: str, key: str, value: Any, get: Getter) -> Predicate:
 
         def numeric(r: Record) -> bool:
             v = get(r)
-            if isinstance(v, bool) or not isinstance(v, int | float):
+            if isinstance(v, bool) or not isinstance(v, _NUMBERS):
                 return False
             return cmp(float(v), bound)
 
@@ -130,6 +130,10 @@ def _compare(op: str, key: str, value: Any, get: Getter) -> Predicate:
     raise ConditionError(
         key, f"{op!r} is not a known condition; expected one of {', '.join(OPERATORS)}."
     )
+
+
+#: A tuple, not ``int | float``: that expression builds a union object on every evaluation.
+_NUMBERS: Final = (int, float)
 
 
 def _member(value: Any, members: frozenset[Any] | tuple[Any, ...]) -> bool:

@@ -732,11 +732,19 @@ class SqlStateStore(StateStore):
             where=dl.status != "delivered",
         )
         self._record_deliveries_fast = _Prepared(self._record_deliveries, self._engine.dialect)
-        self._delivered = sa.select(dl.record_id).where(
+        self._delivered: Any = sa.select(dl.record_id).where(
             dl.destination_id == sa.bindparam("destination_id"),
             dl.status == "delivered",
             self._in(dl.record_id, "record_ids"),
         )
+        if not self._pg:
+            # SQLite's planner would pick the destination index and scan the destination's whole
+            # log; CROSS JOIN keeps the batch's ids as the outer loop, one primary-key lookup each.
+            self._delivered = sa.text(
+                "SELECT d.record_id FROM json_each(:record_ids) AS j CROSS JOIN delivery_log AS d"
+                " WHERE d.record_id = j.value AND d.destination_id = :destination_id"
+                " AND d.status = 'delivered'"
+            )
 
         self._add_lineage = self._insert(lineage).on_conflict_do_nothing(
             index_elements=[lineage.c.record_id, lineage.c.event_key]
