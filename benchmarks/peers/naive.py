@@ -14,47 +14,15 @@ Prints one JSON object: {"records": N, "seconds": S, "records_per_second": R}.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import re
 import time
 from pathlib import Path
 
 import psycopg
+from steps import load_customers, transform, valid
+from steps import score as steps_score
 
-PHONE = re.compile(r"^\+?1?[\s.-]?\(?([0-9]{3})\)?[\s.-]?([0-9]{3})[\s.-]?([0-9]{4})$")
-REQUIRED = ("id", "timestamp", "customer_id", "amount")
-SCORED = ("customer_id", "phone_number", "email", "country", "currency")
-EU = {"DE", "FR", "NL", "IT", "ES"}
-CUSTOMERS: dict[str, tuple[str, str]] = {}
 BATCH = 2000
-
-
-def transform(r: dict) -> dict:
-    if "phone_number" in r:
-        r["phone_number"] = PHONE.sub(r"+1\1\2\3", r["phone_number"])
-    if "email" in r:
-        r["email"] = r["email"].lower()
-    if "currency" in r:
-        r["currency"] = r["currency"].upper()
-    if r.get("country") in EU:
-        r["region"] = "EU"
-    payload = r.get("payload")
-    if isinstance(payload, dict) and "channel" in payload:
-        r["channel"] = payload.pop("channel")
-    customer = CUSTOMERS.get(r.get("customer_id"))
-    r["customer_tier"] = customer[0] if customer else "unknown"
-    if customer:
-        r["customer_region"] = customer[1]
-    return r
-
-
-def load_customers(path: str | None) -> None:
-    """The reference table: customer_id -> (tier, region), as the pipeline's lookup rule."""
-    if path:
-        with open(path, newline="") as fh:
-            for row in csv.DictReader(fh):
-                CUSTOMERS[row["customer_id"]] = (row["tier"], row["region"])
 
 
 def main() -> None:
@@ -102,11 +70,11 @@ def main() -> None:
                         r = json.loads(line)
                     except ValueError:
                         continue
-                    if any(not r.get(f) for f in REQUIRED) or r["id"] in seen:
+                    if not valid(r) or r["id"] in seen:
                         continue
                     seen.add(r["id"])
                     r = transform(r)
-                    score = max(0.0, 1.0 - 0.2 * sum(1 for f in SCORED if not r.get(f)))
+                    score = steps_score(r)
                     if score >= 0.8:
                         rows.append(
                             (f"bench:{r['id']}", "bench", r["timestamp"], score,

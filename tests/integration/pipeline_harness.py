@@ -132,6 +132,15 @@ def dps(
     )
 
 
+def start_module(module: str, config_dir: Path, data_dir: Path, port: int) -> subprocess.Popen[str]:
+    """``dps <module> CONFIG_DIR`` alone, its admin API on ``port`` (stdout and stderr piped)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "dps", module, str(config_dir), "--port", str(port),
+         "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
 def start_pipeline(config_dir: Path, data_dir: Path, *extra: str) -> RunningPipeline:
     base = free_port_base()
     process = subprocess.Popen(

@@ -16,6 +16,7 @@ from tests.integration.pipeline_harness import (
     dps,
     free_port_base,
     last_json_line,
+    start_module,
     start_pipeline,
     wait_until,
 )
@@ -36,22 +37,7 @@ def test_a_module_serves_https_only(tmp_path: Path) -> None:
     config_dir = copy_quickstart(tmp_path / "config")
     cert = enable_tls(config_dir)
     port = free_port_base(1)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dps",
-            "gamma",
-            str(config_dir),
-            "--port",
-            str(port),
-            "--data-dir",
-            str(tmp_path / "data"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_module("gamma", config_dir, tmp_path / "data", port)
     trusted = ssl.create_default_context(cafile=str(cert))
     try:
 

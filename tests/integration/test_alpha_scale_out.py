@@ -12,7 +12,6 @@ import asyncio
 import json
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,13 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from tests.integration.pipeline_harness import NATS_URL, PG_DSN, free_port_base, wait_until
+from tests.integration.pipeline_harness import (
+    NATS_URL,
+    PG_DSN,
+    free_port_base,
+    start_module,
+    wait_until,
+)
 
 from dps.core.record import decode
 
@@ -100,22 +105,7 @@ def transform_stream(prefix: str) -> list[bytes]:
 
 
 def start_alpha(config_dir: Path, data_dir: Path, port: int) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dps",
-            "alpha",
-            str(config_dir),
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data_dir),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_module("alpha", config_dir, data_dir, port)
 
 
 def validated(port: int) -> float:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
-from tests.integration.pipeline_harness import copy_quickstart, dps, free_port_base, wait_until
+from tests.integration.pipeline_harness import (
+    copy_quickstart,
+    dps,
+    free_port_base,
+    start_module,
+    wait_until,
+)
 from tests.integration.test_pipeline_faults import add_bulk_orders
 
 
@@ -20,22 +24,7 @@ def test_a_module_runs_alone_serves_its_admin_api_and_stops_on_sigterm(
 ) -> None:
     config_dir = copy_quickstart(tmp_path / "quickstart")
     port = free_port_base(1)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dps",
-            module,
-            str(config_dir),
-            "--port",
-            str(port),
-            "--data-dir",
-            str(tmp_path / "data"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_module(module, config_dir, tmp_path / "data", port)
     url = f"http://127.0.0.1:{port}"
     try:
 
@@ -72,22 +61,7 @@ def test_a_full_buffer_makes_alpha_unhealthy_but_still_ready_so_a_run_can_drain_
     )
     data_dir = tmp_path / "data"
     port = free_port_base(1)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dps",
-            "alpha",
-            str(config_dir),
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data_dir),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_module("alpha", config_dir, data_dir, port)
     url = f"http://127.0.0.1:{port}"
     try:
 

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from tests.integration.pipeline_harness import copy_quickstart, free_port_base, wait_until
+from tests.integration.pipeline_harness import (
+    copy_quickstart,
+    free_port_base,
+    start_module,
+    wait_until,
+)
 
 from dps.config import load_config
 from dps.control.jobs import JOBS, JobContext
@@ -114,22 +117,7 @@ def test_lost_acks_are_settled_and_nothing_is_delivered_twice(
 
     port = free_port_base(1)
     url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dps",
-            "gamma",
-            str(config_dir),
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data_dir),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_module("gamma", config_dir, data_dir, port)
     client = ModuleClient({"gamma": url}, timeout=30)
     try:
 
