@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import itertools
 import json
 import logging
@@ -670,16 +671,22 @@ class NatsQueue(Queue):
             self._call(self._ack([handle.msgs[i] for i in ids]), f"ack {len(ids)} messages")
 
     async def _ack(self, msgs: list[Any]) -> None:
+        """Ack every message, confirmed by the server once for the batch.
+
+        All but the last are plain acks (one publish each, no round trip); the last is a
+        double ack that waits for the server's reply. The server handles a connection's
+        messages in order, so that reply comes after the earlier acks were applied; if the
+        connection broke in between, the double ack fails and the caller retries the ack (or
+        the messages are redelivered: at-least-once either way).
+        """
         from nats.errors import MsgAlreadyAckdError
 
-        timeout = self._config.request_timeout
-        results = await asyncio.gather(
-            *(msg.ack_sync(timeout=timeout) for msg in msgs), return_exceptions=True
-        )
-        for result in results:
-            # Acking twice through the same lease is a no-op, as on the sqlite backend.
-            if isinstance(result, BaseException) and not isinstance(result, MsgAlreadyAckdError):
-                raise result
+        # Acking twice through the same lease is a no-op, as on the sqlite backend.
+        for msg in msgs[:-1]:
+            with contextlib.suppress(MsgAlreadyAckdError):
+                await msg.ack()
+        with contextlib.suppress(MsgAlreadyAckdError):
+            await msgs[-1].ack_sync(timeout=self._config.request_timeout)
 
     def nack(
         self, lease: Lease, msg_ids: Sequence[str] | None = None, *, reason: str, delay: float = 0.0
