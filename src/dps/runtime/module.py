@@ -9,6 +9,7 @@ acknowledged that is not durable, so stopping at any point loses nothing.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -43,12 +44,18 @@ def resolve_data_dir(config: PipelineConfig, override: str | Path | None = None)
     return Path(chosen or "data").resolve()
 
 
+#: Allocations between two young-generation collections (CPython's default is 700).
+GC_THRESHOLD = 20_000
+
+
 class ModuleHost:
     """Base of the alpha, beta, gamma and control processes (see the module docstring)."""
 
     name = "module"
     #: Seconds the loop sleeps after a step that found nothing to do.
     idle_sleep = 0.2
+    #: Young-generation threshold of the garbage collector; None keeps the interpreter's.
+    gc_threshold: int | None = GC_THRESHOLD
 
     def __init__(self, config_dir: Path, *, data_dir: Path | None = None) -> None:
         self.config_dir = Path(config_dir)
@@ -263,6 +270,12 @@ class ModuleHost:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        # What start-up built (configuration, compiled rules, caches) lives as long as the
+        # process: move it out of the collector's way, and collect the young generation less
+        # often, since a batch allocates thousands of short-lived objects (fewer pauses).
+        gc.freeze()
+        if self.gc_threshold is not None:
+            gc.set_threshold(self.gc_threshold, 10, 10)
         server.start()
         self.log.info("Admin API listening.", url=server.url)
         if worker:
