@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -27,14 +28,15 @@ PG_DSN = os.environ.get("DPS_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432
 NATS_URL = os.environ.get("DPS_TEST_NATS_URL", "nats://127.0.0.1:4222")
 
 
+#: Ports are picked below the kernel's ephemeral range (32768-60999 by default), so that no
+#: outgoing connection of another test takes one between the pick and the server's bind.
+_PORTS = range(20000, 32000)
+
+
 def free_port_base(count: int = 4) -> int:
     """A port N such that N..N+count-1 are free on 127.0.0.1 right now."""
     for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + count >= 65535:
-            continue
+        base = random.choice(_PORTS)
         ok = True
         for port in range(base, base + count):
             with socket.socket() as probe:
@@ -101,7 +103,10 @@ class RunningPipeline:
 
     def _healthy(self, module: str) -> bool:
         if self.process.poll() is not None:
-            raise AssertionError(f"dps run exited early with {self.process.returncode}")
+            _, err = self.process.communicate()
+            raise AssertionError(
+                f"dps run exited early with {self.process.returncode}: {err[-3000:]}"
+            )
         try:
             return self.get(module, "/admin/ready").status_code == 200
         except httpx.HTTPError:
