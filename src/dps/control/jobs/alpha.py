@@ -10,20 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from dps.control.jobs.base import JobContext, JobResult
-from dps.control.modules import ModuleUnreachable
+from dps.control.jobs.modules import call_module
 
 
 def _alpha(ctx: JobContext, method: str, path: str) -> Any:
-    """One call to alpha's admin API; an unreachable alpha fails the run with what to check."""
-    try:
-        if method == "POST":
-            return ctx.modules.post_json("alpha", path)
-        return ctx.modules.get_json("alpha", path)
-    except ModuleUnreachable as exc:
-        raise RuntimeError(
-            f"Alpha is unreachable, {ctx.job_name} did nothing: {exc}. Check that alpha is "
-            "running (dps status) and its admin URL (pipeline.yaml admin.ports, DPS_ADMIN_URLS)."
-        ) from exc
+    return call_module(ctx, "alpha", method, path)
 
 
 def alpha_buffer_flush(ctx: JobContext) -> JobResult:

@@ -133,17 +133,23 @@ CACHE_WAIT_SECONDS: float = 600.0
 CACHE_POLL_SECONDS: float = 0.5
 
 
-def _beta(ctx: JobContext, method: str, path: str) -> Any:
-    """One call to beta's admin API; an unreachable beta fails the run with what to check."""
+def call_module(ctx: JobContext, module: str, method: str, path: str) -> Any:
+    """One call to a module's admin API; an unreachable module fails the run with what to
+    check."""
     try:
         if method == "POST":
-            return ctx.modules.post_json("beta", path)
-        return ctx.modules.get_json("beta", path)
+            return ctx.modules.post_json(module, path)
+        return ctx.modules.get_json(module, path)
     except ModuleUnreachable as exc:
         raise RuntimeError(
-            f"Beta is unreachable, {ctx.job_name} did nothing: {exc}. Check that beta is "
-            "running (dps status) and its admin URL (pipeline.yaml admin.ports, DPS_ADMIN_URLS)."
+            f"{module.capitalize()} is unreachable, {ctx.job_name} did nothing: {exc}. Check "
+            f"that {module} is running (dps status) and its admin URL (pipeline.yaml "
+            "admin.ports, DPS_ADMIN_URLS)."
         ) from exc
+
+
+def _beta(ctx: JobContext, method: str, path: str) -> Any:
+    return call_module(ctx, "beta", method, path)
 
 
 def _refresh_and_wait(ctx: JobContext, sources: list[str]) -> JobResult:
