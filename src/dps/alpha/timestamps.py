@@ -8,6 +8,7 @@ dateutil's guessing parser would accept ambiguous dates (01/02) silently, which 
 
 from __future__ import annotations
 
+import contextlib
 import zoneinfo
 from datetime import UTC, datetime, tzinfo
 from typing import Any
@@ -23,6 +24,10 @@ class TimestampParser:
         self.zone: tzinfo = UTC if timezone == "UTC" else zoneinfo.ZoneInfo(timezone)
 
     def normalise(self, value: Any) -> str:
+        if self.fmt is None and type(value) is str and _is_canonical(value):
+            with contextlib.suppress(ValueError):  # 2026-13-01T00:00:00Z: _parse says why
+                datetime.fromisoformat(value)
+                return value
         dt = self._parse(value)
         if dt.tzinfo is None:
             dt = dt.replace(tzinfo=self.zone)
@@ -49,3 +54,12 @@ class TimestampParser:
             return datetime.fromisoformat(text)
         except ValueError:
             raise ValueError(f"{text!r} is not an ISO 8601 timestamp.") from None
+
+
+def _is_canonical(text: str) -> bool:
+    """Already what :meth:`TimestampParser.normalise` returns (``2026-11-27T10:00:00Z``).
+
+    The common case of machine-written records: then the text is only validated, not
+    converted and formatted back (about 5 % of Alpha's CPU per record went there).
+    """
+    return len(text) == 20 and text[19] == "Z" and text[10] == "T" and text[4] == "-"

@@ -237,6 +237,11 @@ def _epoch(value: Any) -> float | None:
 DISTRIBUTION_EDGES: Final = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
+def _check_key(check: str) -> str:
+    """A failed check without its penalty (``"completeness: amount is missing"``)."""
+    return check.split(" (-")[0]
+
+
 class QualityStats:
     """What the E.2 endpoints show: counts, distribution, dimensions, recent low scores.
 
@@ -259,37 +264,53 @@ class QualityStats:
         self.low_edge = 1.0
 
     def add(self, records: list[tuple[Record, str]], low_edge: float) -> None:
+        """Count a batch of scored records (``(record, level)``); keep the low-scoring ones."""
+        scored = [(r, level, r.quality) for r, level in records if r.quality is not None]
+        if not scored:
+            return
+        scores = [quality.score for _, _, quality in scored]
+        last = len(self.bins) - 1
+        bins = Counter([min(bisect.bisect_left(DISTRIBUTION_EDGES, s), last) for s in scores])
+        dim_total: dict[str, float] = {}
+        dim_count: Counter[str] = Counter()
+        checks: Counter[str] = Counter()
+        for _, _, quality in scored:
+            for name, value in quality.dimensions.items():
+                dim_total[name] = dim_total.get(name, 0.0) + value
+                dim_count[name] += 1
+            checks.update(quality.checks)
+        # Only the last ``keep`` low scores of a batch can stay in the ring: build just those.
+        keep = self.recent.maxlen or 0
+        low = [entry for entry in scored if entry[2].score < low_edge][-keep:] if keep else []
+        now = time.time()
+        recent = [
+            {
+                "record_id": record.record_id,
+                "source_id": record.source_id,
+                "score": quality.score,
+                "level": level,
+                "dimensions": dict(quality.dimensions),
+                "checks": list(quality.checks),
+                "scored_at": now,
+            }
+            for record, level, quality in low
+        ]
         with self._lock:
             self.low_edge = low_edge
-            for record, level in records:
-                quality = record.quality
-                if quality is None:
-                    continue
-                score = quality.score
-                self.count += 1
-                self.total += score
-                self.minimum = score if self.minimum is None else min(self.minimum, score)
-                self.maximum = score if self.maximum is None else max(self.maximum, score)
-                index = min(bisect.bisect_left(DISTRIBUTION_EDGES, score), len(self.bins) - 1)
-                self.bins[index] += 1
-                self.levels[level] += 1
-                for name, value in quality.dimensions.items():
-                    self.dim_total[name] = self.dim_total.get(name, 0.0) + value
-                    self.dim_count[name] += 1
-                for check in quality.checks:
-                    self.check_counts[check.split(" (-")[0]] += 1
-                if score < low_edge:
-                    self.recent.append(
-                        {
-                            "record_id": record.record_id,
-                            "source_id": record.source_id,
-                            "score": score,
-                            "level": level,
-                            "dimensions": dict(quality.dimensions),
-                            "checks": list(quality.checks),
-                            "scored_at": time.time(),
-                        }
-                    )
+            self.count += len(scores)
+            self.total += sum(scores)
+            low_score, high_score = min(scores), max(scores)
+            self.minimum = low_score if self.minimum is None else min(self.minimum, low_score)
+            self.maximum = high_score if self.maximum is None else max(self.maximum, high_score)
+            for index, n in bins.items():
+                self.bins[index] += n
+            self.levels.update(level for _, level, _ in scored)
+            for name, total in dim_total.items():
+                self.dim_total[name] = self.dim_total.get(name, 0.0) + total
+            self.dim_count.update(dim_count)
+            for check, n in checks.items():
+                self.check_counts[_check_key(check)] += n
+            self.recent.extend(recent)
 
     def stats(self, scorer: QualityScorer) -> dict[str, Any]:
         with self._lock:

@@ -58,7 +58,7 @@ class Record(msgspec.Struct, kw_only=True):
 ENRICHMENT_PREFIX = "enrichment:"
 
 
-def lineage_summary(record: Record) -> tuple[list[str], list[str], float | None]:
+def lineage_summary(record: Record) -> tuple[tuple[str, ...], tuple[str, ...], float | None]:
     """What the delivery log keeps of a record's Beta history: ``(rules, enrichment, score)``.
 
     ``rules`` are the ids of the rules applied (and ``schema:<ref>`` for the output schema
@@ -66,17 +66,32 @@ def lineage_summary(record: Record) -> tuple[list[str], list[str], float | None]
     or ``<source>:default`` for a miss answered with ``on_miss: default``); each once, so a
     record replayed through Beta is not listed twice. Step timestamps are not kept.
     """
+    actions = tuple([step.action for step in record.lineage if step.stage == "beta"])
+    parts = _summaries.get(actions)
+    if parts is None:
+        parts = _summarise(actions)
+    score = record.quality.score if record.quality is not None else None
+    return parts[0], parts[1], score
+
+
+#: Summaries by the tuple of Beta actions: the records of a pipeline go through a handful of
+#: distinct rule paths, so Gamma splits each path once rather than once per record.
+_summaries: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+_SUMMARIES_KEPT = 4096
+
+
+def _summarise(actions: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     rules: dict[str, None] = {}
     enrichment: dict[str, None] = {}
-    for step in record.lineage:
-        if step.stage != "beta":
-            continue
-        if step.action.startswith(ENRICHMENT_PREFIX):
-            enrichment[step.action[len(ENRICHMENT_PREFIX) :]] = None
+    for action in actions:
+        if action.startswith(ENRICHMENT_PREFIX):
+            enrichment[action[len(ENRICHMENT_PREFIX) :]] = None
         else:
-            rules[step.action] = None
-    score = record.quality.score if record.quality is not None else None
-    return list(rules), list(enrichment), score
+            rules[action] = None
+    if len(_summaries) >= _SUMMARIES_KEPT:
+        _summaries.clear()
+    parts = _summaries[actions] = (tuple(rules), tuple(enrichment))
+    return parts
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -124,9 +124,13 @@ class DeliveryError:
     records: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DeliveryOutcome:
-    """The result of delivering one record to one destination (``delivered`` or ``failed``)."""
+    """The result of delivering one record to one destination (``delivered`` or ``failed``).
+
+    Not frozen: one is built per record and destination on Gamma's hot path, and a frozen
+    dataclass's ``__init__`` sets each field through ``object.__setattr__`` (twice the cost).
+    """
 
     record_id: str
     destination_id: str

@@ -40,6 +40,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import operator
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -461,6 +462,16 @@ def _lineage_columns(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _joined(cache: dict[tuple[str, ...], str | None], ids: Sequence[str]) -> str | None:
+    """``ids`` as the delivery log stores them (comma-separated, None when empty), memoised."""
+    key = ids if isinstance(ids, tuple) else tuple(ids)
+    try:
+        return cache[key]
+    except KeyError:
+        text = cache[key] = ",".join(key) or None
+        return text
+
+
 def _summary_of_body(body: bytes | None) -> dict[str, Any] | None:
     """The lineage summary in the envelope a DLQ entry keeps (None if the body is no record)."""
     try:
@@ -470,7 +481,7 @@ def _summary_of_body(body: bytes | None) -> dict[str, Any] | None:
     rules, enrichment, score = lineage_summary(record)
     if not rules and not enrichment and score is None:
         return None
-    return {"rules": rules, "enrichment": enrichment, "quality_score": score}
+    return {"rules": list(rules), "enrichment": list(enrichment), "quality_score": score}
 
 
 # -- migrations -----------------------------------------------------------------------------
@@ -589,22 +600,44 @@ class _Prepared:
             if processor is not None and bind.required:
                 self.processors[name] = processor
 
-    def params(self, rows: Sequence[dict[str, Any]]) -> list[Any]:
-        processors, constants = self.processors, self.constants
-        if processors:
-            rows = [
-                {k: (processors[k](v) if k in processors else v) for k, v in row.items()}
-                for row in rows
-            ]
-        if constants:
-            rows = [{**constants, **row} for row in rows]
-        if self.positional:
-            names = self.names
-            return [tuple(row[name] for name in names) for row in rows]
-        return list(rows)
+    def params(
+        self, rows: Sequence[dict[str, Any]], shared: dict[str, Any] | None = None
+    ) -> list[Any]:
+        """The driver's parameters: a tuple (positional dialects) or a dict per row.
 
-    def executemany(self, conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
-        conn.exec_driver_sql(self.sql, self.params(rows))
+        ``shared`` holds values that are the same for every row (a batch's timestamp): their
+        bind processors run once, not once per row.
+        """
+        fixed = dict(self.constants)
+        for name, value in (shared or {}).items():
+            processor = self.processors.get(name)
+            fixed[name] = processor(value) if processor is not None else value
+        per_row = [(k, p) for k, p in self.processors.items() if k not in fixed]
+        if per_row:
+            processed = []
+            for row in rows:
+                row = dict(row)
+                for name, processor in per_row:
+                    row[name] = processor(row[name])
+                processed.append(row)
+            rows = processed
+        if fixed:
+            rows = [fixed | row for row in rows]
+        if not self.positional:
+            return list(rows)
+        names = self.names
+        if len(names) == 1:
+            return [(row[names[0]],) for row in rows]
+        pick = operator.itemgetter(*names)  # the tuple is built in C, not a generator per row
+        return [pick(row) for row in rows]
+
+    def executemany(
+        self,
+        conn: sa.Connection,
+        rows: Sequence[dict[str, Any]],
+        shared: dict[str, Any] | None = None,
+    ) -> None:
+        conn.exec_driver_sql(self.sql, self.params(rows, shared))
 
 
 class SqlStateStore(StateStore):
@@ -897,14 +930,13 @@ class SqlStateStore(StateStore):
                 "origin": first[key].origin,
                 "record_id": first[key].record_id,
                 "source_id": first[key].source_id,
-                "timestamp": now,
-                "expires_at": expires_at,
             }
             for key in keys
         ]
+        shared = {"timestamp": now, "expires_at": expires_at}
 
         def work(conn: sa.Connection) -> dict[str, str]:
-            self._claim_fast.executemany(conn, rows)
+            self._claim_fast.executemany(conn, rows, shared)
             owners = conn.execute(self._owners, {"keys": self._list_param(keys)})
             return {row[0]: row[1] for row in owners}
 
@@ -1288,24 +1320,27 @@ class SqlStateStore(StateStore):
             return
         now = _utcnow()
         rows: dict[tuple[str, str], dict[str, Any]] = {}
+        joined: dict[tuple[str, ...], str | None] = {}  # a batch shares a few rule paths
         for o in outcomes:
             key = (o.record_id, o.destination_id)
             previous = rows.get(key)
             if previous is not None and previous["status"] == "delivered":
                 continue  # the same rule as in the database, within the batch
+            rules = _joined(joined, o.rules)
+            enrichment = _joined(joined, o.enrichment)
             rows[key] = {
                 "record_id": o.record_id,
                 "destination_id": o.destination_id,
                 "status": o.status,
                 "attempts": o.attempts,
                 "error": o.error,
-                "timestamp": now,
-                "rules": ",".join(o.rules) or None,
-                "enrichment": ",".join(o.enrichment) or None,
+                "rules": rules,
+                "enrichment": enrichment,
                 "quality_score": o.quality_score,
             }
         batch = list(rows.values())
-        self._write(lambda conn: self._record_deliveries_fast.executemany(conn, batch))
+        shared = {"timestamp": now}
+        self._write(lambda conn: self._record_deliveries_fast.executemany(conn, batch, shared))
 
     def delivered_records(self, record_ids: Sequence[str], destination_id: str) -> set[str]:
         """Which of these records are already delivered to the destination."""

@@ -254,10 +254,12 @@ class DatabaseDestination(Destination):
 
     # -- delivery -----------------------------------------------------------------------------
     def _rows(self, records: Sequence[Record]) -> list[tuple[Any, ...]]:
-        return [
-            tuple(None if v is MISSING else v for v in (get(r) for get, _ in self._extract))
-            for r in records
-        ]
+        getters = [get for get, _ in self._extract]
+        rows = [[get(r) for get in getters] for r in records]
+        for row in rows:
+            if MISSING in row:  # rare (on_missing_field: null); a C-level scan otherwise
+                row[:] = [None if v is MISSING else v for v in row]
+        return [tuple(row) for row in rows]
 
     def _missing_fields(self, records: Sequence[Record]) -> tuple[list[Record], Rejected]:
         """``on_missing_field: dlq``: the records lacking a mapped field, refused as poison."""
