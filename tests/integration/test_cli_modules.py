@@ -17,12 +17,30 @@ from tests.integration.pipeline_harness import (
 )
 from tests.integration.test_pipeline_faults import add_bulk_orders
 
+#: A disabled source whose header holds a literal secret and whose key is a reference.
+SOURCE_WITH_SECRETS = """\
+source_id: secret_api
+source_type: rest_api
+enabled: false
+connection:
+  endpoint: https://api.example.com/data
+  headers:
+    Authorization: Bearer s3cr3t
+    X-Trace: t-1
+  auth_type: api_key
+  auth_config:
+    api_key_ref: env:SECRET_API_KEY
+parsing:
+  format: json
+"""
+
 
 @pytest.mark.parametrize("module", ["alpha", "beta", "gamma", "control"])
 def test_a_module_runs_alone_serves_its_admin_api_and_stops_on_sigterm(
     module: str, tmp_path: Path
 ) -> None:
     config_dir = copy_quickstart(tmp_path / "quickstart")
+    (config_dir / "alpha" / "sources" / "api.yaml").write_text(SOURCE_WITH_SECRETS)
     port = free_port_base(1)
     process = start_module(module, config_dir, tmp_path / "data", port)
     url = f"http://127.0.0.1:{port}"
@@ -40,6 +58,13 @@ def test_a_module_runs_alone_serves_its_admin_api_and_stops_on_sigterm(
         assert status["module"] == module
         assert status["pid"] == process.pid
         assert "openapi" in httpx.get(f"{url}/openapi.json", timeout=5).json()
+        # J.2's export: literal secrets are masked, references are shown as written.
+        export = httpx.get(f"{url}/admin/config/export", timeout=5)
+        assert export.status_code == 200
+        assert "s3cr3t" not in export.text
+        connection = export.json()["alpha"]["sources"]["secret_api"]["connection"]
+        assert connection["headers"] == {"Authorization": "***", "X-Trace": "t-1"}
+        assert connection["auth_config"]["api_key_ref"] == "env:SECRET_API_KEY"
     finally:
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=60)

@@ -39,6 +39,39 @@ def add_bulk_orders(config_dir: Path, count: int) -> None:
     (config_dir / "input" / "orders" / "bulk.ndjson").write_text("\n".join(lines) + "\n")
 
 
+def add_late_orders(config_dir: Path, count: int) -> None:
+    """Orders in a new file, good enough for the warehouse (quality >= 0.7)."""
+    lines = [
+        json.dumps(
+            {
+                "order_id": f"LATE-{n:05d}",
+                "customer_id": "C00001",
+                "amount": 1.5,
+                "country": "US",
+                "phone_number": "555-123-4567",
+                "email": f"late{n}@example.com",
+            }
+        )
+        for n in range(count)
+    ]
+    (config_dir / "input" / "orders" / "late.ndjson").write_text("\n".join(lines) + "\n")
+
+
+def late_orders_delivered(data_dir: Path) -> int:
+    """Rows of ``add_late_orders`` in the warehouse (read-only: the test must not create it)."""
+    try:
+        db = sqlite3.connect(f"file:{data_dir / 'warehouse.db'}?mode=ro", uri=True)
+        try:
+            row = db.execute(
+                "SELECT count(*) FROM pipeline_events WHERE event_id LIKE 'orders_file:LATE-%'"
+            ).fetchone()
+        finally:
+            db.close()
+    except sqlite3.OperationalError:  # no database or table yet: nothing delivered so far
+        return 0
+    return int(row[0])
+
+
 def curl(*args: str) -> tuple[int, str]:
     done = subprocess.run(
         ["curl", "-s", "-o", "-", "-w", "\n%{http_code}", *args],
@@ -127,7 +160,21 @@ def test_admin_endpoints_and_a_broken_reload_as_the_manual_does_them(tmp_path: P
         assert any("orders.yaml" in i["file"] and "polling.batch_size" in i["key"] for i in issues)
         code, body = curl(f"{alpha}/admin/health")
         assert code == 200
+        # Every module judges the whole directory, so every module refuses it.
+        for module in ("beta", "gamma", "control"):
+            code, body = curl("-X", "POST", f"{run.url(module)}/admin/config/reload")
+            assert code == 400, body
+            assert any("orders.yaml" in i["file"] for i in json.loads(body)["issues"]), body
+        # The pipeline keeps running on its last good configuration: new input still flows.
+        add_late_orders(config_dir, 200)
+        wait_until(
+            lambda: late_orders_delivered(run.data_dir) == 200,
+            60,
+            "input added after the refused reload was not delivered",
+        )
         broken.write_text(good)
+        code, body = curl("-X", "POST", f"{alpha}/admin/config/reload")
+        assert code == 200, body
 
         # Pause and resume as pasted from the manual (form content type, JSON body).
         code, body = curl("-X", "POST", f"{alpha}/admin/pause", "-d", '{"reason": "maintenance"}')

@@ -157,8 +157,12 @@ def kind_from_content(data: Any, module: str | None = None) -> str | None:
         return "source"
     if "destination_type" in keys:
         return "destination"
-    if "rule_id" in keys or "transform" in keys:
-        return "route" if "destination" in keys and "transform" not in keys else "rule"
+    if "transform" in keys:
+        return "rule"
+    if "rule_id" in keys:
+        # A rule without its ``transform`` or ``destination`` is either kind: the command that
+        # asks decides, so that a route missing its destination is told so, not called a rule.
+        return "route" if "destination" in keys or module == "gamma" else "rule"
     scores: dict[str, int] = {}
     for name in _SETTINGS_KINDS:
         model = KINDS[name].model

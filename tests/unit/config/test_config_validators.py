@@ -70,6 +70,14 @@ def test_wrong_kind_of_file_names_the_right_command(tmp_path: Path) -> None:
     assert "use beta-rule-validator" in out
 
 
+def test_a_route_missing_its_destination_is_judged_as_a_route(tmp_path: Path) -> None:
+    route = write(tmp_path / "to_analytics.yaml", "rule_id: R\nmatch: {source_id: {in: [a]}}\n")
+    code, out = run("gamma-config-validator", route)
+    assert code == 1
+    assert out.startswith(f"{route}:1: destination: is required.")
+    assert run("beta-rule-validator", route)[1].startswith(f"{route}:1: transform: is required.")
+
+
 def test_settings_file_detected_by_the_asking_command(tmp_path: Path) -> None:
     settings = write(tmp_path / "settings.yaml", "TRANSFORM_PARALLELISM: 16\n")
     assert run("beta-config-validator", settings)[0] == 0
