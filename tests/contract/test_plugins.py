@@ -6,11 +6,17 @@ rule file, a destination file, an enrichment file; for a parser, a source file u
 format). It loads through the real config loader and its validators, and the plugin class builds
 from what was loaded.
 The cases come from the registry, so a new plugin without an example fails here.
+
+A transform's example also has its test cases, ``examples/plugins/transforms/<name>_test.yaml``
+(the ``dps test`` format): the examples are run on records, through ``dps test``, as an operator
+runs the cases kept beside the rules.
 """
 
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -162,10 +168,52 @@ def test_every_example_is_for_a_registered_plugin() -> None:
             path.parent.parent != EXAMPLES
             or path.parent.name not in KINDS
             or path.suffix != ".yaml"
-            or path.stem not in registry.names(path.parent.name)
+            or _plugin_of(path) not in registry.names(path.parent.name)
         )
     ]
     assert orphans == []
+
+
+def _plugin_of(path: Path) -> str:
+    """The plugin an example file is for: ``cast.yaml`` and, for a transform, its cases
+    ``cast_test.yaml``."""
+    if path.parent.name == "transforms" and path.stem.endswith("_test"):
+        return path.stem.removesuffix("_test")
+    return path.stem
+
+
+@pytest.mark.parametrize("name", registry.names("transforms"))
+def test_every_transform_example_has_test_cases(name: str) -> None:
+    path = EXAMPLES / "transforms" / f"{name}_test.yaml"
+    shown = path.relative_to(EXAMPLES.parents[1])
+    assert path.is_file(), f"The transform {name!r} has no test cases: add {shown}."
+
+
+def test_the_transform_examples_pass_their_test_cases_with_dps_test(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    rules = config / LAYOUT["transforms"]
+    rules.mkdir(parents=True)
+    for path in sorted((EXAMPLES / "transforms").glob("*.yaml")):
+        shutil.copy(path, rules / path.name)
+    # lookup.yaml reads customer_db: here a CSV file holding the one customer its cases expect.
+    (tmp_path / "customers.csv").write_text("customer_id,name,tier\nC1,Ada Lovelace,gold\n")
+    enrichment = config / LAYOUT["enrichment"]
+    enrichment.mkdir(parents=True)
+    (enrichment / "customer_db.yaml").write_text(
+        "name: customer_db\ntype: csv\n"
+        f"connection: {{path: {tmp_path / 'customers.csv'}, key_column: customer_id}}\n"
+    )
+
+    done = subprocess.run(
+        [sys.executable, "-m", "dps", "test", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    count = len(registry.names("transforms"))
+    assert f"in {count} files, 0 failures." in done.stdout, done.stdout
 
 
 def test_the_examples_load_together_as_one_config_dir(tmp_path: Path) -> None:

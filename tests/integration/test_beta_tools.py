@@ -187,6 +187,19 @@ def test_dps_test_reports_a_malformed_test_file(tmp_path: Path, body: str) -> No
     assert "bad_test.yaml" in done.stdout
 
 
+def test_dps_test_names_the_line_and_key_of_a_mistake_in_a_test_file(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    (config / "beta" / "transforms" / "rules" / "bad_test.yaml").write_text(
+        "tests:\n  - name: typo\n    input: [{a: 1}]\n    expect:\n      - feilds: {a: 1}\n"
+    )
+    done = _run(sys.executable, "-m", "dps", "test", str(config), cwd=tmp_path)
+    assert done.returncode == 1
+    assert (
+        'bad_test.yaml:5: tests[0].expect[0].feilds: "feilds" is not a known key; '
+        'did you mean "fields"?'
+    ) in done.stdout
+
+
 LOOKUP_TESTS = """\
 tests:
   - name: the lookup reads the configured enrichment source

@@ -94,13 +94,15 @@ class BetaModule(ModuleHost):
             enrichment.close()
             raise
         old = getattr(self, "enrichment", None)
-        if old is not None:
-            enrichment.adopt(old)
+        interrupted = enrichment.adopt(old) if old is not None else []
         self.stage = Stage(rules, scorer, schemas)
         self.enrichment = enrichment
         if old is not None:
             old.close()
-            # A source configured anew (or added) is warmed again; kept ones keep their entries.
+            # A warmup or refresh the reload stopped goes on here; a source configured anew
+            # (or added) is warmed again; kept ones keep their entries.
+            for job in interrupted:
+                enrichment.refresh(job.source, job.kind)
             for name, cache in enrichment.sources.items():
                 if cache.config.cache.warmup and not enrichment.size(name):
                     enrichment.refresh(name, "warmup")

@@ -238,8 +238,16 @@ DISTRIBUTION_EDGES: Final = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 def _check_key(check: str) -> str:
-    """A failed check without its penalty (``"completeness: amount is missing"``)."""
-    return check.split(" (-")[0]
+    """A failed check as ``top_failed_checks`` counts it: without its penalty
+    (``"completeness: amount is missing"``) and, for timeliness, without the record's own age or
+    timestamp text, which would make each record a check of its own (E.2 could not rank them, and
+    the counts would grow with every new age)."""
+    text = check.split(" (-")[0]
+    if text.startswith("timeliness: "):
+        if text.endswith(" over max_age_hours"):
+            return "timeliness: older than max_age_hours"
+        return "timeliness: event time is not a timestamp"
+    return text
 
 
 class QualityStats:

@@ -25,6 +25,7 @@ from dps.beta.rules import RuleSet
 from dps.beta.schemas import SchemaRegistry
 from dps.beta.stage import Stage
 from dps.config.documents import parse_yaml
+from dps.config.messages import issues_from_error
 from dps.config.models import PipelineConfig, RuleConfig
 from dps.core.model import StrictModel
 from dps.core.record import Record, get_path, make_record_id
@@ -214,7 +215,7 @@ def run_test_file(path: Path, config: PipelineConfig) -> tuple[int, list[str]]:
     try:
         spec = TestFile.model_validate(doc.data)
     except ValidationError as exc:
-        return 0, [f"{path}: {e['loc']}: {e['msg']}" for e in exc.errors()]
+        return 0, [str(issue) for issue in issues_from_error(exc, doc, TestFile)]
     # Lookups go to the configured enrichment sources, as in the running module.
     enrichment = Enrichment(config.beta.enrichment, config.beta.settings)
     try:

@@ -6,14 +6,18 @@ The servers (PostgreSQL, Redis, HTTP) are in ``tests/integration/test_beta_enric
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.integration.pipeline_harness import copy_quickstart
 
 from dps.beta.enrichment.base import Unavailable
 from dps.beta.enrichment.cache import EXPORT_FORMAT, Enrichment
+from dps.beta.module import BetaModule
 from dps.beta.rules import RuleSet
 from dps.beta.stage import Stage
 from dps.config.models import BetaSettings, EnrichmentConfig, RuleConfig
@@ -325,3 +329,57 @@ def test_a_bad_enrichment_file_names_its_key(tmp_path: Path) -> None:
     path.write_text("name: x\ntype: redi\nconnection: {}\n")
     with pytest.raises(ConfigError, match='Did you mean "redis"'):
         load_file(path, "enrichment")
+
+
+def test_a_reload_during_a_warmup_finishes_it_and_keeps_the_source_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = copy_quickstart(tmp_path / "config")
+    path = _csv(tmp_path / "c.csv", [(f"K{i}", f"n{i}", "t") for i in range(2500)])
+    (config / "beta" / "enrichment").mkdir()
+    (config / "beta" / "enrichment" / "customers.yaml").write_text(
+        f"name: customers\ntype: csv\nconnection: {{path: {path}, key_column: id}}\n"
+        "cache: {warmup: true}\n"
+    )
+    module = BetaModule(config, data_dir=tmp_path / "data")
+    release = threading.Event()
+    try:
+        # The warmup is held after its first 1000 rows, as a long one is by a slow source.
+        source = module.enrichment.sources["customers"].source
+        real_scan = source.scan
+
+        def held_scan() -> tuple[int, Iterator[list[tuple[str, dict[str, Any]]]]]:
+            total, chunks = real_scan()
+
+            def held() -> Iterator[list[tuple[str, dict[str, Any]]]]:
+                for chunk in chunks:
+                    yield chunk
+                    release.wait(10)
+
+            return total, held()
+
+        monkeypatch.setattr(source, "scan", held_scan)
+        first = module.enrichment.refresh("customers", "warmup")
+        deadline = time.time() + 10
+        while first.loaded < 1000 and time.time() < deadline:
+            time.sleep(0.01)
+        assert first.state == "running" and module.enrichment.size("customers") == 1000
+
+        threading.Timer(0.3, release.set).start()
+        module.reload_config()  # the source's file did not change: its cache is kept
+
+        again = module.enrichment.sources["customers"].refresh
+        assert again is not None and again.kind == "warmup"
+        deadline = time.time() + 10
+        while again.state == "running" and time.time() < deadline:
+            time.sleep(0.01)
+        assert again.state == "completed" and module.enrichment.size("customers") == 2500
+        # Another reload keeps the finished warmup's report and the source's availability.
+        module.reload_config()
+        status = module.enrichment.status()["sources"]["customers"]
+        assert status["available"] is True
+        assert status["refresh"]["state"] == "completed"
+        assert status["refresh"]["entries_loaded"] == 2500
+    finally:
+        release.set()
+        module.close()

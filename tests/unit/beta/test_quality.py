@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from dps.beta.quality import QualityScorer
+from dps.beta.quality import QualityScorer, QualityStats
 from dps.config import load_file
 from dps.config.models import QualityScoringConfig
 from dps.core.errors import ConfigError
@@ -332,3 +332,55 @@ def test_the_breakdown_survives_the_codec_and_old_records_still_decode() -> None
     assert decoded.quality is not None and decoded.quality.checks == []
     # and a reader without the field skips it
     assert msgspec.msgpack.decode(encode(record), type=OldRecord).quality is not None
+
+
+# -- what the E.2 endpoints show ------------------------------------------------------------------
+
+
+def test_e2_stats_distribution_dimensions_and_low_scores(b3: QualityScorer) -> None:
+    stats = QualityStats()
+    # Six records, each late by another number of hours, two without transaction_date.
+    records = [
+        _record(
+            {**COMPLETE, "transaction_date": None if n % 3 == 0 else "2026-11-27"},
+            event_time=_iso(30 + n),
+        )
+        for n in range(6)
+    ]
+    scored = []
+    for record in records:
+        record.quality = b3.score(record, now=NOW)
+        scored.append((record, b3.level(record.quality.score)))
+    stats.add(scored, 1.0)
+
+    summary = stats.stats(b3)
+    assert summary["records_scored"] == 6
+    assert summary["levels"]["ok"] == 6
+    assert sum(b["count"] for b in stats.distribution()["buckets"]) == 6
+    dimensions = stats.dimensions(b3)
+    assert dimensions["dimensions"]["completeness"]["average"] == pytest.approx((4 + 2 * 0.8) / 6)
+    # Each record's age is its own, but the checks that cost points are ranked by kind.
+    assert dimensions["top_failed_checks"] == [
+        {"check": "timeliness: older than max_age_hours", "count": 6},
+        {"check": "completeness: transaction_date is missing", "count": 2},
+    ]
+    low = stats.low_scores(0.99, 10)
+    assert low["count"] == 6
+    assert any(c.startswith("timeliness: 35.0 h old") for c in low["records"][0]["checks"])
+
+
+def test_unreadable_timestamps_are_one_kind_of_failed_check() -> None:
+    scorer = _scorer(
+        enabled_dimensions=["timeliness"],
+        rules={"timeliness": {"field": "ts", "max_age_hours": 1, "penalty_per_hour": 0.5}},
+    )
+    stats = QualityStats()
+    batch = []
+    for text in ("yesterday", "soon", "n/a"):
+        record = _record({"ts": text})
+        record.quality = scorer.score(record, now=NOW)
+        batch.append((record, scorer.level(record.quality.score)))
+    stats.add(batch, 1.0)
+    assert stats.dimensions(scorer)["top_failed_checks"] == [
+        {"check": "timeliness: event time is not a timestamp", "count": 3}
+    ]

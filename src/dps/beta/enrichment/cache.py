@@ -524,8 +524,14 @@ class Enrichment:
         }
 
     # -- lifecycle --------------------------------------------------------------------------
-    def adopt(self, old: Enrichment) -> None:
-        """Keep the entries of ``old`` for the sources configured the same way (a reload)."""
+    def adopt(self, old: Enrichment) -> list[Refresh]:
+        """Keep what ``old`` knows of the sources configured the same way (a reload): their
+        entries, counts, availability and last refresh.
+
+        Returns the refreshes of those sources that were still running: closing ``old`` stops
+        them, so the caller starts them again on this cache once ``old`` is closed (a reload in
+        the middle of a long warmup or B.2 refresh must not leave it half done).
+        """
         same = [
             name
             for name, cache in self.sources.items()
@@ -536,8 +542,17 @@ class Enrichment:
             kept = [(slot, e) for slot, e in old._entries.items() if slot[0] in same]
         for (source, key), entry in kept:
             self._put(source, key, entry.value, entry.fetched_at)
+        interrupted: list[Refresh] = []
         for name in same:
-            self.sources[name].counts = old.sources[name].counts
+            mine, theirs = self.sources[name], old.sources[name]
+            mine.counts = theirs.counts
+            mine.available, mine.last_error = theirs.available, theirs.last_error
+            mine.last_error_at = theirs.last_error_at
+            if theirs.refresh is not None and theirs.refresh.state == "running":
+                interrupted.append(theirs.refresh)
+            else:
+                mine.refresh = theirs.refresh
+        return interrupted
 
     def close(self) -> None:
         self._closed.set()
