@@ -63,6 +63,7 @@ from dps.config.secrets import SecretRef
 from dps.core import registry
 from dps.core.errors import SecretError, TerminalError
 from dps.core.health import Check, combine, evaluate, worst
+from dps.core.metrics import MODULE_LATENCY_SECONDS, observe_n
 from dps.core.record import Record, encode_many, get_path, new_record
 from dps.runtime.lifecycle import Health, HealthReport, RunState
 from dps.runtime.module import TRANSFORM_QUEUE, ModuleHost
@@ -562,6 +563,9 @@ class AlphaModule(ModuleHost):
         valid, duplicates = self._dedupe(sc, candidates)
         if valid:
             self.queue.put(encode_many(valid))
+            # From the source's fetch to the transform queue, shared by the batch's records.
+            in_module = fetch_seconds + parsed_fetch.seconds + time.perf_counter() - started
+            observe_n(MODULE_LATENCY_SECONDS.labels(module="alpha"), in_module, len(valid))
         if duplicates:
             self.state_store.record_duplicates(duplicates)
         if failures:

@@ -90,6 +90,6 @@ BETA_ENRICHMENT_DURATION_SECONDS: Final = Histogram(
 )
 BETA_QUEUE_WAIT_DURATION_SECONDS: Final = Histogram(
     "beta_queue_wait_duration_seconds",
-    "Seconds a record waited in the transform queue before beta took it.",
+    "Seconds from a record's ingestion to Beta's lease: its wait in the transform queue.",
     buckets=QUEUE_WAIT_BUCKETS,
 )

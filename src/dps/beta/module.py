@@ -32,7 +32,7 @@ from dps.beta.schemas import SchemaRegistry
 from dps.beta.stage import Result, Stage
 from dps.config import PipelineConfig
 from dps.core.health import Check, Health, HealthReport, combine, evaluate, worst
-from dps.core.metrics import observe_many
+from dps.core.metrics import MODULE_LATENCY_SECONDS, observe_many, observe_n
 from dps.core.record import Record, decode, encode, encode_many
 from dps.queues import Lease, Message
 from dps.runtime.module import DELIVERY_QUEUE, TRANSFORM_QUEUE, ModuleHost, dlq_from_message
@@ -55,6 +55,9 @@ class Batch:
     slow: list[Result] = field(default_factory=list)
     durations: list[float] = field(default_factory=list)
     failed: int = 0
+    #: Seconds each record waited before this lease (since its ingestion: the transform
+    #: queue's wait plus Alpha's own short time).
+    waits: list[float] = field(default_factory=list)
 
 
 #: Seconds over which the transform rate is a sustained rate (the alert rules' 5m).
@@ -71,6 +74,8 @@ class BetaModule(ModuleHost):
         super().__init__(config_dir, data_dir=data_dir)
         self.inbox = self.open_queue(TRANSFORM_QUEUE, dead_letter=self._dead_letter)
         self.outbox = self.open_queue(DELIVERY_QUEUE)
+        # Read at scrape time: right while Beta is paused or stuck, and no query per batch.
+        m.BETA_QUEUE_DEPTH.set_function(self._scraped_depth)
         self.quality_stats = QualityStats()
         self.slow_records: deque[dict[str, Any]] = deque(maxlen=1000)
         self.durations: deque[float] = deque(maxlen=5000)
@@ -153,7 +158,6 @@ class BetaModule(ModuleHost):
         settings = self.config.beta.settings
         first = self.inbox.lease(settings.TRANSFORM_BATCH_SIZE, wait=0.5)
         if not first:
-            m.BETA_QUEUE_DEPTH.set(self.inbox.depth())
             return False
         started = time.perf_counter()
         leases = [first]
@@ -171,6 +175,9 @@ class BetaModule(ModuleHost):
         for lease, batch in zip(leases, batches, strict=True):
             if batch.bodies:
                 self.outbox.put(batch.bodies)
+                # From the lease to the delivery queue, shared by the batch's records.
+                in_module = time.perf_counter() - started
+                observe_n(MODULE_LATENCY_SECONDS.labels(module="beta"), in_module, batch.delivered)
             if batch.dlq:
                 self.state_store.add_dlq_entries(batch.dlq)
             self.inbox.ack(lease)
@@ -181,6 +188,12 @@ class BetaModule(ModuleHost):
         for lease, batch in zip(leases, batches, strict=True):
             self._observe(stage, batch, len(lease), share)
         return True
+
+    def _scraped_depth(self) -> float:
+        try:
+            return float(self.inbox.depth())
+        except Exception:  # closed at shutdown, or the broker is away: no number, not a 500
+            return float("nan")
 
     def _pool(self, workers: int) -> ThreadPoolExecutor:
         if self._executor is None or self._executor_size != workers:
@@ -205,6 +218,8 @@ class BetaModule(ModuleHost):
                 continue
             record.attempts = msg.attempts
             records.append((msg, record))
+        leased_at = time.time()
+        batch.waits = [max(0.0, leased_at - record.ingested_at) for _, record in records]
         stage.begin_batch([record for _, record in records])
         try:
             results = [(msg, stage.process(record)) for msg, record in records]
@@ -249,6 +264,7 @@ class BetaModule(ModuleHost):
         if failed:
             m.BETA_TRANSFORM_FAILURES_TOTAL.inc(failed)
         observe_many(m.BETA_TRANSFORM_DURATION_SECONDS, durations)
+        observe_many(m.BETA_QUEUE_WAIT_DURATION_SECONDS, batch.waits)
         observe_many(
             m.BETA_QUALITY_SCORE_DISTRIBUTION,
             [record.quality.score for record, _ in scored if record.quality is not None],
@@ -273,7 +289,6 @@ class BetaModule(ModuleHost):
                         "at": time.time(),
                     }
                 )
-        m.BETA_QUEUE_DEPTH.set(self.inbox.depth())
 
     # -- what the admin API shows -------------------------------------------------------------
     def window(self) -> dict[str, float | None]:
