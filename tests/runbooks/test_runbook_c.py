@@ -1,6 +1,7 @@
 """Runbook C (C.1 new destination, C.2 DLQ, C.3 circuit breakers) and D.2's delivery query, as
 written, against a running ``dps run`` with a real PostgreSQL destination and a real HTTP
-destination that is down at first, then answers 500 to every third request.
+destination that is down at first, then answers 500 to every third request. The state store is
+on PostgreSQL too, so D.2's query runs verbatim on the delivery log.
 
 Checks: the HTTP destination being down never stalls the PostgreSQL one (per-destination spools),
 its breaker opens and closes, every record ends delivered exactly once or in the DLQ with its
@@ -22,6 +23,31 @@ from typing import Any
 import psycopg
 import pytest
 from tests.integration.pipeline_harness import PG_DSN, copy_quickstart, start_pipeline, wait_until
+
+#: Runbook D.2's delivery query, verbatim.
+D2_DELIVERY_QUERY = """
+   SELECT destination_id,
+          count(*) FILTER (WHERE status='delivered') as delivered,
+          count(*) FILTER (WHERE status='failed') as failed,
+          count(*) as total
+   FROM delivery_log
+   WHERE timestamp > now() - interval '1 hour'
+   GROUP BY destination_id;
+"""
+#: Every gamma metric of the manual's "Metric Types" tables and alert rules, and its labels.
+MANUAL_METRICS = (
+    'gamma_records_delivered_total{destination="warehouse"}',
+    'gamma_delivery_failures_total{destination="warehouse"}',
+    "gamma_pending_deliveries ",
+    "gamma_dlq_size ",
+    *(
+        f'gamma_delivery_duration_seconds_bucket{{destination="warehouse",le="{le}"}}'
+        for le in ("0.01", "0.05", "0.1", "0.5", "1.0", "5.0", "+Inf")
+    ),
+    'gamma_destination_status{destination="events_api"}',
+    'gamma_circuit_breaker_state{destination="events_api"}',
+    "pipeline_end_to_end_latency_seconds_bucket",
+)
 
 
 def curl(*args: str) -> tuple[int, Any]:
@@ -110,6 +136,13 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_runbook_c_against_a_running_pipeline(tmp_path: Path, schema: str) -> None:
     config = copy_quickstart(tmp_path / "qs")
+    pipeline = config / "pipeline.yaml"
+    pipeline.write_text(
+        pipeline.read_text().replace(
+            "state:\n  backend: sqlite\n",
+            f"state:\n  backend: postgresql\n  dsn: {PG_DSN}\n  schema: {schema}\n",
+        )
+    )
     gamma = config / "gamma"
     wh = gamma / "destinations" / "warehouse.yaml"
     text = wh.read_text().replace(
@@ -216,6 +249,12 @@ def test_runbook_c_against_a_running_pipeline(tmp_path: Path, schema: str) -> No
             "-X", "POST", f"{g}/admin/dlq/replay", "-d", json.dumps({"entry_ids": two})
         )
         assert code == 200 and replay["replayed"] == 2, replay
+        # Step 4's second form, as pasted: transient failures wait in the spool, never in the
+        # gamma DLQ, so nothing here is retry-eligible.
+        code, eligible = curl(
+            "-X", "POST", f"{g}/admin/dlq/replay", "-d", '{"filter": {"retry_eligible": true}}'
+        )
+        assert code == 200 and eligible["matched"] == eligible["replayed"] == 0, eligible
         code, again = curl(
             "-X", "POST", f"{g}/admin/dlq/replay", "-d", json.dumps({"entry_ids": two})
         )
@@ -231,6 +270,28 @@ def test_runbook_c_against_a_running_pipeline(tmp_path: Path, schema: str) -> No
             "-X", "POST", f"{g}/admin/dlq/purge", "-d", json.dumps({"entry_ids": rest[:1]})
         )
         assert code == 200 and purge["purged"] == 1
+        # Step 7 as pasted: ids that name no open entry are reported, nothing is purged.
+        code, pasted = curl(
+            "-X", "POST", f"{g}/admin/dlq/purge", "-d", '{"entry_ids": ["entry_1", "entry_2"]}'
+        )
+        assert code == 200 and pasted["purged"] == 0
+        assert pasted["unmatched_entry_ids"] == ["entry_1", "entry_2"]
+        # Retention (the gamma_dlq_cleanup job): nothing here is 14 days old yet.
+        code, cleanup = curl("-X", "POST", f"{g}/admin/dlq/cleanup")
+        assert code == 200 and cleanup["retention_days"] == 14 and cleanup["archived"] == 0
+        code, refused = curl("-X", "POST", f"{g}/admin/dlq/cleanup", "-d", '{"retention_days": -1}')
+        assert code == 400 and "expected 0 or more" in refused["error"]
+        scheduler = run.url("control")
+        code, _ = curl("-X", "POST", f"{scheduler}/admin/jobs/gamma_dlq_cleanup/trigger")
+        assert code == 202
+
+        def cleanup_job_done() -> bool:
+            last = curl(f"{scheduler}/admin/jobs/gamma_dlq_cleanup/status")[1]["last_run"]
+            return bool(last) and last["status"] == "SUCCESS"
+
+        wait_until(cleanup_job_done, 30, "the gamma_dlq_cleanup job never succeeded")
+        code, stats = curl(f"{g}/admin/dlq/stats")
+        assert f"\ngamma_dlq_size {float(stats['size'])}\n" in run.get("gamma", "/metrics").text
 
         def replayed_landed() -> bool:
             with psycopg.connect(PG_DSN) as conn:
@@ -241,11 +302,9 @@ def test_runbook_c_against_a_running_pipeline(tmp_path: Path, schema: str) -> No
             return n is not None and n[0] == 2
 
         wait_until(replayed_landed, 60, "the replayed records never reached PostgreSQL")
-        import sqlite3
-
-        with sqlite3.connect(tmp_path / "data" / "state.db") as db:
-            audited = {r[0] for r in db.execute("SELECT action FROM audit_log")}
-        assert {"dlq_replay", "dlq_purge", "circuit_breaker_reset"} <= audited
+        with psycopg.connect(PG_DSN) as conn:
+            audited = {r[0] for r in conn.execute(f"SELECT action FROM {schema}.audit_log")}
+        assert {"dlq_replay", "dlq_purge", "dlq_cleanup", "circuit_breaker_reset"} <= audited
 
         # C.1: a new destination, disabled, tested, test-delivered, enabled, routed.
         (gamma / "destinations" / "new_destination.yaml").write_text(
@@ -300,21 +359,20 @@ def test_runbook_c_against_a_running_pipeline(tmp_path: Path, schema: str) -> No
             code, body = curl(g + path)
             assert code == 200 and body, path
         metrics = run.get("gamma", "/metrics").text
+        missing = [name for name in MANUAL_METRICS if name not in metrics]
+        assert not missing, missing
         assert 'gamma_circuit_breaker_state{destination="events_api"} 0.0' in metrics
-        assert "gamma_records_delivered_total" in metrics
+        assert 'gamma_destination_status{destination="events_api"} 1.0' in metrics
 
-        # D.2's delivery query, as written, on the delivery log (state on SQLite here: the
-        # runbook's PostgreSQL form is checked in the state tests); counts must match.
-        with sqlite3.connect(tmp_path / "data" / "state.db") as db:
-            d2 = dict(
-                (r[0], (r[1], r[2]))
-                for r in db.execute(
-                    "SELECT destination_id, sum(status = 'delivered'), sum(status = 'failed') "
-                    "FROM delivery_log WHERE timestamp > datetime('now', '-1 hour') "
-                    "GROUP BY destination_id"
-                )
-            )
-        assert d2["events_api"][0] == len(api.received)
+        # D.2's delivery query, verbatim, on the delivery log in PostgreSQL: the counts match
+        # what the destinations hold and what went to the DLQ.
+        with psycopg.connect(PG_DSN, options=f"-c search_path={schema}") as conn:
+            d2 = {r[0]: r[1:] for r in conn.execute(D2_DELIVERY_QUERY)}
+            in_pg = conn.execute("SELECT count(*) FROM pipeline_events").fetchone()
+        assert d2["events_api"] == (len(api.received), 0, len(api.received))
+        delivered, failed, total = d2["warehouse"]
+        assert in_pg is not None and delivered == in_pg[0] and failed > 0
+        assert total == delivered + failed
     finally:
         run.stop()
         api.stop()

@@ -160,4 +160,8 @@ def cleanup(
     ] = None,
 ) -> None:
     """Archive entries older than the retention (the gamma_dlq_cleanup job)."""
-    _run(lambda s, c: s.cleanup(retention_days or c.gamma.settings.DLQ_RETENTION_DAYS))
+    _run(
+        lambda s, c: s.cleanup(
+            c.gamma.settings.DLQ_RETENTION_DAYS if retention_days is None else retention_days
+        )
+    )

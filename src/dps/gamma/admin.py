@@ -96,9 +96,12 @@ def gamma_routes(gamma: GammaModule) -> list[BaseRoute]:
         return json_response(await run_in_threadpool(lambda: dlq().purge(body)))
 
     async def dlq_cleanup(request: Request) -> Response:
-        """Archive entries older than ``DLQ_RETENTION_DAYS`` now (the gamma_dlq_cleanup job)."""
+        """Archive entries older than ``DLQ_RETENTION_DAYS`` now (the gamma_dlq_cleanup job).
+
+        Body (optional): ``{"retention_days": 7}`` overrides the setting for this run.
+        """
         body = await read_json(request)
-        days = int(body.get("retention_days", gamma.config.gamma.settings.DLQ_RETENTION_DAYS))
+        days = body.get("retention_days", gamma.config.gamma.settings.DLQ_RETENTION_DAYS)
         return json_response(await run_in_threadpool(lambda: dlq().cleanup(days)))
 
     async def dlq_entry(request: Request) -> Response:

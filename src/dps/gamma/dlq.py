@@ -346,6 +346,7 @@ class DlqService:
             "entry_ids": replayed,
             "queues": {q: len(items) for q, items in plan.items()},
             "skipped": skipped,
+            **_unmatched(where, entries),
         }
         self.state.append_audit(
             self.actor,
@@ -364,9 +365,15 @@ class DlqService:
 
     def purge(self, body: dict[str, Any]) -> dict[str, Any]:
         where = self.select(body)
-        ids = [e.entry_id for e in self.state.query_dlq(where, limit=None)]
+        entries = self.state.query_dlq(where, limit=None)
+        ids = [e.entry_id for e in entries]
         changed = self.state.set_dlq_status(ids, "purged") if ids else 0
-        result = {"module": self.module, "matched": len(ids), "purged": changed}
+        result = {
+            "module": self.module,
+            "matched": len(ids),
+            "purged": changed,
+            **_unmatched(where, entries),
+        }
         self.state.append_audit(
             self.actor, "dlq_purge", f"dlq:{self.module}", result | {"entry_ids": ids[:1000]}
         )
@@ -374,6 +381,14 @@ class DlqService:
 
     def cleanup(self, retention_days: int, *, now: float | None = None) -> dict[str, Any]:
         """Archive entries older than ``retention_days`` (the ``gamma_dlq_cleanup`` job)."""
+        if isinstance(retention_days, bool) or not isinstance(retention_days, int):
+            raise DlqRequestError(
+                f"retention_days {retention_days!r} is not a whole number of days."
+            )
+        if retention_days < 0:
+            raise DlqRequestError(
+                f"retention_days is {retention_days}; expected 0 or more (0 archives every entry)."
+            )
         cutoff = (time.time() if now is None else now) - retention_days * 86400
         archived = self.state.archive_dlq(self.module, cutoff)
         result = {
@@ -384,6 +399,15 @@ class DlqService:
         }
         self.state.append_audit(self.actor, "dlq_cleanup", f"dlq:{self.module}", result)
         return result
+
+
+def _unmatched(where: DlqFilter, entries: list[StoredDlqEntry]) -> dict[str, list[str]]:
+    """The named entry ids that matched no entry: unknown, already replayed or purged, or
+    outside the filter. Said out loud, since a mistyped id otherwise reads as success."""
+    if where.entry_ids is None:
+        return {}
+    found = {e.entry_id for e in entries}
+    return {"unmatched_entry_ids": [i for i in dict.fromkeys(where.entry_ids) if i not in found]}
 
 
 def _count(values: Iterable[str]) -> dict[str, int]:

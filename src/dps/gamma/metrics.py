@@ -62,7 +62,7 @@ GAMMA_PENDING_DELIVERIES: Final = Gauge(
 )
 GAMMA_DLQ_SIZE: Final = Gauge(
     "gamma_dlq_size",
-    "Entries in the gamma dead letter queue.",
+    "Open entries in the gamma dead letter queue (counted in the state store when scraped).",
 )
 GAMMA_DESTINATION_STATUS: Final = Gauge(
     "gamma_destination_status",

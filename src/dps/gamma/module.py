@@ -105,6 +105,10 @@ class GammaModule(ModuleHost):
         #: Batches handed over and not yet acked, oldest first; direct batches per destination.
         self._in_flight: deque[_InFlight] = deque()
         self._outstanding: dict[str, int] = {}
+        # Read when scraped rather than kept up to date: the router, every delivery worker,
+        # replays, purges, the cleanup job and the other gamma instances all change the DLQ.
+        self._dlq_size = 0
+        m.GAMMA_DLQ_SIZE.set_function(self.dlq_size)
         self.apply_config(self.config)
 
     # -- spools and workers ---------------------------------------------------------------------
@@ -205,6 +209,14 @@ class GammaModule(ModuleHost):
             [dlq_from_message("gamma", msg, reason) for msg in messages]
         )
 
+    def dlq_size(self) -> int:
+        """Open entries of the gamma DLQ (``gamma_dlq_size``); the last count if the store fails."""
+        try:
+            self._dlq_size = self.state_store.count_dlq(DlqFilter(module="gamma", status="open"))
+        except Exception as exc:  # a scrape must not fail because the state store did
+            self.log.warning("Could not count the gamma DLQ.", error=f"{type(exc).__name__}: {exc}")
+        return self._dlq_size
+
     def spool_depths(self, *, max_age: float = 0.0) -> dict[str, int]:
         """Records waiting per destination (cached for ``max_age`` seconds)."""
         at, cached = self._depth_cache
@@ -279,7 +291,6 @@ class GammaModule(ModuleHost):
             m.GAMMA_RECORDS_ROUTED_TOTAL.labels(destination=dest).inc(len(records))
         if dlq:
             self.state_store.add_dlq_entries(dlq)
-            m.GAMMA_DLQ_SIZE.set(self.state_store.dlq_counts().get("gamma", 0))
         self._hand_over(lease, plan)
         self._settle(block=False)
         return True
