@@ -236,15 +236,6 @@ def test_purge_and_cleanup_by_retention_are_audited(pipeline: Path) -> None:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Beta re-puts a replayed record into the delivery queue under its record id, which the "
-        "delivery queue drops while that id is in its dedupe window (the record was routed "
-        "shortly before it failed): the replay is reported done and the record is lost. Fix in "
-        "dps.beta.module: keep the leased message's replay id for the outgoing put."
-    ),
-)
 def test_a_gamma_entry_replayed_through_beta_reaches_the_delivery_queue_again(
     pipeline: Path,
 ) -> None:

@@ -33,7 +33,7 @@ from dps.beta.stage import Result, Stage
 from dps.config import PipelineConfig
 from dps.core.health import Check, Health, HealthReport, combine, evaluate, worst
 from dps.core.metrics import MODULE_LATENCY_SECONDS, observe_many, observe_n
-from dps.core.record import Record, decode, encode, encode_many
+from dps.core.record import Record, decode, encode
 from dps.queues import Lease, Message
 from dps.runtime.module import DELIVERY_QUEUE, TRANSFORM_QUEUE, ModuleHost, dlq_from_message
 from dps.state import DlqEntry
@@ -225,7 +225,9 @@ class BetaModule(ModuleHost):
             results = [(msg, stage.process(record)) for msg, record in records]
         finally:
             stage.end_batch()
-        out: list[Record] = []
+        # Out under the leased message's id: the record id, or a DLQ replay's own id, which the
+        # delivery queue must not drop as a re-put of the record it acked a moment ago.
+        out: list[tuple[str, Record]] = []
         for msg, result in results:
             record = result.record
             batch.durations.append(result.seconds)
@@ -234,7 +236,7 @@ class BetaModule(ModuleHost):
             if record.quality is not None:
                 batch.scored.append((record, result.level))
             if result.verdict == "delivered":
-                out.append(record)
+                out.append((msg.msg_id, record))
                 continue
             if result.verdict == "dlq":
                 batch.failed += 1
@@ -255,7 +257,7 @@ class BetaModule(ModuleHost):
             )
         batch.delivered = len(out)
         if out:
-            batch.bodies = encode_many(out)
+            batch.bodies = [(msg_id, encode(record)) for msg_id, record in out]
         return batch
 
     def _observe(self, stage: Stage, batch: Batch, count: int, elapsed: float) -> None:
