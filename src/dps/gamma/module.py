@@ -44,6 +44,7 @@ from dps.config import PipelineConfig
 from dps.config.models import DestinationConfig, OutputFormat
 from dps.core import registry
 from dps.core.health import Health, HealthReport, combine, evaluate
+from dps.core.metrics import MODULE_LATENCY_SECONDS, observe_n
 from dps.core.record import Record, decode, encode
 from dps.gamma import metrics as m
 from dps.gamma.circuit_breaker import OPEN, CircuitBreaker
@@ -243,6 +244,7 @@ class GammaModule(ModuleHost):
         if not lease:
             self._settle(block=True)
             return bool(self._in_flight)
+        leased_at = time.perf_counter()
         dlq: list[DlqEntry] = []
         plan: dict[str, list[Record]] = defaultdict(list)
         version = self.config.checksum()[:12]
@@ -291,11 +293,14 @@ class GammaModule(ModuleHost):
             m.GAMMA_RECORDS_ROUTED_TOTAL.labels(destination=dest).inc(len(records))
         if dlq:
             self.state_store.add_dlq_entries(dlq)
-        self._hand_over(lease, plan)
+        # Decoding and routing the batch is its rendering on the direct path (the spool path
+        # measures its own decode).
+        m.GAMMA_RENDER_DURATION_SECONDS.observe(time.perf_counter() - leased_at)
+        self._hand_over(lease, plan, leased_at)
         self._settle(block=False)
         return True
 
-    def _hand_over(self, lease: Lease, plan: dict[str, list[Record]]) -> None:
+    def _hand_over(self, lease: Lease, plan: dict[str, list[Record]], leased_at: float) -> None:
         """Give each destination its records: delivered directly when it can take them, else
         put into its durable spool. The lease is acked by :meth:`_settle` once every record of
         it is delivered, dead-lettered or spooled.
@@ -315,11 +320,12 @@ class GammaModule(ModuleHost):
             if worker is not None and (
                 self._outstanding.get(dest, 0) > 0 or worker.can_take_direct()
             ):
+                worker.stats.render.add(time.perf_counter() - leased_at)  # /admin/render/stats
                 direct[dest] = self._direct_pool(dest).submit(worker.deliver_direct, records)
                 self._outstanding[dest] = self._outstanding.get(dest, 0) + 1
             else:
                 self._spool_records(dest, records)
-        self._in_flight.append(_InFlight(lease, plan, direct))
+        self._in_flight.append(_InFlight(lease, plan, direct, leased_at))
 
     def _settle(self, *, block: bool) -> None:
         """Ack the batches whose direct deliveries are done, oldest first (spooling what they
@@ -348,6 +354,9 @@ class GammaModule(ModuleHost):
             self.inbox.ack(oldest.lease)
             self.routed += len(oldest.lease)
             self._in_flight.popleft()
+            # From the lease to the destinations' acknowledgement (or the spool's durability).
+            in_module = time.perf_counter() - oldest.leased_at
+            observe_n(MODULE_LATENCY_SECONDS.labels(module="gamma"), in_module, len(oldest.lease))
 
     def _settle_all(self) -> None:
         while self._in_flight:
@@ -459,6 +468,8 @@ class _InFlight:
     lease: Lease
     plan: dict[str, list[Record]]
     direct: dict[str, Future[list[Record]]]
+    #: ``time.perf_counter()`` at the lease: its records' time in Gamma ends at the ack.
+    leased_at: float = 0.0
 
 
 def _format(config: PipelineConfig, dc: DestinationConfig) -> Any:
