@@ -268,7 +268,9 @@ class QualityStats:
         self.dim_total: dict[str, float] = {}
         self.dim_count: Counter[str] = Counter()
         self.check_counts: Counter[str] = Counter()
-        self.recent: deque[dict[str, Any]] = deque(maxlen=keep)
+        #: ``(record_id, source_id, level, quality, scored_at)``: the dicts the endpoint shows
+        #: are built when asked, not for each of the thousands of records a batch scores.
+        self.recent: deque[tuple[str, str, str, Quality, float]] = deque(maxlen=keep)
         self.low_edge = 1.0
 
     def add(self, records: list[tuple[Record, str]], low_edge: float) -> None:
@@ -291,18 +293,7 @@ class QualityStats:
         keep = self.recent.maxlen or 0
         low = [entry for entry in scored if entry[2].score < low_edge][-keep:] if keep else []
         now = time.time()
-        recent = [
-            {
-                "record_id": record.record_id,
-                "source_id": record.source_id,
-                "score": quality.score,
-                "level": level,
-                "dimensions": dict(quality.dimensions),
-                "checks": list(quality.checks),
-                "scored_at": now,
-            }
-            for record, level, quality in low
-        ]
+        recent = [(r.record_id, r.source_id, level, quality, now) for r, level, quality in low]
         with self._lock:
             self.low_edge = low_edge
             self.count += len(scores)
@@ -361,7 +352,19 @@ class QualityStats:
 
     def low_scores(self, threshold: float, limit: int) -> dict[str, Any]:
         with self._lock:
-            hits = [r for r in reversed(self.recent) if r["score"] < threshold][:limit]
+            hits = [
+                {
+                    "record_id": record_id,
+                    "source_id": source_id,
+                    "score": quality.score,
+                    "level": level,
+                    "dimensions": dict(quality.dimensions),
+                    "checks": list(quality.checks),
+                    "scored_at": scored_at,
+                }
+                for record_id, source_id, level, quality, scored_at in reversed(self.recent)
+                if quality.score < threshold
+            ][:limit]
             return {
                 "threshold": threshold,
                 "limit": limit,

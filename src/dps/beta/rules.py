@@ -70,6 +70,9 @@ class RuleSet:
             for rule in rules
             if rule.enabled or include_disabled
         ]
+        #: What :meth:`apply` reads of each rule, unpacked once: the per-record loop then does
+        #: no attribute lookups (a third of its time went to them).
+        self._plan = self._unpack()
         #: ``lookup`` rules, bound to the enrichment cache; the batch prefetch goes over them.
         self.lookups: list[tuple[CompiledRule, Lookup]] = []
         self.enrichment = enrichment
@@ -89,6 +92,12 @@ class RuleSet:
         self._counts_lock = threading.Lock()
         #: Every count since the rule set was built: ``(rule_id, result) -> n``.
         self.totals: Counter[tuple[str, str]] = Counter()
+
+    def _unpack(self) -> list[tuple[int, Predicate, Any, str, str]]:
+        return [
+            (index, rule.matches, rule.transform.apply, rule.rule_id, rule.config.on_failure)
+            for index, rule in enumerate(self.rules)
+        ]
 
     def begin_batch(self, records: Sequence[Record]) -> None:
         """Prefetch, per lookup rule, the keys of the records it matches now: one cache
@@ -132,33 +141,32 @@ class RuleSet:
         return applied
 
     def apply(self, record: Record) -> Outcome:
-        outcome = Outcome(applied=[], skipped=[])
-        counts = self._counts
+        applied_ids: list[str] = []
+        outcome = Outcome(applied=applied_ids, skipped=[])
         applied = self._applied_counts
         lineage = record.lineage
         now = time.time()  # one lineage time per record: the rules run within microseconds
-        for index, rule in enumerate(self.rules):
-            if not rule.matches(record):
+        for index, matches, transform, rule_id, on_failure in self._plan:
+            if not matches(record):
                 continue
             try:
-                result = rule.transform.apply(record)
+                result = transform(record)
             except RecursionError:
                 exc = TerminalError("transform_failed", "The record is nested too deeply.")
-                outcome.failure, outcome.failed_rule = exc, rule.rule_id
-                counts[index, "failed"] += 1
+                outcome.failure, outcome.failed_rule = exc, rule_id
+                self._counts[index, "failed"] += 1
                 return outcome
             except TerminalError as exc:
-                if rule.config.on_failure == "skip":
-                    outcome.skipped.append(rule.rule_id)
-                    counts[index, "skipped"] += 1
+                if on_failure == "skip":
+                    outcome.skipped.append(rule_id)
+                    self._counts[index, "skipped"] += 1
                     continue
                 outcome.failure = exc
-                outcome.failed_rule = rule.rule_id
-                counts[index, "failed"] += 1
+                outcome.failed_rule = rule_id
+                self._counts[index, "failed"] += 1
                 return outcome
             applied[index] += 1
-            rule_id = rule.config.rule_id
-            outcome.applied.append(rule_id)
+            applied_ids.append(rule_id)
             lineage.append(LineageStep("beta", rule_id, now))
             if result == DROP:
                 outcome.dropped = True

@@ -214,6 +214,7 @@ def test_a_transform_returning_drop_stops_the_rules(tmp_path: Path) -> None:
     ruleset = RuleSet(rules)
     first = ruleset.rules[0]
     ruleset.rules[0] = CompiledRule(first.config, first.matches, _DropEverything(None, None))
+    ruleset._plan = ruleset._unpack()
     record = _record({})
 
     outcome = ruleset.apply(record)
