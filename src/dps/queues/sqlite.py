@@ -83,12 +83,9 @@ _POLL_MAX = 0.02
 #: SQLite's limit on bound parameters is 32766; id lists longer than this are split.
 _CHUNK = 500
 
-#: How often (seconds, at most) a queue instance forgets tombstones older than the dedupe
-#: window; never less often than half the window, so a short window is honoured closely.
-_PRUNE_EVERY = 10.0
-
-#: Segments of the earlier layout's rows, when a file is converted.
-_CONVERT_SEGMENT = 1000
+#: Tombstones forgotten per put or ack at most: the pruning keeps pace with the removals a
+#: little at a time, rather than stalling every writer for one large delete now and then.
+_PRUNE_BATCH = 8
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS segments (
@@ -111,6 +108,7 @@ CREATE TABLE IF NOT EXISTS tombstones (
     ids        BLOB NOT NULL,
     removed_at REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS tombstones_removed_at ON tombstones (removed_at);
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -222,7 +220,6 @@ class SqliteQueue(Queue):
         self.path = path
         self._config = config
         self._lock = threading.Lock()
-        self._last_prune = 0.0
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so that a transaction takes
         # the write lock up front (and waits for it) instead of failing when it upgrades.
         self._conn = sqlite3.connect(
@@ -404,14 +401,13 @@ class SqliteQueue(Queue):
         return False
 
     def _prune(self, cur: sqlite3.Cursor) -> None:
-        """Forget the ids removed longer ago than the dedupe window (every few seconds)."""
+        """Forget a few of the ids removed longer ago than the dedupe window."""
         window = self._config.dedupe_window
-        now = time.time()
-        if window <= 0 or now - self._last_prune < min(_PRUNE_EVERY, window / 2):
+        if window <= 0:
             return
-        self._last_prune = now
         rows = cur.execute(
-            "SELECT seq, ids FROM tombstones WHERE removed_at <= ?", (now - window,)
+            "SELECT seq, ids FROM tombstones WHERE removed_at <= ? LIMIT ?",
+            (time.time() - window, _PRUNE_BATCH),
         ).fetchall()
         if not rows:
             return
