@@ -32,7 +32,9 @@ class JobRunConflict(RuntimeError):
     """``start_job_run`` for a job that already has a RUNNING run."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(
+    slots=True
+)  # not frozen: one per record on Alpha's hot path, and a frozen __init__ costs twice
 class DedupeCandidate:
     """A record asking to be remembered: its dedupe ``key`` and the ``origin`` it came from."""
 

@@ -39,7 +39,9 @@ if TYPE_CHECKING:
     from dps.state.base import StateStore
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(
+    slots=True
+)  # not frozen: one per line read on Alpha's hot path, and a frozen __init__ costs twice
 class RawItem:
     """One piece of fetched data, and where it came from.
 
