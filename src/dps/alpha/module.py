@@ -502,6 +502,8 @@ class AlphaModule(ModuleHost):
                         "record_too_large",
                         item.error or "The item was not parsed.",
                         item.data,
+                        stage="parse",
+                        config_version=self.config_version,
                     )
                 )
                 continue
@@ -521,6 +523,8 @@ class AlphaModule(ModuleHost):
                             payload.error.reason,
                             str(payload.error),
                             payload.raw,
+                            stage="parse",
+                            config_version=self.config_version,
                         )
                     )
                     continue
@@ -625,8 +629,7 @@ class AlphaModule(ModuleHost):
                 )
             return str(value), None
 
-    @staticmethod
-    def _dlq_entry(record: Record, problems: list[TerminalError]) -> DlqEntry:
+    def _dlq_entry(self, record: Record, problems: list[TerminalError]) -> DlqEntry:
         """The record with its first problem's code as the reason and every problem's message."""
         from dps.core.record import encode
 
@@ -638,6 +641,9 @@ class AlphaModule(ModuleHost):
             problems[0].reason,
             " ".join(str(p) for p in problems),
             encode(record),
+            stage="validate",
+            correlation_id=record.correlation_id,
+            config_version=self.config_version,
         )
 
     @staticmethod

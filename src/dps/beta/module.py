@@ -144,7 +144,12 @@ class BetaModule(ModuleHost):
 
     def _dead_letter(self, messages: Sequence[Message], reason: str) -> None:
         self.state_store.add_dlq_entries(
-            [dlq_from_message("beta", msg, reason) for msg in messages]
+            [
+                dlq_from_message(
+                    "beta", msg, reason, stage="transform", config_version=self.config_version
+                )
+                for msg in messages
+            ]
         )
 
     def step(self) -> bool:
@@ -212,7 +217,18 @@ class BetaModule(ModuleHost):
                 record = decode(msg.body)
             except (msgspec.DecodeError, RecursionError) as exc:
                 batch.dlq.append(
-                    DlqEntry("beta", msg.msg_id, "", "", "decode_error", str(exc), msg.body)
+                    DlqEntry(
+                        "beta",
+                        msg.msg_id,
+                        "",
+                        "",
+                        "decode_error",
+                        str(exc),
+                        msg.body,
+                        attempts=msg.attempts,
+                        stage="decode",
+                        config_version=self.config_version,
+                    )
                 )
                 batch.failed += 1
                 continue
@@ -253,6 +269,11 @@ class BetaModule(ModuleHost):
                     result.reason,
                     result.message,
                     body,
+                    attempts=msg.attempts,
+                    stage=_failed_stage(result),
+                    correlation_id=record.correlation_id,
+                    config_version=self.config_version,
+                    rule_versions=_rules_seen(result),
                 )
             )
         batch.delivered = len(out)
@@ -369,3 +390,29 @@ class BetaModule(ModuleHost):
         from dps.beta.admin import beta_routes
 
         return beta_routes(self)
+
+
+def _failed_stage(result: Result) -> str:
+    """Where in Beta a record left the flow: ``transform`` (a rule failed or dropped it),
+    ``schema`` (the output schema refused it) or ``quality`` (scored below ``reject``)."""
+    outcome = result.outcome
+    if outcome.failed_rule is not None or outcome.dropped:
+        return "transform"
+    return "quality" if result.reason == "quality_rejected" else "schema"
+
+
+def _rules_seen(result: Result) -> dict[str, Any]:
+    """The rules that saw a record sent to the DLQ (its entry's ``rule_versions``).
+
+    ``applied`` and ``skipped`` (``on_failure: skip``) in the order they ran, ``failed_rule``
+    (the rule whose failure sent it here, else null) and ``dropped_by`` (a ``drop_record``
+    rule). Rules carry no version of their own: the entry's ``config_version`` names the
+    configuration (stored in ``config_versions``) that held them.
+    """
+    outcome = result.outcome
+    return {
+        "applied": list(outcome.applied),
+        "skipped": list(outcome.skipped),
+        "failed_rule": outcome.failed_rule,
+        "dropped_by": outcome.applied[-1] if outcome.dropped and outcome.applied else None,
+    }

@@ -111,7 +111,8 @@ def list_(
 
 @app.command()
 def analysis() -> None:
-    """Open entries grouped by failure reason, error class, destination and stage."""
+    """Open entries grouped by failure reason, error class, destination, stage, source and rule,
+    each group with its first and last seen."""
     _run(lambda s, _c: s.analysis())
 
 

@@ -1264,7 +1264,13 @@ class GammaSettings(ConfigModel):
         default=5, ge=0, le=100, description="Retries of a failed batch before the DLQ."
     )
     RETRY_BACKOFF_MS: int = Field(
-        default=200, ge=0, le=3_600_000, description="First retry delay (doubles each retry)."
+        default=1000,
+        ge=0,
+        le=3_600_000,
+        description=(
+            "First retry delay of a failed batch (doubles each retry, with full jitter) for "
+            "destinations that set no delivery.retry_delay_ms of their own."
+        ),
     )
     DLQ_RETENTION_DAYS: int = Field(
         default=14, ge=1, le=3650, description="Days Gamma's DLQ entries are kept."
@@ -1292,8 +1298,14 @@ class DeliverySettings(ConfigModel):
         default=30000, ge=1, le=3_600_000, description="Timeout of one delivery call."
     )
     retry_count: int = Field(default=3, ge=0, le=100, description="Retries of a failed batch.")
-    retry_delay_ms: int = Field(
-        default=1000, ge=0, le=3_600_000, description="Delay before the first retry."
+    retry_delay_ms: int | None = Field(
+        default=None,
+        ge=0,
+        le=3_600_000,
+        description=(
+            "Delay before the first retry (doubles each retry, with full jitter); "
+            "none: gamma.yaml's RETRY_BACKOFF_MS."
+        ),
     )
     max_in_flight: int = Field(
         default=4,

@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute, Route
 from dps.admin.common import error_response, json_response, read_json
 from dps.core.record import Record
 from dps.gamma.circuit_breaker import CircuitBreaker
-from dps.gamma.delivery import spool_name
+from dps.gamma.delivery import retry_delay_ms, spool_name
 from dps.gamma.dlq import DlqService, entry_view, parse_since, stage_queue_opener
 from dps.gamma.reconcile import DEFAULT_LIMIT, reconcile_spool
 
@@ -67,7 +67,8 @@ def gamma_routes(gamma: GammaModule) -> list[BaseRoute]:
         return json_response(await run_in_threadpool(lambda: dlq().entries(limit, offset, status)))
 
     async def dlq_analysis(request: Request) -> Response:
-        """Open entries grouped: ``failure_reasons``, by error class, destination, stage, source."""
+        """Open entries grouped: ``failure_reasons``, by error class, destination, stage, source
+        and rule (``by_rule``)."""
         return json_response(await run_in_threadpool(lambda: dlq().analysis()))
 
     async def dlq_replay(request: Request) -> Response:
@@ -136,6 +137,9 @@ def gamma_routes(gamma: GammaModule) -> list[BaseRoute]:
             "delivery_mode": dc.delivery_mode,
             "ack_mode": dc.ack_mode,
             "batch_size": dc.delivery.batch_size,
+            "retry_count": dc.delivery.retry_count,
+            # What the worker backs off from: the destination's own, else RETRY_BACKOFF_MS.
+            "retry_delay_ms": retry_delay_ms(dc, gamma.config.gamma.settings),
             "routes": [r.rule_id for r in gamma.router.routes if dest_id in r.destinations],
             "worker_running": bool(worker and worker.alive),
             "data_classification": dc.authorization.data_classification,

@@ -13,9 +13,9 @@ A batch (``delivery.batch_size``, waiting up to ``OUTPUT_LINGER_MS`` for it to f
 the policy of its error class (see :mod:`dps.gamma.destinations.base`):
 
 - ``retryable``: retried ``min(delivery.retry_count, MAX_DELIVERY_RETRIES)`` times with
-  exponential backoff from ``delivery.retry_delay_ms`` and full jitter; still failing, it is a
-  breaker failure and the batch goes back to the spool (nack) until the breaker lets a probe
-  through.
+  exponential backoff from ``delivery.retry_delay_ms`` (a destination that sets none: gamma.yaml's
+  ``RETRY_BACKOFF_MS``) and full jitter; still failing, it is a breaker failure and the batch goes
+  back to the spool (nack) until the breaker lets a probe through.
 - ``throttle``: wait ``Retry-After`` (or the backoff) and try again; not a breaker failure; after
   the retries the batch goes back to the spool with that delay.
 - ``permanent``: the batch is split in halves until the records at fault are alone; those go to
@@ -67,6 +67,7 @@ from dps.gamma.destinations.base import (
     classify_exception,
     record_error_class,
 )
+from dps.gamma.routing import Router
 from dps.queues import Lease, Queue
 from dps.state import DeliveryOutcome, DlqEntry, StateStore
 from dps.state.base import DeliveryError as DeliveryErrorRow
@@ -74,6 +75,13 @@ from dps.state.base import DeliveryError as DeliveryErrorRow
 #: Spool messages are never dead-lettered by the transport: Gamma decides what goes to the DLQ.
 SPOOL_MAX_ATTEMPTS: Final = 1_000_000
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def retry_delay_ms(config: DestinationConfig, settings: GammaSettings) -> int:
+    """The first retry delay of a destination: its own ``delivery.retry_delay_ms``, else
+    gamma.yaml's ``RETRY_BACKOFF_MS``."""
+    own = config.delivery.retry_delay_ms
+    return settings.RETRY_BACKOFF_MS if own is None else own
 
 
 def spool_name(destination_id: str) -> str:
@@ -193,6 +201,7 @@ class DestinationWorker:
         state: StateStore,
         config_version: str,
         paused: Callable[[], bool],
+        router: Router | None = None,
         breaker: CircuitBreaker | None = None,
         stats: DestinationStats | None = None,
     ) -> None:
@@ -203,6 +212,11 @@ class DestinationWorker:
         self.spool = spool
         self.state = state
         self.config_version = config_version
+        #: The routes in force (swapped on reload): a DLQ entry names those that sent its record.
+        self.router = router
+        #: Backoff base of ``retryable`` retries: ``delivery.retry_delay_ms``, else gamma.yaml's
+        #: ``RETRY_BACKOFF_MS`` (a settings change rebuilds the worker).
+        self.retry_delay_ms = retry_delay_ms(config, settings)
         self.paused = paused
         self.log = get_logger("delivery")
         cb = config.circuit_breaker
@@ -408,6 +422,7 @@ class DestinationWorker:
                             error_class="poison",
                             destination_id=self.dest_id,
                             stage="deliver",
+                            config_version=self.config_version,
                         )
                     )
                     undecodable.append((lease, msg.msg_id))
@@ -543,6 +558,7 @@ class DestinationWorker:
                     stage="deliver",
                     correlation_id=record.correlation_id,
                     config_version=self.config_version,
+                    rule_versions=self._route_versions(record),
                 )
             )
             outcomes.append(DeliveryOutcome.of(record, self.dest_id, "failed", error=error))
@@ -567,12 +583,17 @@ class DestinationWorker:
         if delivered:
             m.GAMMA_RECORDS_DELIVERED_TOTAL.labels(destination=self.dest_id).inc(len(delivered))
 
+    def _route_versions(self, record: Record) -> dict[str, Any] | None:
+        """A dead record's ``rule_versions``: the routes in force and those that sent it here."""
+        router = self.router
+        return router.rule_versions(record, self.dest_id) if router is not None else None
+
     # -- the policy -----------------------------------------------------------------------------
     def _retries(self) -> int:
         return min(self.config.delivery.retry_count, self.settings.MAX_DELIVERY_RETRIES)
 
     def _backoff(self, attempt: int) -> float:
-        base = self.config.delivery.retry_delay_ms / 1000.0
+        base = self.retry_delay_ms / 1000.0
         # Full jitter (AWS architecture blog): spreads retries of many workers apart.
         return float(self.rng.uniform(0, base * (2**attempt))) if base > 0 else 0.0
 
@@ -743,4 +764,10 @@ class DestinationWorker:
         return delivered / span, failed / batches
 
 
-__all__ = ["SPOOL_MAX_ATTEMPTS", "DestinationStats", "DestinationWorker", "spool_name"]
+__all__ = [
+    "SPOOL_MAX_ATTEMPTS",
+    "DestinationStats",
+    "DestinationWorker",
+    "retry_delay_ms",
+    "spool_name",
+]

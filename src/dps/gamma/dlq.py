@@ -229,36 +229,46 @@ class DlqService:
         }
 
     def analysis(self) -> dict[str, Any]:
-        """Open entries grouped by reason, class, destination, stage/rule; first and last seen."""
-        rows = self.state.query_dlq(DlqFilter(module=self.module), limit=None)
+        """Open entries grouped by reason, class, destination, stage, source and rule, each
+        group with its count, first and last seen and an example.
 
-        def group(key: Callable[[StoredDlqEntry], str]) -> dict[str, dict[str, Any]]:
+        ``by_rule`` groups by the rule each entry names (:func:`entry_rules`); an entry sent by
+        two routes counts under both, one that names no rule is under ``-``.
+        """
+        rows = self.state.query_dlq(DlqFilter(module=self.module), limit=None)
+        rules_of = {e.entry_id: entry_rules(e) or ["-"] for e in rows}
+
+        def group(keys: Callable[[StoredDlqEntry], Iterable[str]]) -> dict[str, dict[str, Any]]:
             out: dict[str, dict[str, Any]] = {}
             for e in rows:
-                g = out.setdefault(
-                    key(e),
-                    {
-                        "count": 0,
-                        "retry_eligible": 0,
-                        "error_classes": {},
-                        "destinations": {},
-                        "stages": {},
-                        "first_seen": e.created_at,
-                        "last_seen": e.created_at,
-                        "example_error": e.error,
-                        "example_entry_id": e.entry_id,
-                    },
-                )
-                g["count"] += 1
-                g["retry_eligible"] += int(e.retry_eligible)
-                for name, value in (
-                    ("error_classes", e.error_class),
-                    ("destinations", e.destination_id or "-"),
-                    ("stages", e.stage or "-"),
-                ):
-                    g[name][value] = g[name].get(value, 0) + 1
-                g["first_seen"] = min(g["first_seen"], e.created_at)
-                g["last_seen"] = max(g["last_seen"], e.updated_at or e.created_at)
+                for key in keys(e):
+                    g = out.setdefault(
+                        key,
+                        {
+                            "count": 0,
+                            "retry_eligible": 0,
+                            "error_classes": {},
+                            "destinations": {},
+                            "stages": {},
+                            "rules": {},
+                            "first_seen": e.created_at,
+                            "last_seen": e.created_at,
+                            "example_error": e.error,
+                            "example_entry_id": e.entry_id,
+                        },
+                    )
+                    g["count"] += 1
+                    g["retry_eligible"] += int(e.retry_eligible)
+                    for name, value in (
+                        ("error_classes", e.error_class),
+                        ("destinations", e.destination_id or "-"),
+                        ("stages", e.stage or "-"),
+                    ):
+                        g[name][value] = g[name].get(value, 0) + 1
+                    for rule in rules_of[e.entry_id]:
+                        g["rules"][rule] = g["rules"].get(rule, 0) + 1
+                    g["first_seen"] = min(g["first_seen"], e.created_at)
+                    g["last_seen"] = max(g["last_seen"], e.updated_at or e.created_at)
             for g in out.values():
                 g["first_seen"] = _iso(g["first_seen"])
                 g["last_seen"] = _iso(g["last_seen"])
@@ -268,11 +278,12 @@ class DlqService:
             "module": self.module,
             "total": len(rows),
             "retry_eligible": sum(1 for e in rows if e.retry_eligible),
-            "failure_reasons": group(lambda e: e.reason),
-            "by_error_class": group(lambda e: e.error_class),
-            "by_destination": group(lambda e: e.destination_id or "-"),
-            "by_stage": group(lambda e: e.stage or "-"),
-            "by_source": group(lambda e: e.source_id or "-"),
+            "failure_reasons": group(lambda e: (e.reason,)),
+            "by_error_class": group(lambda e: (e.error_class,)),
+            "by_destination": group(lambda e: (e.destination_id or "-",)),
+            "by_stage": group(lambda e: (e.stage or "-",)),
+            "by_source": group(lambda e: (e.source_id or "-",)),
+            "by_rule": group(lambda e: rules_of[e.entry_id]),
         }
 
     def export(self, where: DlqFilter | None = None) -> list[dict[str, Any]]:
@@ -401,6 +412,29 @@ class DlqService:
         return result
 
 
+def entry_rules(entry: StoredDlqEntry) -> list[str]:
+    """The rules a DLQ entry holds responsible (``by_rule`` of the analysis).
+
+    Beta: the rule that failed (``rule_versions.failed_rule``, or the ``rule_failed:<rule_id>``
+    reason of an entry written before rule versions were kept) or the ``drop_record`` rule that
+    dropped it. Gamma: the routes that sent the record (``rule_versions.matched``: to the
+    entry's destination for a delivery failure; that matched at all for a routing failure).
+    Nothing for the rest (Alpha entries, decode errors, schema and quality rejects, ``no_route``,
+    a record that reached its destination as the default destination).
+    """
+    versions = entry.rule_versions if isinstance(entry.rule_versions, dict) else {}
+    for key in ("failed_rule", "dropped_by"):
+        rule = versions.get(key)
+        if isinstance(rule, str) and rule:
+            return [rule]
+    if entry.reason.startswith("rule_failed:"):
+        return [entry.reason.partition(":")[2]]
+    matched = versions.get("matched")
+    if isinstance(matched, list):
+        return [str(rule) for rule in matched]
+    return []
+
+
 def _unmatched(where: DlqFilter, entries: list[StoredDlqEntry]) -> dict[str, list[str]]:
     """The named entry ids that matched no entry: unknown, already replayed or purged, or
     outside the filter. Said out loud, since a mistyped id otherwise reads as success."""
@@ -421,6 +455,7 @@ __all__ = [
     "MODULES",
     "DlqRequestError",
     "DlqService",
+    "entry_rules",
     "entry_view",
     "parse_since",
     "stage_queue_opener",

@@ -162,6 +162,7 @@ class GammaModule(ModuleHost):
         for dest_id, dc in wanted.items():
             if dest_id in self.workers:
                 self.workers[dest_id].config_version = version
+                self.workers[dest_id].router = router
                 continue
             if dest_id not in self._consumers:
                 self._consumers[dest_id] = self._open_spool(dest_id)
@@ -172,6 +173,7 @@ class GammaModule(ModuleHost):
                 spool=self._consumers[dest_id],
                 state=self.state_store,
                 config_version=version,
+                router=router,
                 paused=lambda: not self._resume.is_set(),
                 breaker=self.breakers.get(dest_id),
                 stats=self.stats.get(dest_id),
@@ -207,7 +209,12 @@ class GammaModule(ModuleHost):
 
     def _dead_letter(self, messages: Sequence[Message], reason: str) -> None:
         self.state_store.add_dlq_entries(
-            [dlq_from_message("gamma", msg, reason) for msg in messages]
+            [
+                dlq_from_message(
+                    "gamma", msg, reason, stage="route", config_version=self.config_version
+                )
+                for msg in messages
+            ]
         )
 
     def dlq_size(self) -> int:
@@ -282,7 +289,7 @@ class GammaModule(ModuleHost):
                         stage="route",
                         correlation_id=record.correlation_id,
                         config_version=version,
-                        rule_versions={"routes": [r.rule_id for r in self.router.routes]},
+                        rule_versions=self.router.rule_versions(record),
                     )
                 )
                 continue

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from dps.config.models import DestinationConfig, RoutingRule, classification_allows
 from dps.core.conditions import Predicate, compile_condition
@@ -70,6 +71,33 @@ class Router:
             dict(source_classifications) if source_classifications is not None else None
         )
         self.default = default_destination
+
+    def route_ids(self) -> list[str]:
+        """The enabled routes, in the order they are evaluated."""
+        return [route.rule_id for route in self.routes]
+
+    def matching(self, record: Record, destination: str | None = None) -> list[str]:
+        """The routes whose ``match`` holds for ``record`` (those sending it to ``destination``).
+
+        For DLQ entries only (their ``rule_versions``): :meth:`route` does not keep them, so
+        that routing a record that is delivered costs nothing more.
+        """
+        return [
+            route.rule_id
+            for route in self.routes
+            if (destination is None or destination in route.destinations) and route.matches(record)
+        ]
+
+    def rule_versions(self, record: Record, destination: str | None = None) -> dict[str, Any]:
+        """A DLQ entry's ``rule_versions``: ``routes`` (the enabled routes that saw the record)
+        and ``matched`` (those whose match held; with ``destination``, those that sent it
+        there). ``default_destination`` is set when the record reached ``destination`` only as
+        the default destination."""
+        matched = self.matching(record, destination)
+        versions: dict[str, Any] = {"routes": self.route_ids(), "matched": matched}
+        if destination is not None and not matched and destination == self.default:
+            versions["default_destination"] = destination
+        return versions
 
     def route(self, record: Record) -> Decision:
         chosen: list[str] = []

@@ -62,6 +62,9 @@ class ModuleHost:
         if data_dir is not None:
             os.environ["DPS_DATA_DIR"] = str(Path(data_dir).resolve())
         self.config = load_config(self.config_dir)
+        #: The running configuration's version (its checksum's first 12 hex digits), written
+        #: into DLQ entries; kept here so no batch recomputes it (see ``reload_config``).
+        self.config_version = config_version(self.config)
         self.data_dir = resolve_data_dir(self.config, data_dir)
         os.environ.setdefault("DPS_DATA_DIR", str(self.data_dir))
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -202,6 +205,7 @@ class ModuleHost:
         with self._lock:
             self.apply_config(new)
             self.config = new
+            self.config_version = config_version(new)
         self.record_config("config.reload", "admin-api")
         self.log.info("Configuration reloaded.", checksum=new.checksum())
         return {"status": "reloaded", "checksum": new.checksum()}
@@ -294,8 +298,23 @@ class ModuleHost:
         return 0
 
 
-def dlq_from_message(module: str, msg: Message, reason: str) -> DlqEntry:
-    """A DLQ entry for a queue message that ran out of attempts (its record, if it decodes)."""
+def config_version(config: PipelineConfig) -> str:
+    """The version DLQ entries record of a configuration: its checksum's first 12 hex digits.
+
+    The loader computes the checksum once, from the bytes it read, and the configuration keeps
+    it; the full checksum is what ``config_versions`` stores (``dps config history`` shows these
+    12 digits)."""
+    return config.checksum()[:12]
+
+
+def dlq_from_message(
+    module: str, msg: Message, reason: str, *, stage: str, config_version: str | None = None
+) -> DlqEntry:
+    """A DLQ entry for a queue message that ran out of attempts (its record, if it decodes).
+
+    ``stage`` is the stage that consumes the queue (``transform`` for Beta's transform queue,
+    ``route`` for Gamma's delivery queue): the one that never got the message through.
+    """
     try:
         record = decode(msg.body)
         return DlqEntry(
@@ -308,9 +327,23 @@ def dlq_from_message(module: str, msg: Message, reason: str) -> DlqEntry:
             msg.body,
             error_class="transient",
             attempts=msg.attempts,
+            stage=stage,
+            correlation_id=record.correlation_id,
+            config_version=config_version,
         )
     except msgspec.DecodeError:
-        return DlqEntry(module, msg.msg_id, "", "", reason, "Undecodable message.", msg.body)
+        return DlqEntry(
+            module,
+            msg.msg_id,
+            "",
+            "",
+            reason,
+            "Undecodable message.",
+            msg.body,
+            attempts=msg.attempts,
+            stage=stage,
+            config_version=config_version,
+        )
 
 
 __all__ = [
@@ -318,6 +351,7 @@ __all__ = [
     "TRANSFORM_QUEUE",
     "ConfigError",
     "ModuleHost",
+    "config_version",
     "dlq_from_message",
     "resolve_data_dir",
 ]

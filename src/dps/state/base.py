@@ -65,10 +65,13 @@ class DlqEntry:
     Gamma's classes ``retryable``, ``throttle``, ``permanent``, ``poison``; ``transient``,
     ``retryable`` and ``throttle`` entries are ``retry_eligible``.
 
-    Since schema version 3 an entry also holds the ``stage`` that saw it (``parse``,
-    ``rule:<rule_id>``, ``route``, ``deliver``), the record's ``correlation_id``, the
-    ``attempt_history`` (one dict per attempt: ``at``, ``error_class``, ``error``), and the
-    ``config_version`` (configuration checksum) and ``rule_versions`` that were running.
+    Since schema version 3 an entry also holds the ``stage`` that saw it (alpha ``parse``,
+    ``validate``; beta ``decode``, ``transform``, ``schema``, ``quality``; gamma ``route``,
+    ``deliver``), the record's ``correlation_id``, the ``attempt_history`` (one dict per attempt:
+    ``at``, ``error_class``, ``error``), and the ``config_version`` (the configuration checksum's
+    first 12 hex digits) and ``rule_versions`` (beta: the rules applied and the one that failed;
+    gamma: the routes in force and those that matched) that were running. ``docs/dlq.md`` lists
+    them per module.
     """
 
     module: str
