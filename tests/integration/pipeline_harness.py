@@ -101,6 +101,16 @@ class RunningPipeline:
     def wait_ready(self, timeout: float = 60.0) -> None:
         wait_until(lambda: self._healthy("alpha"), timeout, "alpha admin API never answered")
 
+    def wait_settled(self, timeout: float = 120.0) -> None:
+        """Until every record ingested so far is delivered, dead-lettered or a duplicate."""
+
+        def settled() -> bool:
+            acc = self.get("control", "/api/accounting").json()
+            total = acc["duplicates"] + acc["dlq_total"] + acc["delivered_records"]
+            return bool(acc["ingested"] > 0 and total == acc["ingested"])
+
+        wait_until(settled, timeout, "the pipeline did not finish its input")
+
     def _healthy(self, module: str) -> bool:
         if self.process.poll() is not None:
             _, err = self.process.communicate()

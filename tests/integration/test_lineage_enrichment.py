@@ -12,7 +12,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from tests.integration.pipeline_harness import copy_quickstart, start_pipeline, wait_until
+from tests.integration.pipeline_harness import copy_quickstart, start_pipeline
 
 CUSTOMERS = """\
 name: customers
@@ -51,12 +51,7 @@ def test_forward_backward_and_export_name_the_enrichment(tmp_path: Path) -> None
     try:
         pipeline.wait_ready()
 
-        def settled() -> bool:
-            acc = pipeline.get("control", "/api/accounting").json()
-            total = acc["duplicates"] + acc["dlq_total"] + acc["delivered_records"]
-            return acc["ingested"] > 0 and total == acc["ingested"]
-
-        wait_until(settled, 120, "the pipeline did not finish")
+        pipeline.wait_settled()
         picked = {}
         with sqlite3.connect(data_dir / "warehouse.db") as conn:
             for tier in ("gold", "unknown"):

@@ -874,6 +874,14 @@ def test_accounting_adds_up(store: SqlStateStore) -> None:
     )
 
 
+def test_accounting_with_one_destination_counts_its_delivered_rows(store: SqlStateStore) -> None:
+    store.record_deliveries([DeliveryOutcome(f"r{i}", "a", "delivered") for i in range(5)])
+    store.record_deliveries([DeliveryOutcome("r9", "a", "failed", error="down")])
+    store.record_deliveries([DeliveryOutcome("r0", "a", "delivered")])  # a replayed write
+    acc = store.accounting()
+    assert acc["delivered"] == {"a": 5} and acc["delivered_records"] == 5
+
+
 # -- the manual's ad-hoc queries (Runbook D.2, Database Maintenance), verbatim ------------------
 D2_VALIDATION_FAILURES = """
    SELECT source_id, error_code, count(*)

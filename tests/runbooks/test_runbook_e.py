@@ -10,7 +10,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from tests.integration.pipeline_harness import copy_quickstart, start_pipeline, wait_until
+from tests.integration.pipeline_harness import copy_quickstart, start_pipeline
 
 #: Step 2's greps, module by module, as the runbook writes them.
 E1_GREPS = {
@@ -46,12 +46,7 @@ def test_e1_latency_breakdown_by_module(tmp_path: Path) -> None:
     try:
         pipeline.wait_ready()
 
-        def settled() -> bool:
-            acc = pipeline.get("control", "/api/accounting").json()
-            total = acc["duplicates"] + acc["dlq_total"] + acc["delivered_records"]
-            return acc["ingested"] > 0 and total == acc["ingested"]
-
-        wait_until(settled, 120, "the quickstart did not finish")
+        pipeline.wait_settled()
         for module, patterns in E1_GREPS.items():
             url = pipeline.url(module)
             for pattern in patterns:

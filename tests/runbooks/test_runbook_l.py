@@ -78,12 +78,7 @@ def test_l2_lineage_queries(tmp_path: Path) -> None:
     try:
         pipeline.wait_ready()
 
-        def settled() -> bool:
-            acc = pipeline.get("control", "/api/accounting").json()
-            total = acc["duplicates"] + acc["dlq_total"] + acc["delivered_records"]
-            return acc["ingested"] > 0 and total == acc["ingested"]
-
-        wait_until(settled, 120, "the quickstart did not finish")
+        pipeline.wait_settled()
         with sqlite3.connect(data_dir / "warehouse.db") as conn:
             # An EU order: the quickstart's TRX_100_TAG_EU rule set its region.
             delivered, delivered_score = conn.execute(

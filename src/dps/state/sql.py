@@ -1908,9 +1908,17 @@ class SqlStateStore(StateStore):
                     .group_by(dl.destination_id)
                 )
             }
-            delivered_records = conn.scalar(
-                sa.select(sa.func.count(sa.distinct(dl.record_id))).where(dl.status == "delivered")
-            )
+            delivered_records: int | None
+            if len(delivered) <= 1:
+                # One destination: a record has at most one row there (the primary key), so the
+                # rows are the records. COUNT(DISTINCT) would sort them all: 8 s at 10 million.
+                delivered_records = sum(delivered.values())
+            else:
+                delivered_records = conn.scalar(
+                    sa.select(sa.func.count(sa.distinct(dl.record_id))).where(
+                        dl.status == "delivered"
+                    )
+                )
         return {
             "ingested": sum(by_source.values()),
             "ingested_by_source": by_source,
