@@ -711,7 +711,7 @@ class AlphaModule(ModuleHost):
         """
         before = self.buffer_status()
         flushed: dict[str, Any] = {}
-        with self._lock:
+        with self.exclusive():
             running = self.run_state == RunState.RUNNING
             for sid, runner in self.runners.items():
                 held = runner.source.pending()
@@ -780,7 +780,7 @@ class AlphaModule(ModuleHost):
         answered, only the references and whether they changed.
         """
         results: dict[str, Any] = {}
-        with self._lock:
+        with self.exclusive():
             for sid, runner in self.runners.items():
                 refs = dict(_secret_refs(runner.config.connection))
                 entry: dict[str, Any] = {
@@ -918,7 +918,7 @@ class AlphaModule(ModuleHost):
                     time.sleep(0.05)
             finally:
                 runner.draining = False
-            with self._lock:
+            with self.exclusive():
                 if runner.config.enabled and runner.status != "error":
                     runner.status = "paused"
             left = runner.source.pending()
@@ -941,7 +941,7 @@ class AlphaModule(ModuleHost):
         async def source_pause(request: Request) -> JSONResponse:
             """Stop fetching from this source (its position is kept)."""
             runner = find(request)
-            with self._lock:
+            with self.exclusive():
                 if runner.config.enabled:
                     runner.status = "paused"
             return JSONResponse(runner.as_dict())
@@ -949,7 +949,7 @@ class AlphaModule(ModuleHost):
         async def source_resume(request: Request) -> JSONResponse:
             """Fetch from a paused source again."""
             runner = find(request)
-            with self._lock:
+            with self.exclusive():
                 if runner.config.enabled and runner.status == "paused":
                     runner.status = "enabled"
             return JSONResponse(runner.as_dict())

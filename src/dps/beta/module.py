@@ -116,7 +116,7 @@ class BetaModule(ModuleHost):
         """Read ``beta/schemas/`` again and swap the registry (``beta_schema_sync``); raises
         ConfigError, keeping the running registry, when a file is wrong."""
         schemas = SchemaRegistry(self.config.root / "beta" / "schemas")
-        with self._lock:  # not in the middle of a batch or a reload
+        with self.exclusive():  # not in the middle of a batch or a reload
             old = self.stage
             self.stage = Stage(old.rules, old.scorer, schemas)
         return {"status": "synchronized", **schemas.describe()}

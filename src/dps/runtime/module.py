@@ -9,12 +9,14 @@ acknowledged that is not durable, so stopping at any point loses nothing.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +88,11 @@ class ModuleHost:
         self._resume = threading.Event()
         self._resume.set()
         self._lock = threading.RLock()
+        #: Callers waiting for the worker lock from outside the worker (a reload, a pause): a
+        #: busy worker lets them in between two steps instead of taking the lock straight back
+        #: (a lock is not fair: a worker with a backlog could keep a reload out for good).
+        self._outside = 0
+        self._outside_count = threading.Lock()
         self._queues: list[Queue] = []
         self._worker: threading.Thread | None = None
 
@@ -134,6 +141,8 @@ class ModuleHost:
             try:
                 with self._lock:
                     worked = self.step()
+                while self._outside and not self._stop.is_set():
+                    time.sleep(0.001)  # an outside caller takes the lock now
                 self.last_step_at = time.time()
                 self.idle = not worked
                 if self.last_error:
@@ -146,6 +155,18 @@ class ModuleHost:
             if not worked:
                 self._wake.wait(self.idle_sleep)
                 self._wake.clear()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """The worker lock, for a caller outside the worker: granted between two steps."""
+        with self._outside_count:
+            self._outside += 1
+        try:
+            with self._lock:
+                yield
+        finally:
+            with self._outside_count:
+                self._outside -= 1
 
     def wake(self) -> None:
         """End the worker's idle pause now (new work arrived: a pushed batch, a stop)."""
@@ -202,7 +223,7 @@ class ModuleHost:
 
     def reload_config(self) -> dict[str, Any]:
         new = load_config(self.config_dir)  # raises ConfigError: the running config is kept
-        with self._lock:
+        with self.exclusive():
             self.apply_config(new)
             self.config = new
             self.config_version = config_version(new)
@@ -218,7 +239,7 @@ class ModuleHost:
         self.run_state = RunState.PAUSED
         # Return once the batch in flight (if any) is done: whoever asked for the pause may then
         # read a quiescent state (dps backup create copies the files right after).
-        with self._lock:
+        with self.exclusive():
             pass
         self.log.info("Processing paused.")
 
