@@ -35,7 +35,13 @@ from dps.core.health import Check, Health, HealthReport, combine, evaluate, wors
 from dps.core.metrics import MODULE_LATENCY_SECONDS, observe_many, observe_n
 from dps.core.record import Record, decode, encode
 from dps.queues import Lease, Message
-from dps.runtime.module import DELIVERY_QUEUE, TRANSFORM_QUEUE, ModuleHost, dlq_from_message
+from dps.runtime.module import (
+    DELIVERY_QUEUE,
+    TRANSFORM_QUEUE,
+    ModuleHost,
+    dlq_from_message,
+    undecodable_entry,
+)
 from dps.state import DlqEntry
 
 #: Records slower than this are remembered for ``/admin/transform/slow-records``.
@@ -217,17 +223,14 @@ class BetaModule(ModuleHost):
                 record = decode(msg.body)
             except (msgspec.DecodeError, RecursionError) as exc:
                 batch.dlq.append(
-                    DlqEntry(
+                    undecodable_entry(
                         "beta",
-                        msg.msg_id,
-                        "",
-                        "",
+                        msg,
                         "decode_error",
                         str(exc),
-                        msg.body,
-                        attempts=msg.attempts,
                         stage="decode",
                         config_version=self.config_version,
+                        attempts=msg.attempts,
                     )
                 )
                 batch.failed += 1

@@ -69,6 +69,7 @@ from dps.gamma.destinations.base import (
 )
 from dps.gamma.routing import Router
 from dps.queues import Lease, Queue
+from dps.runtime.module import undecodable_entry
 from dps.state import DeliveryOutcome, DlqEntry, StateStore
 from dps.state.base import DeliveryError as DeliveryErrorRow
 
@@ -411,18 +412,15 @@ class DestinationWorker:
                     record = decode(msg.body)
                 except msgspec.DecodeError as exc:
                     poison.append(
-                        DlqEntry(
+                        undecodable_entry(
                             "gamma",
-                            msg.msg_id,
-                            "",
-                            "",
+                            msg,
                             "decode_error",
                             str(exc),
-                            msg.body,
-                            error_class="poison",
-                            destination_id=self.dest_id,
                             stage="deliver",
                             config_version=self.config_version,
+                            error_class="poison",
+                            destination_id=self.dest_id,
                         )
                     )
                     undecodable.append((lease, msg.msg_id))

@@ -53,7 +53,13 @@ from dps.gamma.destinations.base import Destination
 from dps.gamma.formats import Shaper
 from dps.gamma.routing import Router
 from dps.queues import Lease, Message, Queue, QueueSpec, open_queue
-from dps.runtime.module import DELIVERY_QUEUE, ModuleHost, dlq_from_message
+from dps.runtime.module import (
+    DELIVERY_QUEUE,
+    ModuleHost,
+    config_version,
+    dlq_from_message,
+    undecodable_entry,
+)
 from dps.state import DlqEntry
 from dps.state.base import DlqFilter
 
@@ -144,7 +150,7 @@ class GammaModule(ModuleHost):
         for dest_id in new.gamma.destinations:
             self.spool(dest_id)
         wanted = {d: dc for d, dc in new.gamma.destinations.items() if dc.enabled}
-        version = new.checksum()[:12]
+        version = config_version(new)
         running = self._worker is not None and self._worker.is_alive()
         for dest_id in list(self.workers):
             worker = self.workers[dest_id]
@@ -194,7 +200,7 @@ class GammaModule(ModuleHost):
 
     def pause(self) -> None:
         super().pause()
-        with self._lock:
+        with self.exclusive():
             self._settle_all()  # paused means nothing in flight: a backup may copy the files
 
     def stop_worker(self, timeout: float = 30.0) -> None:
@@ -254,23 +260,19 @@ class GammaModule(ModuleHost):
         leased_at = time.perf_counter()
         dlq: list[DlqEntry] = []
         plan: dict[str, list[Record]] = defaultdict(list)
-        version = self.config.checksum()[:12]
         for msg in lease.messages:
             try:
                 record = decode(msg.body)
             except msgspec.DecodeError as exc:
                 dlq.append(
-                    DlqEntry(
+                    undecodable_entry(
                         "gamma",
-                        msg.msg_id,
-                        "",
-                        "",
+                        msg,
                         "decode_error",
                         str(exc),
-                        msg.body,
-                        error_class="poison",
                         stage="route",
-                        config_version=version,
+                        config_version=self.config_version,
+                        error_class="poison",
                     )
                 )
                 continue
@@ -288,7 +290,7 @@ class GammaModule(ModuleHost):
                         error_class="permanent",
                         stage="route",
                         correlation_id=record.correlation_id,
-                        config_version=version,
+                        config_version=self.config_version,
                         rule_versions=self.router.rule_versions(record),
                     )
                 )

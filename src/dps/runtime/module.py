@@ -353,18 +353,40 @@ def dlq_from_message(
             config_version=config_version,
         )
     except msgspec.DecodeError:
-        return DlqEntry(
+        return undecodable_entry(
             module,
-            msg.msg_id,
-            "",
-            "",
+            msg,
             reason,
             "Undecodable message.",
-            msg.body,
-            attempts=msg.attempts,
             stage=stage,
             config_version=config_version,
+            attempts=msg.attempts,
         )
+
+
+def undecodable_entry(
+    module: str,
+    msg: Message,
+    reason: str,
+    error: str,
+    *,
+    stage: str,
+    config_version: str | None,
+    **fields: Any,
+) -> DlqEntry:
+    """A DLQ entry for a message whose body is not a record: kept raw, under its message id."""
+    return DlqEntry(
+        module,
+        msg.msg_id,
+        "",
+        "",
+        reason,
+        error,
+        msg.body,
+        stage=stage,
+        config_version=config_version,
+        **fields,
+    )
 
 
 __all__ = [
@@ -375,4 +397,5 @@ __all__ = [
     "config_version",
     "dlq_from_message",
     "resolve_data_dir",
+    "undecodable_entry",
 ]
