@@ -728,7 +728,7 @@ def test_v5_upgrades_a_v4_delivery_log(open_store: OpenStore) -> None:
             {"now": datetime.now(UTC)},
         )
     assert store.schema_version() == 4
-    assert store.migrate() == state_sql.LATEST_VERSION == 5
+    assert store.migrate() == state_sql.LATEST_VERSION
     columns = {c["name"] for c in sa.inspect(store.engine).get_columns("delivery_log")}
     assert {"rules", "enrichment", "quality_score"} <= columns
     # The indexes survive the (SQLite batch-mode) alteration.
@@ -741,7 +741,7 @@ def test_v5_upgrades_a_v4_delivery_log(open_store: OpenStore) -> None:
     record.touched("beta", "TRX_1")
     store.record_deliveries([DeliveryOutcome.of(record, "warehouse", "delivered")])
     assert store.record_trace("orders:N1")["rules"] == ["TRX_1"]
-    assert store.migrate() == 5
+    assert store.migrate() == state_sql.LATEST_VERSION
 
 
 # -- control -------------------------------------------------------------------------------------
@@ -880,6 +880,88 @@ def test_accounting_with_one_destination_counts_its_delivered_rows(store: SqlSta
     store.record_deliveries([DeliveryOutcome("r0", "a", "delivered")])  # a replayed write
     acc = store.accounting()
     assert acc["delivered"] == {"a": 5} and acc["delivered_records"] == 5
+
+
+def _counted(store: SqlStateStore) -> dict[str, Any]:
+    """What the accounting's counts are by definition: COUNT(*) over the tables."""
+    with store.engine.connect() as conn:
+        delivered = dict(
+            conn.execute(
+                sa.text(
+                    "SELECT destination_id, count(*) FROM delivery_log"
+                    " WHERE status = 'delivered' GROUP BY destination_id"
+                )
+            ).all()
+        )
+        dlq = {"alpha": 0, "beta": 0, "gamma": 0}
+        dlq.update(
+            {
+                m: n
+                for m, n in conn.execute(
+                    sa.text("SELECT module, count(*) FROM dlq_entries GROUP BY 1")
+                )
+            }
+        )
+        duplicates = conn.scalar(sa.text("SELECT count(*) FROM duplicates"))
+    return {"delivered": delivered, "dlq": dlq, "duplicates": duplicates}
+
+
+def test_accounting_counts_follow_every_write(store: SqlStateStore) -> None:
+    """On SQLite the counts are kept by triggers: inserts, status changes both ways (an
+    operator's SQL included), deletes (retention, purges) must all move them exactly."""
+    rng = random.Random(5)
+
+    def acc() -> dict[str, Any]:
+        full = store.accounting()
+        return {k: full[k] for k in ("delivered", "dlq", "duplicates")}
+
+    for round_ in range(6):
+        store.record_deliveries(
+            [
+                DeliveryOutcome(f"r{rng.randrange(40)}", rng.choice("ab"), status)
+                for status in rng.choices(["delivered", "failed", "pending"], k=30)
+            ]
+        )
+        modules = ("alpha", "beta", "gamma")
+        store.add_dlq_entries([dlq(rng.choice(modules), f"d{round_}-{i}") for i in range(3)])
+        store.record_duplicates([cand(f"k{rng.randrange(20)}", f"f:{rng.randrange(20)}")])
+        assert acc() == _counted(store)
+    with store.engine.begin() as conn:  # what an operator or a retention job may do
+        conn.execute(sa.text("UPDATE delivery_log SET status = 'failed' WHERE record_id = 'r1'"))
+        conn.execute(sa.text("UPDATE delivery_log SET status = 'delivered' WHERE record_id='r2'"))
+        conn.execute(sa.text("DELETE FROM delivery_log WHERE record_id IN ('r3', 'r4')"))
+        conn.execute(sa.text("DELETE FROM dlq_entries WHERE record_id LIKE 'd1-%'"))
+        conn.execute(sa.text("DELETE FROM duplicates WHERE origin = 'f:3'"))
+    assert acc() == _counted(store)
+    with store.engine.begin() as conn:
+        for table in ("delivery_log", "dlq_entries", "duplicates"):
+            conn.execute(sa.text(f"DELETE FROM {table}"))
+    assert acc() == {"delivered": {}, "dlq": {"alpha": 0, "beta": 0, "gamma": 0}, "duplicates": 0}
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_v6_seeds_the_counters_from_the_rows_already_there(open_store: OpenStore) -> None:
+    """A version 5 database with deliveries, DLQ entries and duplicates: after the upgrade the
+    trigger-kept counts start from its rows, and go on from there."""
+    store = open_store()
+    store.record_deliveries([DeliveryOutcome(f"r{i}", "a", "delivered") for i in range(4)])
+    store.add_dlq_entries([dlq("alpha", "x1"), dlq("gamma", "x2")])
+    store.record_duplicates([cand("k", "f:1")])
+    with store.engine.begin() as conn:  # make it a version 5 database: no counters
+        for name, _ in conn.execute(
+            sa.text("SELECT name, type FROM sqlite_master WHERE name LIKE 'trg_count_%'")
+        ).all():
+            conn.execute(sa.text(f"DROP TRIGGER {name}"))
+        conn.execute(sa.text("DROP TABLE accounting_counts"))
+        conn.execute(sa.text("DELETE FROM schema_version WHERE version >= 6"))
+    store.record_deliveries([DeliveryOutcome("r9", "a", "delivered")])  # written by version 5
+    assert store.schema_version() == 5
+    assert store.migrate() == state_sql.LATEST_VERSION
+    expected = {"delivered": {"a": 5}, "dlq": {"alpha": 1, "beta": 0, "gamma": 1}, "duplicates": 1}
+    assert _counted(store) == expected
+    assert {k: store.accounting()[k] for k in expected} == expected
+    store.record_deliveries([DeliveryOutcome("r10", "a", "delivered")])
+    assert store.accounting()["delivered"] == {"a": 6}
 
 
 # -- the manual's ad-hoc queries (Runbook D.2, Database Maintenance), verbatim ------------------

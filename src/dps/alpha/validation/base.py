@@ -51,14 +51,27 @@ class RequiredFields(Check):
 
     def __init__(self, fields: list[str]) -> None:
         self.fields = fields
+        #: Top-level names are read straight from the payload; dotted paths through ``get_path``.
+        self._top = tuple(name for name in fields if "." not in name)
+        self._nested = any("." in name for name in fields)
 
     def describe(self) -> str:
         return f"required_fields: {', '.join(self.fields)}"
 
     def check(self, record: Record) -> list[TerminalError]:
+        payload = record.payload
+        if not self._nested and type(payload) is dict:
+            # The common case, one check per record: no problem, no list built.
+            get = payload.get
+            for name in self._top:
+                value = get(name)
+                if value is None or value == "":
+                    break
+            else:
+                return []
         problems = []
         for name in self.fields:
-            value = get_path(record.payload, name)
+            value = get_path(payload, name)
             if value is None or value == "":
                 problems.append(
                     TerminalError("missing_field", f"Required field {name} is missing.", field=name)
@@ -110,9 +123,10 @@ class SourceValidator:
         return [check.describe() for check in self.hard + self.soft]
 
     def check(self, record: Record) -> Outcome:
-        outcome = Outcome()
+        hard: list[TerminalError] = []
         for check in self.hard:
-            outcome.hard.extend(check.check(record))
+            hard += check.check(record)
+        soft: list[TerminalError] = []
         for check in self.soft:
-            outcome.soft.extend(check.check(record))
-        return outcome
+            soft += check.check(record)
+        return Outcome(hard, soft)
