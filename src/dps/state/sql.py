@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql as pg
@@ -109,6 +110,14 @@ def _epoch(value: datetime | None) -> float | None:
 def json_dumps(value: Any) -> str:
     """The JSON serializer the backends give the engine: details may hold datetimes or paths."""
     return json.dumps(value, default=str, separators=(",", ":"), ensure_ascii=False)
+
+
+def _json_array(values: list[Any]) -> str:
+    """A batch as a JSON array bound as one parameter (read with ``json_each`` by SQLite)."""
+    return _json_encode(values).decode()
+
+
+_json_encode = msgspec.json.Encoder().encode
 
 
 @functools.lru_cache(maxsize=64)
@@ -754,7 +763,7 @@ class SqlStateStore(StateStore):
 
     def _list_param(self, values: Sequence[str]) -> Any:
         """The value to bind to a parameter of :meth:`_in`."""
-        return list(values) if self._pg else json.dumps(list(values))
+        return list(values) if self._pg else _json_array(list(values))
 
     def _build_statements(self) -> None:
         # Built once: these run per batch, and a prebuilt construct skips the statement
@@ -842,6 +851,7 @@ class SqlStateStore(StateStore):
             },
             where=dlq_entries.c.status != "open",
         )
+        self._add_dlq_fast = _Prepared(self._add_dlq, self._engine.dialect)
 
         ins = self._insert(delivery_log)
         dl = delivery_log.c
@@ -1054,7 +1064,7 @@ class SqlStateStore(StateStore):
         """The owner (origin) of every key: the batch's for those it claimed, read back for the
         others (see ``_claim_returning``)."""
         stamp = self._claim_fast.processors["timestamp"]
-        batch = json.dumps(
+        batch = _json_array(
             [(k, first[k].origin, first[k].record_id, first[k].source_id) for k in keys]
         )
         expires_at = now + timedelta(seconds=ttl_seconds)
@@ -1064,7 +1074,7 @@ class SqlStateStore(StateStore):
         }
         taken = [k for k in keys if k not in owners]
         if taken:
-            owners.update(conn.exec_driver_sql(self._owners_sql, (json.dumps(taken),)).fetchall())
+            owners.update(conn.exec_driver_sql(self._owners_sql, (_json_array(taken),)).fetchall())
         return owners
 
     def purge_expired_dedupe_keys(self) -> int:
@@ -1198,8 +1208,6 @@ class SqlStateStore(StateStore):
                 "attempts": e.attempts,
                 "body": e.body,
                 "status": "open",
-                "created_at": now,
-                "updated_at": now,
                 "stage": e.stage,
                 "correlation_id": e.correlation_id,
                 "attempt_history": list(e.attempt_history)
@@ -1221,7 +1229,7 @@ class SqlStateStore(StateStore):
                         *history,
                         *rows[entry_id]["attempt_history"],
                     ]
-            conn.execute(self._add_dlq, batch)
+            self._add_dlq_fast.executemany(conn, batch, {"created_at": now, "updated_at": now})
 
         self._write(work)
 
