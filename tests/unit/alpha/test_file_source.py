@@ -67,6 +67,32 @@ def test_each_line_is_an_item_with_its_file_and_line_number(
     assert fetch.ends == {str(orders): orders.stat().st_size}
 
 
+def test_lines_at_and_over_the_size_limit_among_others(state: StateStore, tmp_path: Path) -> None:
+    """Complete lines are read a line at a time; a line over ``max_record_bytes`` (and the
+    torn last line) go through the careful reader: the offsets and line numbers stay exact."""
+    limit = 1024
+    at_limit = b'{"k": "' + b"x" * (limit - 9) + b'"}\n'  # limit + 1 bytes with its newline
+    assert len(at_limit) == limit + 1
+    over = b'{"k": "' + b"y" * (3 * limit) + b'"}\n'
+    path = tmp_path / "mixed.ndjson"
+    path.write_bytes(b'{"a": 1}\n' + at_limit + b" \r\n" + over + b'{"b": 2}\r\n' + b'{"c": 3}')
+    connection = FileConnection(path=str(path), max_record_bytes=limit)
+    source = FileSource(SOURCE_ID, connection, state, fmt="ndjson")
+
+    fetch = source.fetch(100)
+    assert _origins(fetch) == [f"{path}:{n}" for n in (1, 2, 4, 5)]
+    assert [item.error is not None for item in fetch.items] == [False, False, True, False]
+    assert fetch.items[1].data == at_limit and fetch.items[3].data == b'{"b": 2}\r\n'
+    # The unterminated last line waits (the file was just written), and the offset is the
+    # byte after the last complete line.
+    assert fetch.ends == {str(path): path.stat().st_size - len(b'{"c": 3}')}
+    _commit(source, fetch)
+    with path.open("ab") as fh:
+        fh.write(b"\n")
+    again = source.fetch(100)
+    assert _origins(again) == [f"{path}:6"] and again.items[0].data == b'{"c": 3}\n'
+
+
 def test_blank_lines_are_skipped_but_still_counted(state: StateStore, tmp_path: Path) -> None:
     path = tmp_path / "gaps.ndjson"
     path.write_bytes(b'{"a": 1}\n\n   \n{"a": 2}\n')

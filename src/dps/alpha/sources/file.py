@@ -160,13 +160,25 @@ class FileSource(Source):
                 if offset < header_end:
                     offset, line_no = header_end, header_lines
             fh.seek(offset)
+            # A line is one row unless the format is CSV (quoted newlines): then a complete
+            # line is taken as it is, and only the rest (the end of the file, an oversized
+            # line) goes through _next_row's checks. Most of the reading cost was per line.
+            plain = not self.csv
+            readline = fh.readline
+            limit = self.connection.max_record_bytes + 1
             while room > 0:
-                line, lines, oversized = self._next_row(fh, settled=settled)
-                if not lines:
-                    # End of file, or a last line still being written: wait for its newline,
-                    # or for the file to settle.
-                    break
-                offset = fh.tell()
+                line = readline(limit) if plain else b""
+                if line.endswith(b"\n"):
+                    lines, oversized = 1, 0
+                    offset += len(line)
+                else:
+                    fh.seek(offset)
+                    line, lines, oversized = self._next_row(fh, settled=settled)
+                    if not lines:
+                        # End of file, or a last line still being written: wait for its
+                        # newline, or for the file to settle.
+                        break
+                    offset = fh.tell()
                 line_no += lines
                 if oversized:
                     origin = f"{key}:{line_no - lines + 1}"
@@ -177,7 +189,7 @@ class FileSource(Source):
                     )
                     out.items.append(RawItem(line, origin, key, error=error))
                     room -= 1
-                elif line.strip():
+                elif not line.isspace() and line:
                     origin = f"{key}:{line_no - lines + 1}"
                     out.items.append(RawItem(header + line, origin, key))
                     room -= 1
