@@ -57,7 +57,7 @@ from dps.config.models import DestinationConfig, GammaSettings
 from dps.core.errors import TerminalError, TransientError
 from dps.core.logging import get_logger
 from dps.core.metrics import PIPELINE_END_TO_END_LATENCY_SECONDS, observe_many
-from dps.core.record import Record, decode, encode
+from dps.core.record import Record, decode, encode, lineage_summary
 from dps.gamma import metrics as m
 from dps.gamma.circuit_breaker import CLOSED, STATE_VALUES, BreakerSettings, CircuitBreaker
 from dps.gamma.destinations.base import (
@@ -92,6 +92,35 @@ def spool_name(destination_id: str) -> str:
     return f"spool_{safe[:48]}_{digest}"
 
 
+def delivered_outcomes(records: Sequence[Record], destination_id: str) -> list[DeliveryOutcome]:
+    """``DeliveryOutcome.of(record, destination_id, "delivered")`` for each record, with the
+    lineage summary worked out once per distinct Beta history of the batch (a batch has a few).
+    """
+    summaries: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+    outcomes: list[DeliveryOutcome] = []
+    append = outcomes.append
+    for record in records:
+        actions = tuple([step.action for step in record.lineage if step.stage == "beta"])
+        parts = summaries.get(actions)
+        if parts is None:
+            rules, enrichment, _ = lineage_summary(record)
+            parts = summaries[actions] = (rules, enrichment)
+        quality = record.quality
+        append(
+            DeliveryOutcome(
+                record.record_id,
+                destination_id,
+                "delivered",
+                1,
+                None,
+                parts[0],
+                parts[1],
+                quality.score if quality is not None else None,
+            )
+        )
+    return outcomes
+
+
 class Percentiles:
     """The last ``size`` observations of a duration, for p50/p95/p99 on the admin API."""
 
@@ -106,6 +135,15 @@ class Percentiles:
         self.count += 1
         self.total += value
         self.max = max(self.max, value)
+
+    def add_many(self, values: list[float]) -> None:
+        """:meth:`add` for each value (a batch's observations at once)."""
+        if not values:
+            return
+        self.values.extend(values)
+        self.count += len(values)
+        self.total += sum(values)
+        self.max = max(self.max, max(values))
 
     def summary(self) -> dict[str, Any]:
         ordered = sorted(self.values)
@@ -495,10 +533,11 @@ class DestinationWorker:
         self.busy = True
         try:
             done = self.state.delivered_records([r.record_id for r in records], self.dest_id)
-            todo = [r for r in records if r.record_id not in done]
+            todo = [r for r in records if r.record_id not in done] if done else records
             now = time.time()
-            for r in todo:
-                self.stats.queue_wait.add(max(0.0, now - r.ingested_at))
+            self.stats.queue_wait.add_many(
+                [waited if (waited := now - r.ingested_at) > 0.0 else 0.0 for r in todo]
+            )
             result = _Result(direct=True)
             if todo:
                 self._deliver(todo, result)
@@ -562,14 +601,15 @@ class DestinationWorker:
             outcomes.append(DeliveryOutcome.of(record, self.dest_id, "failed", error=error))
         # Each row carries the record's lineage summary (rules, enrichment, quality score): the
         # lineage API reads it from here, so Beta writes nothing per record for it.
-        outcomes.extend(DeliveryOutcome.of(r, self.dest_id, "delivered") for r in delivered)
+        outcomes.extend(delivered_outcomes(delivered, self.dest_id))
         if entries:
             self.state.add_dlq_entries(entries)
         if outcomes:
             self.state.record_deliveries(outcomes)
         now = time.time()
         observe_many(
-            PIPELINE_END_TO_END_LATENCY_SECONDS, [max(0.0, now - r.ingested_at) for r in delivered]
+            PIPELINE_END_TO_END_LATENCY_SECONDS,
+            [age if (age := now - r.ingested_at) > 0.0 else 0.0 for r in delivered],
         )
         with self._counter_lock:
             if delivered:

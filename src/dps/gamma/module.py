@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ from dps.config.models import DestinationConfig, OutputFormat
 from dps.core import registry
 from dps.core.health import Health, HealthReport, combine, evaluate
 from dps.core.metrics import MODULE_LATENCY_SECONDS, observe_n
-from dps.core.record import Record, decode, encode
+from dps.core.record import LineageStep, Record, decode, encode
 from dps.gamma import metrics as m
 from dps.gamma.circuit_breaker import OPEN, CircuitBreaker
 from dps.gamma.delivery import SPOOL_MAX_ATTEMPTS, DestinationStats, DestinationWorker, spool_name
@@ -258,33 +259,19 @@ class GammaModule(ModuleHost):
             self._settle(block=True)
             return bool(self._in_flight)
         leased_at = time.perf_counter()
-        dlq: list[DlqEntry] = []
-        plan: dict[str, list[Record]] = defaultdict(list)
-        for msg in lease.messages:
-            try:
-                record = decode(msg.body)
-            except msgspec.DecodeError as exc:
-                dlq.append(
-                    undecodable_entry(
-                        "gamma",
-                        msg,
-                        "decode_error",
-                        str(exc),
-                        stage="route",
-                        config_version=self.config_version,
-                        error_class="poison",
-                    )
-                )
-                continue
-            decision = self.router.route(record)
-            if decision.reason is not None:
-                dlq.append(
+        records, positions, dlq = self._decode(lease.messages)
+        routed = self.router.route_batch(records)
+        for at, decision in routed.refused:
+            record = records[at]
+            dlq.append(
+                (
+                    positions[at] if positions is not None else at,
                     DlqEntry(
                         "gamma",
                         record.record_id,
                         record.source_id,
                         record.origin,
-                        decision.reason,
+                        decision.reason or "",
                         decision.detail,
                         encode(record),
                         error_class="permanent",
@@ -292,22 +279,67 @@ class GammaModule(ModuleHost):
                         correlation_id=record.correlation_id,
                         config_version=self.config_version,
                         rule_versions=self.router.rule_versions(record),
-                    )
+                    ),
                 )
-                continue
-            for dest in decision.destinations:
-                record.touched("gamma", f"route:{dest}")
-                plan[dest].append(record)
-        for dest, records in plan.items():
-            m.GAMMA_RECORDS_ROUTED_TOTAL.labels(destination=dest).inc(len(records))
+            )
+        plan = routed.plan
+        # One lineage step per destination and batch, shared by its records (steps are never
+        # changed once appended): the route taken, at the time the batch was routed.
+        now = time.time()
+        steps = {dest: LineageStep("gamma", f"route:{dest}", now) for dest in plan}
+        for dests, group in routed.fanout:
+            if len(dests) == 1:
+                step = steps[dests[0]]
+                for record in group:
+                    record.lineage.append(step)
+            else:
+                taken = [steps[dest] for dest in dests]
+                for record in group:
+                    record.lineage.extend(taken)
+        for dest, taking in plan.items():
+            m.GAMMA_RECORDS_ROUTED_TOTAL.labels(destination=dest).inc(len(taking))
         if dlq:
-            self.state_store.add_dlq_entries(dlq)
+            dlq.sort(key=itemgetter(0))  # in the order of the messages, as they were leased
+            self.state_store.add_dlq_entries([entry for _, entry in dlq])
         # Decoding and routing the batch is its rendering on the direct path (the spool path
         # measures its own decode).
         m.GAMMA_RENDER_DURATION_SECONDS.observe(time.perf_counter() - leased_at)
         self._hand_over(lease, plan, leased_at)
         self._settle(block=False)
         return True
+
+    def _decode(
+        self, messages: Sequence[Message]
+    ) -> tuple[list[Record], list[int] | None, list[tuple[int, DlqEntry]]]:
+        """The records of a leased batch, their positions in it (None: every message is a
+        record) and the DLQ entries, with their positions, of the messages that are not."""
+        try:
+            return [decode(msg.body) for msg in messages], None, []
+        except msgspec.DecodeError:
+            pass  # rare: find the messages at fault one by one
+        records: list[Record] = []
+        positions: list[int] = []
+        dlq: list[tuple[int, DlqEntry]] = []
+        for position, msg in enumerate(messages):
+            try:
+                records.append(decode(msg.body))
+                positions.append(position)
+            except msgspec.DecodeError as exc:
+                dlq.append(
+                    (
+                        position,
+                        undecodable_entry(
+                            "gamma",
+                            msg,
+                            "decode_error",
+                            str(exc),
+                            stage="route",
+                            config_version=self.config_version,
+                            error_class="poison",
+                        ),
+                    )
+                )
+        return records, positions, dlq
 
     def _hand_over(self, lease: Lease, plan: dict[str, list[Record]], leased_at: float) -> None:
         """Give each destination its records: delivered directly when it can take them, else

@@ -13,12 +13,18 @@ since it was ingested) counts as ``restricted``: unknown data goes nowhere it mi
 and does not check classifications.)
 The loader refuses routes that would break either rule; this check catches what a route's
 conditions could not show at load (an unrestricted route, the default destination, a reload).
+
+Gamma routes a whole leased batch at once (:meth:`Router.route_batch`): each route's ``match``
+runs over the batch, and the decision — destinations or DLQ reason — is made once per
+combination of matched routes and source, which a batch has only a few of, instead of once per
+record. :meth:`Router.route` is the same decision for one record.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from dps.config.models import DestinationConfig, RoutingRule, classification_allows
@@ -40,6 +46,25 @@ class Decision:
     destinations: list[str]
     reason: str | None = None
     detail: str = ""
+
+
+@dataclass(slots=True)
+class RoutedBatch:
+    """Where the records of one batch go (:meth:`Router.route_batch`)."""
+
+    #: Destination -> its records in batch order; destinations in the order of their first record
+    #: (what routing the records one by one and appending each to its destinations gives).
+    plan: dict[str, list[Record]] = field(default_factory=dict)
+    #: ``(position in the batch, decision)`` of each record that goes to the DLQ, in batch order.
+    refused: list[tuple[int, Decision]] = field(default_factory=list)
+    #: The routed records grouped by their destinations (in :attr:`Decision.destinations`
+    #: order), each record in one group: for stamping the route steps of their lineage.
+    fanout: list[tuple[list[str], list[Record]]] = field(default_factory=list)
+
+
+#: A record's routing key: the bit mask of the routes that matched it, and its source.
+_Key = tuple[int, str]
+_source_id = attrgetter("source_id")
 
 
 class Router:
@@ -100,9 +125,65 @@ class Router:
         return versions
 
     def route(self, record: Record) -> Decision:
-        chosen: list[str] = []
-        for route in self.routes:
+        """Where one record goes (see the module docstring)."""
+        mask = 0
+        for bit, route in enumerate(self.routes):
             if route.matches(record):
+                mask |= 1 << bit
+        return self._decide(mask, record.source_id)
+
+    def route_batch(self, records: Sequence[Record]) -> RoutedBatch:
+        """Route a batch: the same decision as :meth:`route` for every record, made once per
+        distinct (matched routes, source) pair of the batch.
+
+        Each route's ``match`` is evaluated once per record, as :meth:`route` does; records are
+        not changed. A ``match`` that raises fails the whole batch, as it fails :meth:`route`.
+        """
+        masks = [0] * len(records)
+        for bit, route in enumerate(self.routes):
+            flag = 1 << bit
+            matches = route.matches
+            masks = [m | flag if matches(r) else m for m, r in zip(masks, records, strict=True)]
+        keys: list[_Key] = list(zip(masks, map(_source_id, records), strict=True))
+        # Distinct keys in the order of their first record, so that the plan's destinations
+        # come in the order routing record by record gives them.
+        decisions = {key: self._decide(*key) for key in dict.fromkeys(keys)}
+        batch = RoutedBatch()
+        if len(decisions) == 1:  # the common case: every record goes the same way
+            decision = next(iter(decisions.values()))
+            if decision.reason is not None:
+                batch.refused = [(i, decision) for i in range(len(records))]
+                return batch
+            batch.plan = {dest: list(records) for dest in decision.destinations}
+            batch.fanout = [(decision.destinations, list(records))]
+            return batch
+        groups: dict[_Key, list[Record]] = {key: [] for key in decisions}
+        for key, record in zip(keys, records, strict=True):
+            groups[key].append(record)
+        feeding: dict[str, list[_Key]] = {}
+        for key, decision in decisions.items():
+            if decision.reason is None:
+                batch.fanout.append((decision.destinations, groups[key]))
+                for dest in decision.destinations:
+                    feeding.setdefault(dest, []).append(key)
+        for dest, dest_keys in feeding.items():
+            if len(dest_keys) == 1:
+                batch.plan[dest] = list(groups[dest_keys[0]])
+            else:
+                wanted = set(dest_keys)
+                batch.plan[dest] = [
+                    r for key, r in zip(keys, records, strict=True) if key in wanted
+                ]
+        refused = {key for key, decision in decisions.items() if decision.reason is not None}
+        if refused:
+            batch.refused = [(i, decisions[key]) for i, key in enumerate(keys) if key in refused]
+        return batch
+
+    def _decide(self, mask: int, source_id: str) -> Decision:
+        """The decision for a record of ``source_id`` that the routes in ``mask`` matched."""
+        chosen: list[str] = []
+        for bit, route in enumerate(self.routes):
+            if mask >> bit & 1:
                 for dest in route.destinations:
                     if dest not in chosen:
                         chosen.append(dest)
@@ -110,17 +191,15 @@ class Router:
             if self.default is None:
                 return Decision([], "no_route", "No routing rule matched the record.")
             chosen = [self.default]
-        refused = [
-            d for d in chosen if d in self.allowed and record.source_id not in self.allowed[d]
-        ]
+        refused = [d for d in chosen if d in self.allowed and source_id not in self.allowed[d]]
         if refused:
             return Decision(
                 [],
                 "unauthorized",
-                f"Source {record.source_id} is not allowed to deliver to {', '.join(refused)}.",
+                f"Source {source_id} is not allowed to deliver to {', '.join(refused)}.",
             )
         if self.source_levels is not None:
-            level = self.source_levels.get(record.source_id, "restricted")
+            level = self.source_levels.get(source_id, "restricted")
             below = [
                 d
                 for d in chosen
@@ -130,7 +209,7 @@ class Router:
                 return Decision(
                     [],
                     "unauthorized",
-                    f"Source {record.source_id} holds {level} data; "
+                    f"Source {source_id} holds {level} data; "
                     f"{', '.join(f'{d} ({self.levels[d]})' for d in below)} may not receive it.",
                 )
         disabled = [d for d in chosen if d not in self.enabled]
