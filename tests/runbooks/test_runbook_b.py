@@ -200,8 +200,11 @@ def test_runbooks_b1_b3_e2_h2_against_a_running_pipeline(tmp_path: Path) -> None
         assert json.loads(body)["entries"] == 0 and json.loads(body)["sources"] == {}
         code, body = curl(f"{beta}/admin/transform/rule-complexity")
         assert code == 200
-        ids = {r["rule_id"] for r in json.loads(body)["rules"]}
-        assert ids == {"TRX_042_NORMALIZE_PHONE", "TRX_050_AMOUNT_DECIMAL"}
+        complexity = {r["rule_id"]: r for r in json.loads(body)["rules"]}
+        assert set(complexity) == {"TRX_042_NORMALIZE_PHONE", "TRX_050_AMOUNT_DECIMAL"}
+        # The hotspots: each rule's measured time over the records it looked at.
+        phone = complexity["TRX_042_NORMALIZE_PHONE"]["measured"]
+        assert phone["records_evaluated"] >= 1 and phone["us_per_record"] > 0
         code, body = curl(f"{beta}/admin/transform/slow-records?threshold=100ms&limit=50")
         assert code == 200 and json.loads(body)["threshold_ms"] == 100
         code, body = curl(f"{beta}/admin/transform/slow-records?threshold=fast")

@@ -103,7 +103,8 @@ def beta_routes(module: BetaModule) -> list[BaseRoute]:
         )
 
     async def complexity(request: Request) -> Response:
-        """Each active rule's static cost (condition tests, regexes) and its counts so far."""
+        """Each active rule's static cost (condition tests, regexes), its counts so far and its
+        measured time (match and transform, per record it looked at): the hotspots."""
         rules = module.rules
         out: list[dict[str, Any]] = []
         for rule in rules.rules:
@@ -111,6 +112,12 @@ def beta_routes(module: BetaModule) -> list[BaseRoute]:
             entry["counts"] = {
                 result: rules.totals.get((rule.rule_id, result), 0)
                 for result in ("applied", "skipped", "failed")
+            }
+            seconds, seen = rules.timings.get(rule.rule_id, (0.0, 0.0))
+            entry["measured"] = {
+                "records_evaluated": int(seen),
+                "seconds": round(seconds, 6),
+                "us_per_record": round(seconds / seen * 1e6, 3) if seen else None,
             }
             out.append(entry)
         out.sort(key=lambda e: -int(e["score"]))

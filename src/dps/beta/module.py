@@ -44,7 +44,8 @@ from dps.runtime.module import (
 )
 from dps.state import DlqEntry
 
-#: Records slower than this are remembered for ``/admin/transform/slow-records``.
+#: Records slower than this (their share of their batch's time: a batch goes through the rules
+#: together) are remembered for ``/admin/transform/slow-records``.
 SLOW_RECORD_SECONDS = 0.001
 #: How many recent batches the health rates and the P99 are computed over.
 WINDOW_BATCHES = 200
@@ -239,21 +240,14 @@ class BetaModule(ModuleHost):
             records.append((msg, record))
         leased_at = time.time()
         batch.waits = [max(0.0, leased_at - record.ingested_at) for _, record in records]
-        stage.begin_batch([record for _, record in records])
-        try:
-            results = [(msg, stage.process(record)) for msg, record in records]
-        finally:
-            stage.end_batch()
+        processed = stage.process_batch([record for _, record in records])
+        batch.durations = [result.seconds for result in processed]
+        batch.slow = [result for result in processed if result.seconds >= SLOW_RECORD_SECONDS]
+        batch.scored = [(r.record, r.level) for r in processed if r.record.quality is not None]
         # Out under the leased message's id: the record id, or a DLQ replay's own id, which the
         # delivery queue must not drop as a re-put of the record it acked a moment ago.
         out: list[tuple[str, Record]] = []
-        for msg, result in results:
-            record = result.record
-            batch.durations.append(result.seconds)
-            if result.seconds >= SLOW_RECORD_SECONDS:
-                batch.slow.append(result)
-            if record.quality is not None:
-                batch.scored.append((record, result.level))
+        for (msg, record), result in zip(records, processed, strict=True):
             if result.verdict == "delivered":
                 out.append((msg.msg_id, record))
                 continue

@@ -20,11 +20,12 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import json
+import operator
 import re
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -46,6 +47,8 @@ NAMED_FORMATS: Final[dict[str, str]] = {
     "integer": r"^-?\d+$",
 }
 LEVELS: Final = ("ok", "warn", "error", "reject")
+#: A dimension scored over a batch: ``(records, each record's failed checks, now)`` -> values.
+_Dimension = Callable[[Sequence[Record], list[list[str]], float], list[float]]
 _MISSING: Final = object()
 _OPS: Final[dict[str, Callable[[Any, Any], bool]]] = {
     "eq": lambda a, b: a == b,
@@ -78,7 +81,17 @@ class QualityScorer:
         )
         rules = config.rules
         self.required = list(rules.completeness.required_fields)
-        self.penalty_missing = rules.completeness.penalty_per_missing
+        self.penalty_missing = penalty = rules.completeness.penalty_per_missing
+        # What completeness needs per record, worked out once: whether every required field is
+        # top-level (read with dict.get), each field's check text, and the value after n
+        # missing fields (the penalty taken n times, as subtracting it per field gives).
+        self._top_level = not any("." in field for field in self.required)
+        self._missing = [f"completeness: {f} is missing (-{penalty:g})" for f in self.required]
+        self._after_missing = [1.0]
+        value = 1.0
+        for _ in self.required:
+            value -= penalty
+            self._after_missing.append(max(0.0, round(value, 6)))
         self.consistency = [
             _compile_check(c, rules.consistency.penalty_per_failure)
             for c in rules.consistency.rules
@@ -97,6 +110,12 @@ class QualityScorer:
         self.time_field = rules.timeliness.field
         thresholds = config.thresholds
         self.thresholds = thresholds
+        self._dimension: dict[str, _Dimension] = {
+            "completeness": self._completeness,
+            "consistency": self._consistency,
+            "conformance": self._conformance,
+            "timeliness": self._timeliness,
+        }
 
     def level(self, score: float) -> str:
         """``ok``, ``warn``, ``error`` or ``reject`` by the thresholds."""
@@ -110,73 +129,130 @@ class QualityScorer:
         return "ok"
 
     def score(self, record: Record, now: float | None = None) -> Quality:
-        dims: dict[str, float] = {}
-        checks: list[str] = []
-        if "completeness" in self.dimensions:
-            dims["completeness"] = self._completeness(record, checks)
-        if "consistency" in self.dimensions:
-            dims["consistency"] = self._consistency(record, checks)
-        if "conformance" in self.dimensions:
-            dims["conformance"] = self._conformance(record, checks)
-        if "timeliness" in self.dimensions:
-            dims["timeliness"] = self._timeliness(record, checks, now or time.time())
-        score = sum(self.weights[d] * v for d, v in dims.items()) if self.weights else 1.0
-        return Quality(score=round(score, 6), dimensions=dims, checks=checks)
+        """One record's score (a batch of one)."""
+        return self.score_batch([record], now)[0]
 
-    # -- the dimensions ---------------------------------------------------------------------
-    def _completeness(self, record: Record, checks: list[str]) -> float:
-        value = 1.0
-        for field in self.required:
-            if get_path(record.payload, field) in (None, ""):
-                value -= self.penalty_missing
-                checks.append(f"completeness: {field} is missing (-{self.penalty_missing:g})")
-        return max(0.0, round(value, 6))
+    def score_batch(self, records: Sequence[Record], now: float | None = None) -> list[Quality]:
+        """The score of each record, dimension by dimension over the batch."""
+        now = now or time.time()
+        checks: list[list[str]] = [[] for _ in records]
+        columns = [self._dimension[name](records, checks, now) for name in self.dimensions]
+        if not columns:
+            return [Quality(score=1.0, dimensions={}, checks=c) for c in checks]
+        names = self.dimensions
+        weights = [self.weights[name] for name in names] if self.weights else None
+        scores: list[Quality] = []
+        for values, record_checks in zip(zip(*columns, strict=True), checks, strict=True):
+            # The weighted sum in dimension order, as sum() over the dimensions adds it up.
+            score = sum(map(operator.mul, weights, values)) if weights else 1.0
+            scores.append(
+                Quality(
+                    score=round(score, 6),
+                    dimensions=dict(zip(names, values, strict=True)),
+                    checks=record_checks,
+                )
+            )
+        return scores
 
-    def _consistency(self, record: Record, checks: list[str]) -> float:
-        value = 1.0
-        for name, when, test, penalty in self.consistency:
-            if when(record) and not test(record):
-                value -= penalty
-                checks.append(f"consistency: {name} failed (-{penalty:g})")
-        return max(0.0, round(value, 6))
+    # -- the dimensions, each over a batch: a value per record; failed checks are appended to
+    # -- each record's list of checks ---------------------------------------------------------
+    def _completeness(
+        self, records: Sequence[Record], checks: list[list[str]], now: float
+    ) -> list[float]:
+        required, messages, after = self.required, self._missing, self._after_missing
+        if not required:
+            return [1.0] * len(records)
+        top_level = self._top_level
+        values: list[float] = []
+        for record, record_checks in zip(records, checks, strict=True):
+            payload = record.payload
+            if top_level:
+                found = list(map(payload.get, required))
+            else:
+                found = [get_path(payload, field) for field in required]
+            if None in found or "" in found:
+                missing = [m for v, m in zip(found, messages, strict=True) if v in (None, "")]
+                record_checks += missing
+                values.append(after[len(missing)])
+            else:
+                values.append(1.0)
+        return values
 
-    def _conformance(self, record: Record, checks: list[str]) -> float:
-        value = 1.0
-        for field, pattern, fmt in self.formats:
-            found = get_path(record.payload, field)
-            if found is None:
+    def _consistency(
+        self, records: Sequence[Record], checks: list[list[str]], now: float
+    ) -> list[float]:
+        if not self.consistency:
+            return [1.0] * len(records)
+        values: list[float] = []
+        for record, record_checks in zip(records, checks, strict=True):
+            value = 1.0
+            for name, when, test, penalty in self.consistency:
+                if when(record) and not test(record):
+                    value -= penalty
+                    record_checks.append(f"consistency: {name} failed (-{penalty:g})")
+            values.append(max(0.0, round(value, 6)))
+        return values
+
+    def _conformance(
+        self, records: Sequence[Record], checks: list[list[str]], now: float
+    ) -> list[float]:
+        if not self.formats and self.schema is None:
+            return [1.0] * len(records)
+        values: list[float] = []
+        for record, record_checks in zip(records, checks, strict=True):
+            value = 1.0
+            for field, pattern, fmt in self.formats:
+                found = get_path(record.payload, field)
+                if found is None:
+                    continue
+                text = found if isinstance(found, str) else json.dumps(found)
+                if pattern.search(text) is None:
+                    value -= self.penalty_format
+                    record_checks.append(
+                        f"conformance: {field} is not {fmt} (-{self.penalty_format:g})"
+                    )
+            if self.schema is not None:
+                try:
+                    self.schema(record.payload)
+                except Exception as exc:  # fastjsonschema.JsonSchemaException, or bad data in it
+                    value -= self.schema_penalty
+                    record_checks.append(f"conformance: schema: {exc} (-{self.schema_penalty:g})")
+            values.append(max(0.0, round(value, 6)))
+        return values
+
+    def _timeliness(
+        self, records: Sequence[Record], checks: list[list[str]], now: float
+    ) -> list[float]:
+        time_field = self.time_field
+        if time_field:
+            raws = [get_path(record.payload, time_field) for record in records]
+        else:
+            raws = [
+                r.event_time if r.event_time is not None else r.payload.get("event_time")
+                for r in records
+            ]
+        max_age, penalty = self.max_age, self.penalty_hour
+        values: list[float] = []
+        for raw, record_checks in zip(raws, checks, strict=True):
+            if raw is None:
+                values.append(1.0)
                 continue
-            text = found if isinstance(found, str) else json.dumps(found)
-            if pattern.search(text) is None:
-                value -= self.penalty_format
-                checks.append(f"conformance: {field} is not {fmt} (-{self.penalty_format:g})")
-        if self.schema is not None:
-            try:
-                self.schema(record.payload)
-            except Exception as exc:  # fastjsonschema.JsonSchemaException, or bad data in it
-                value -= self.schema_penalty
-                checks.append(f"conformance: schema: {exc} (-{self.schema_penalty:g})")
-        return max(0.0, round(value, 6))
-
-    def _timeliness(self, record: Record, checks: list[str], now: float) -> float:
-        raw = get_path(record.payload, self.time_field) if self.time_field else record.event_time
-        if raw is None and not self.time_field:
-            raw = record.payload.get("event_time")
-        if raw is None:
-            return 1.0
-        at = _epoch(raw)
-        if at is None:
-            checks.append(f"timeliness: event time {raw!r} is not a timestamp (-1)")
-            return 0.0
-        hours = (now - at) / 3600
-        late = hours - self.max_age
-        if late <= 0:
-            return 1.0
-        lost = min(1.0, late * self.penalty_hour)
-        checks.append(
-            f"timeliness: {hours:.1f} h old, {late:.1f} h over max_age_hours (-{lost:.4g})"
-        )
-        return max(0.0, round(1.0 - lost, 6))
+            at = _epoch(raw)
+            if at is None:
+                record_checks.append(f"timeliness: event time {raw!r} is not a timestamp (-1)")
+                values.append(0.0)
+                continue
+            hours = (now - at) / 3600
+            late = hours - max_age
+            if late <= 0:
+                values.append(1.0)
+                continue
+            lost = min(1.0, late * penalty)
+            record_checks.append(
+                f"timeliness: {hours:.1f} h old, {late:.1f} h over max_age_hours (-{lost:.4g})"
+            )
+            values.append(max(0.0, round(1.0 - lost, 6)))
+        return values
 
 
 def _compile_check(
@@ -224,13 +300,26 @@ def _epoch(value: Any) -> float | None:
         return float(value) / (1000 if value > 1e11 else 1)
     if not isinstance(value, str):
         return None
-    try:
-        parsed = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
+    parsed = None
+    # Python 3.11 reads a trailing "Z" itself; a "Z" anywhere else it would take for the
+    # date/time separator, where "Z" -> "+00:00" makes the text invalid: those, and text with
+    # spaces around it, go the long way.
+    if "Z" not in value[:-1]:
+        try:  # noqa: SIM105 - contextlib.suppress would cost a context manager per record
+            parsed = _fromisoformat(value)
+        except ValueError:
+            pass
+    if parsed is None:
+        try:
+            parsed = _fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
     return parsed.timestamp()
+
+
+_fromisoformat = dt.datetime.fromisoformat
 
 
 #: The distribution's buckets: upper edges of 0.1-wide bins.
@@ -283,12 +372,22 @@ class QualityStats:
         bins = Counter([min(bisect.bisect_left(DISTRIBUTION_EDGES, s), last) for s in scores])
         dim_total: dict[str, float] = {}
         dim_count: Counter[str] = Counter()
+        dimensions = [quality.dimensions for _, _, quality in scored]
+        names = dimensions[0].keys()
+        if all(dims.keys() == names for dims in dimensions):
+            # One scorer scored the batch: the same dimensions everywhere, summed column-wise.
+            for name in names:
+                dim_total[name] = sum([dims[name] for dims in dimensions])
+                dim_count[name] = len(dimensions)
+        else:
+            for dims in dimensions:
+                for name, value in dims.items():
+                    dim_total[name] = dim_total.get(name, 0.0) + value
+                    dim_count[name] += 1
+        failed = Counter([check for _, _, quality in scored for check in quality.checks])
         checks: Counter[str] = Counter()
-        for _, _, quality in scored:
-            for name, value in quality.dimensions.items():
-                dim_total[name] = dim_total.get(name, 0.0) + value
-                dim_count[name] += 1
-            checks.update(quality.checks)
+        for check, n in failed.items():
+            checks[_check_key(check)] += n
         # Only the last ``keep`` low scores of a batch can stay in the ring: build just those.
         keep = self.recent.maxlen or 0
         low = [entry for entry in scored if entry[2].score < low_edge][-keep:] if keep else []
@@ -307,8 +406,7 @@ class QualityStats:
             for name, total in dim_total.items():
                 self.dim_total[name] = self.dim_total.get(name, 0.0) + total
             self.dim_count.update(dim_count)
-            for check, n in checks.items():
-                self.check_counts[_check_key(check)] += n
+            self.check_counts.update(checks)
             self.recent.extend(recent)
 
     def stats(self, scorer: QualityScorer) -> dict[str, Any]:

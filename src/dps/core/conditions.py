@@ -19,18 +19,26 @@ Subjects: ``source_id``, ``record_id``, ``quality_score`` and ``record_type`` re
 (``record_type`` is the payload's ``type`` field when the envelope has none); ``payload.<path>``
 and any other dotted path read the payload. Conditions are compiled once at load, so a bad
 operator or regex is a configuration error, never a runtime surprise.
+
+:func:`compile_batch_condition` compiles the same condition for a batch of records (Beta applies
+its rules rule by rule over a batch): the common single tests (``exists``, ``not_exists``,
+``equals``, ``not_equals``, ``in``, ``not_in`` on one subject) read the subject's column once and
+test it in one comprehension, as the per-record predicate tests each value; anything else calls
+that predicate record by record.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from dps.core.record import Record, get_path
 
 Predicate = Callable[[Record], bool]
 Getter = Callable[[Record], Any]
+#: A condition over a batch: one truth value per record, in order.
+BatchPredicate = Callable[[Sequence[Record]], list[bool]]
 
 _MISSING = object()
 ENVELOPE_SUBJECTS = ("source_id", "record_id", "quality_score", "record_type")
@@ -92,12 +100,7 @@ def _compare(op: str, key: str, value: Any, get: Getter) -> Predicate:
     if op == "not_equals":
         return lambda r: get(r) != value
     if op in ("in", "not_in"):
-        if not isinstance(value, list | tuple):
-            raise ConditionError(key, f"{value!r} is not a list; expected a list of values.")
-        try:
-            members: frozenset[Any] | tuple[Any, ...] = frozenset(value)
-        except TypeError:
-            members = tuple(value)
+        members = _members(key, value)
         if op == "in":
             return lambda r: _member(get(r), members)
         return lambda r: not _member(get(r), members)
@@ -134,6 +137,16 @@ def _compare(op: str, key: str, value: Any, get: Getter) -> Predicate:
 
 #: A tuple, not ``int | float``: that expression builds a union object on every evaluation.
 _NUMBERS: Final = (int, float)
+
+
+def _members(key: str, value: Any) -> frozenset[Any] | tuple[Any, ...]:
+    """The values of an ``in``/``not_in`` test: a set when they are all hashable."""
+    if not isinstance(value, list | tuple):
+        raise ConditionError(key, f"{value!r} is not a list; expected a list of values.")
+    try:
+        return frozenset(value)
+    except TypeError:
+        return tuple(value)
 
 
 def _member(value: Any, members: frozenset[Any] | tuple[Any, ...]) -> bool:
@@ -222,3 +235,118 @@ def _field_tests(name: str, body: Any, key: str) -> Predicate:
         else:
             preds.append(_compare(str(op), f"{key}.{op}", value, get))
     return _all(preds)
+
+
+# -- over a batch -----------------------------------------------------------------------------
+
+
+def compile_batch_condition(spec: Any, key: str = "match") -> BatchPredicate:
+    """:func:`compile_condition` for a batch: ``select(records)`` is ``[matches(r) for r in
+    records]``, computed column-wise for the common single tests (see the module docstring).
+
+    Raises :class:`ConditionError` exactly as :func:`compile_condition` does.
+    """
+    matches = compile_condition(spec, key)
+    if spec is None or spec == {}:
+        return lambda records: [True] * len(records)
+    single = _single_test(spec)
+    if single is None:
+        return lambda records: [matches(r) for r in records]
+    subject, op, value = single
+    inner = "type" if subject == "record_type" else subject.removeprefix("payload.")
+    if subject not in ("source_id", "record_id", "quality_score") and "." not in inner:
+        on_payload = _payload_test(inner, op, value)
+        if on_payload is not None:
+            return on_payload
+    test = _column_test(op, value)
+    if test is None:
+        return lambda records: [matches(r) for r in records]
+    column = _column(subject)
+    return lambda records: test(column(records))
+
+
+def _single_test(spec: Mapping[str, Any]) -> tuple[str, str, Any] | None:
+    """``(subject, operator, value)`` of a condition that is one test, else None."""
+    if "field" in spec or "condition" in spec:
+        return spec["field"], spec.get("condition", "exists"), spec.get("value")
+    if len(spec) != 1:
+        return None
+    ((name, body),) = spec.items()
+    if name in _COMBINATORS:
+        return None
+    if not isinstance(body, Mapping):
+        return str(name), "equals", body
+    if len(body) != 1:
+        return None
+    ((op, value),) = body.items()
+    if op in _UNARY:
+        # `{exists: false}` is not_exists, as _field_tests negates it.
+        flipped = {"exists": "not_exists", "not_exists": "exists"}[op]
+        return str(name), (flipped if value is False else str(op)), None
+    return str(name), str(op), value
+
+
+def _payload_test(field: str, op: str, value: Any) -> BatchPredicate | None:
+    """The commonest tests, on a top-level payload field, in one comprehension each.
+
+    ``exists`` is ``is not None`` on ``dict.get``: for the values a payload holds (what JSON and
+    MessagePack decode to) that is what ``not in (_MISSING, None)`` tests, without the compares.
+    """
+    if op == "exists":
+        return lambda records: [r.payload.get(field) is not None for r in records]
+    if op == "not_exists":
+        return lambda records: [r.payload.get(field) is None for r in records]
+    if op == "equals":
+        return lambda records: [r.payload.get(field, _MISSING) == value for r in records]
+    if op == "in":
+        members = _members("", value)
+        if not isinstance(members, frozenset):
+            return None
+
+        def member(records: Sequence[Record]) -> list[bool]:
+            try:
+                return [r.payload.get(field, _MISSING) in members for r in records]
+            except TypeError:  # an unhashable value: _member's answer for each
+                return [_member(r.payload.get(field, _MISSING), members) for r in records]
+
+        return member
+    return None
+
+
+def _column(path: str) -> Callable[[Sequence[Record]], list[Any]]:
+    """What :func:`subject_getter` reads, for each record of a batch."""
+    if path == "source_id":
+        return lambda records: [r.source_id for r in records]
+    if path == "record_id":
+        return lambda records: [r.record_id for r in records]
+    get = subject_getter(path)
+    return lambda records: [get(r) for r in records]
+
+
+def _column_test(op: str, value: Any) -> Callable[[list[Any]], list[bool]] | None:
+    """The test of one operator over a column (the expressions of :func:`_compare`), or None
+    for the operators tested record by record."""
+    if op == "exists":
+        return lambda values: [v is not _MISSING and v is not None for v in values]
+    if op == "not_exists":
+        return lambda values: [v is _MISSING or v is None for v in values]
+    if op == "equals":
+        return lambda values: [v == value for v in values]
+    if op == "not_equals":
+        return lambda values: [v != value for v in values]
+    if op in ("in", "not_in"):
+        members = _members("", value)
+        if not isinstance(members, frozenset):
+            return None
+        negate = op == "not_in"
+
+        def member(values: list[Any]) -> list[bool]:
+            try:
+                if negate:
+                    return [v not in members for v in values]
+                return [v in members for v in values]
+            except TypeError:  # an unhashable value: _member's answer for each
+                return [_member(v, members) is not negate for v in values]
+
+        return member
+    return None

@@ -125,18 +125,13 @@ def test_one_database_query_per_batch_of_distinct_missing_keys(tmp_path: Path) -
     enrichment = Enrichment({"customer_db": source}, _settings())
     stage = Stage(RuleSet([_lookup_rule("customer_db")], enrichment=enrichment), None)
     batch = [_record(i, customer_id=f"C{i % 20}") for i in range(100)]
-    stage.begin_batch(batch)
-    results = [stage.process(r) for r in batch]
-    stage.end_batch()
+    results = stage.process_batch(batch)
     assert {r.verdict for r in results} == {"delivered"}
     assert results[45].record.payload["customer"] == {"name": "name5"}
     stats = enrichment.stats()["sources"]["customer_db"]
     assert (stats["fetches"], stats["lookups"], stats["misses"], stats["hits"]) == (1, 100, 20, 80)
     # The next batch is answered by the cache, the source is not asked again.
-    stage.begin_batch(batch[:10])
-    for r in batch[:10]:
-        stage.process(r)
-    stage.end_batch()
+    stage.process_batch(batch[:10])
     assert enrichment.stats()["sources"]["customer_db"]["fetches"] == 1
     assert enrichment.hit_rate() == pytest.approx(90 / 110)
     enrichment.close()

@@ -303,6 +303,10 @@ def test_set_needs_a_field() -> None:
         (r"(x)", r"\n$1\t", "axb"),  # escapes: left to re.sub
         (r"(x)", r"\1-\1", "xx"),  # a backslash reference: left to re.sub
         (r"o", "0", "foo boo"),  # no group at all
+        (r"(\d+)-(\d+)", "$2:$1:$2", "1-2 and 30-40"),  # out of order, twice, several matches
+        (r"(\w)(\w)?", "[$0|$2]", "abc"),  # the whole match, an unmatched group
+        (r"(\w+)", "{$1}{{}}", "ab cd"),  # braces are literal text
+        (r"(?P<a>x)(y)?", "${a}$2", "xyx"),
     ],
 )
 def test_compiled_replacement_gives_what_re_sub_gives(
@@ -312,6 +316,8 @@ def test_compiled_replacement_gives_what_re_sub_gives(
     template = python_replacement(replacement)
     fast = compiled_replacement(compiled, template)
     assert compiled.sub(fast, value) == compiled.sub(template, value)
+    if "\\g<" in template and "\\n" not in template:
+        assert callable(fast)  # built once, not re-expanded by re.sub per match
 
 
 def test_a_reference_to_a_missing_group_still_fails_as_re_sub_does() -> None:

@@ -8,11 +8,9 @@ Expired entries stay until evicted: when a source is down and beta.yaml says
 ``stale_ttl_seconds`` ago is served; with ``FAIL`` (the default) the lookup fails, and the rule's
 ``on_failure`` decides what happens to the record. A source being down is never cached.
 
-Batches: :meth:`Enrichment.begin_batch` lets the rule engine prefetch, per lookup rule, the keys of
-all the records of a batch in one :meth:`Enrichment.lookup_many` (duplicates collapse; the keys
-the cache cannot answer go to the source in one ``fetch``). The answers are kept for the batch in
-a per-thread memo, so the ``lookup`` transform of each record reads them without counting them
-twice; a key the prefetch could not see (written by an earlier rule) is looked up on its own.
+Batches: a ``lookup`` rule looks up the keys of all the records of a batch it matches in one
+:meth:`Enrichment.lookup_many` (duplicates collapse; the keys the cache cannot answer go to the
+source in one ``fetch``); one record at a time (the rule tester) it is :meth:`Enrichment.resolve`.
 
 Counting: every record's lookup counts once in ``beta_enrichment_lookups_total``; it is a hit when
 the cache (or an earlier record of the same batch) answered it, a miss when it needed the source.
@@ -151,7 +149,6 @@ class Enrichment:
         self._window_hits = 0
         self._window_total = 0
         self.evictions = 0
-        self._local = threading.local()
         self._threads: list[threading.Thread] = []
         self._closed = threading.Event()
 
@@ -200,11 +197,11 @@ class Enrichment:
         now = time.time()
         answers: dict[str, Answer] = {}
         stale: dict[str, Entry] = {}
-        missing: list[str] = []
+        missing: dict[str, None] = {}  # an ordered set: "in" stays cheap on a big cold batch
         hits = 0
         with self._lock:
             for key in keys:
-                if key in answers or key in stale or key in missing:
+                if key in answers or key in missing:
                     hits += 1  # answered by the same batch's fetch
                     continue
                 entry = self._entries.get((source_name, key))
@@ -218,9 +215,9 @@ class Enrichment:
                         continue
                     if entry.value is not None:
                         stale[key] = entry
-                missing.append(key)
+                missing[key] = None
         if missing:
-            self._fetch(cache, missing, stale, answers)
+            self._fetch(cache, list(missing), stale, answers)
         with self._lock:
             cache.counts.lookups += len(keys)
             cache.counts.hits += hits
@@ -286,29 +283,8 @@ class Enrichment:
             if value is not None or cache.negative_ttl > 0:
                 self._put(cache.name, key, value, now)
 
-    # -- the batch memo ---------------------------------------------------------------------
-    def begin_batch(self) -> None:
-        """Start a batch on this thread: prefetched answers are kept until :meth:`end_batch`."""
-        self._local.memo = {}
-
-    def end_batch(self) -> None:
-        self._local.memo = {}
-
-    def prefetch(self, source_name: str, keys: Sequence[str]) -> None:
-        """Look ``keys`` up in one go and keep the answers for this thread's batch."""
-        if not keys:
-            return
-        memo: dict[tuple[str, str], Answer] | None = getattr(self._local, "memo", None)
-        answers = self.lookup_many(source_name, keys)
-        if memo is not None:
-            for key, answer in answers.items():
-                memo[source_name, key] = answer
-
     def resolve(self, source_name: str, key: str) -> Answer:
-        """One record's answer: from the batch memo (already counted), else a lookup."""
-        memo: dict[tuple[str, str], Answer] | None = getattr(self._local, "memo", None)
-        if memo is not None and (source_name, key) in memo:
-            return memo[source_name, key]
+        """One record's answer (a lookup of one key)."""
         return self.lookup_many(source_name, [key])[key]
 
     # -- operations (Runbook B.2, backups) --------------------------------------------------

@@ -9,12 +9,21 @@ the duration of the batch — and returns ``DROP`` to drop the record, ``None`` 
 Raise :class:`~dps.core.errors.TerminalError` when the record cannot be transformed (a value of
 the wrong type, say); the rule's ``on_failure`` decides what happens then (skip the rule, fail
 the record to the DLQ).
+
+The running module applies a rule to the records of a batch it matches in one call,
+``apply_batch``: by default ``apply`` on each; transforms on the hot path override it with a loop
+that binds the rule's state once. It changes the records as ``apply`` would and, instead of
+raising, reports per record what ``apply`` would have returned or raised when that is not
+``None``: ``DROP``, the ``TerminalError``, or a ``RecursionError`` (a payload nested too deeply),
+as :data:`Events`. The two must not differ in anything else: the rule tester uses ``apply``'s
+results to say what the module will do.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar, Final
+from collections.abc import Sequence
+from typing import Any, ClassVar, Final, TypeAlias
 
 from pydantic import BaseModel
 
@@ -22,6 +31,10 @@ from dps.core.errors import TerminalError
 from dps.core.record import Record, get_path
 
 DROP: Final = "drop"
+
+#: What ``apply_batch`` reports: ``(position in the batch, DROP or the error)``, in batch order,
+#: for the records ``apply`` would not have returned ``None`` for.
+Events: TypeAlias = list[tuple[int, str | TerminalError | RecursionError]]
 
 
 class Transform(abc.ABC):
@@ -36,6 +49,18 @@ class Transform(abc.ABC):
     @abc.abstractmethod
     def apply(self, record: Record) -> str | None:
         """Transform ``record`` in place; return ``DROP`` to drop it."""
+
+    def apply_batch(self, records: Sequence[Record]) -> Events:
+        """``apply`` to each record, with the drops and failures reported (module docstring)."""
+        events: Events = []
+        apply = self.apply
+        for position, record in enumerate(records):
+            try:
+                if apply(record) == DROP:
+                    events.append((position, DROP))
+            except (TerminalError, RecursionError) as exc:
+                events.append((position, exc))
+        return events
 
 
 def split_path(path: str) -> list[str]:
@@ -59,8 +84,13 @@ def set_path(payload: dict[str, Any], path: str, value: Any) -> None:
 
 def pop_path(payload: dict[str, Any], path: str) -> tuple[bool, Any]:
     """Remove a dotted path; ``(found, value)``."""
-    node: Any = payload
     *parents, last = split_path(path)
+    return pop_parts(payload, parents, last)
+
+
+def pop_parts(payload: dict[str, Any], parents: Sequence[str], last: str) -> tuple[bool, Any]:
+    """:func:`pop_path` with the path split already (a rule splits it once)."""
+    node: Any = payload
     for part in parents:
         node = node.get(part) if isinstance(node, dict) else None
         if node is None:
@@ -91,6 +121,24 @@ class FieldTransform(Transform):
             return None
         set_path(record.payload, self.field, self.change(value))
         return None
+
+    def apply_batch(self, records: Sequence[Record]) -> Events:
+        field = self.field
+        if "." in field or type(self).apply is not FieldTransform.apply:
+            return super().apply_batch(records)
+        # A top-level field: what get_path and set_path do, without them.
+        change = self.change
+        events: Events = []
+        for position, record in enumerate(records):
+            payload = record.payload
+            value = payload.get(field, _ABSENT)
+            if value is _ABSENT:
+                continue
+            try:
+                payload[field] = change(value)
+            except (TerminalError, RecursionError) as exc:
+                events.append((position, exc))
+        return events
 
     @abc.abstractmethod
     def change(self, value: Any) -> Any:

@@ -9,23 +9,30 @@ stand in (``on_unavailable``), the rule fails with reason ``enrichment_unavailab
 ``on_failure`` decides (``dlq`` sends the record to the Beta DLQ with the rule id and why).
 
 A record without the key field is left unchanged.
+
+Over a batch (:meth:`Lookup.apply_batch`) the keys of all the records the rule matches are looked
+up in one :meth:`~dps.beta.enrichment.cache.Enrichment.lookup_many` (duplicates collapse; what
+the cache cannot answer goes to the source in one ``fetch``), and the records of the batch share
+one lineage step per outcome.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from dps.beta.enrichment.base import Unavailable, key_text
-from dps.beta.transforms.base import Transform, set_path
+from dps.beta.enrichment.base import Row, Unavailable, key_text
+from dps.beta.transforms.base import Events, Transform, set_path
 from dps.core.errors import TerminalError
 from dps.core.model import StrictModel
-from dps.core.record import Record, get_path
+from dps.core.record import ENRICHMENT_PREFIX, LineageStep, Record, get_path
 from dps.core.registry import register
 
 if TYPE_CHECKING:
-    from dps.beta.enrichment.cache import Enrichment
+    from dps.beta.enrichment.cache import Answer, Enrichment
 
 _ABSENT = object()
 
@@ -69,6 +76,10 @@ class Lookup(Transform):
                 "expected defaults only for the target fields"
             )
         self.enrichment: Enrichment | None = None
+        #: The lineage actions of a hit and of a miss answered with the defaults.
+        self._hit = f"{ENRICHMENT_PREFIX}{config.source}"
+        self._default = f"{ENRICHMENT_PREFIX}{config.source}:default"
+        self._fields = list(config.fields.items())
 
     def bind(self, enrichment: Enrichment | None) -> None:
         """Use ``enrichment``'s cache; raises ValueError when it has no such source."""
@@ -90,13 +101,72 @@ class Lookup(Transform):
         key = self.key(record)
         if key is None:
             return None
+        enrichment = self._enrichment()
+        action = self.fill(record, key, enrichment.resolve(self.config.source, key))
+        if action is not None:
+            record.touched("beta", action)
+        return None
+
+    def apply_batch(self, records: Sequence[Record]) -> Events:
+        events: Events = []
+        keyed: list[tuple[int, Record, str]] = []
+        key_field, key = self.key_field, self.key
+        top_level = "." not in key_field
+        for position, record in enumerate(records):
+            if top_level:  # the common case: a top-level text key, read in place
+                value = record.payload.get(key_field)
+                if value is None:
+                    continue
+                if value.__class__ is str:
+                    keyed.append((position, record, value))
+                    continue
+            try:
+                found = key(record)
+            except RecursionError as exc:  # str() of a key nested too deeply
+                events.append((position, exc))
+                continue
+            if found is not None:
+                keyed.append((position, record, found))
+        if not keyed:
+            return events
+        try:
+            enrichment = self._enrichment()
+        except TerminalError as exc:
+            events += [(position, exc) for position, _, _ in keyed]
+            return sorted(events, key=lambda event: event[0])
+        answers = enrichment.lookup_many(self.config.source, [text for _, _, text in keyed])
+        now = time.time()
+        steps = {action: LineageStep("beta", action, now) for action in (self._hit, self._default)}
+        fill, copy, hit = self.fill, self._copy, steps[self._hit]
+        for position, record, text in keyed:
+            answer = answers[text]
+            if answer.__class__ is dict:  # a row: the common case, what fill does with it
+                copy(record.payload, answer)
+                record.lineage.append(hit)
+                continue
+            try:
+                action = fill(record, text, answer)
+            except TerminalError as exc:
+                events.append((position, exc))
+                continue
+            if action is not None:
+                record.lineage.append(steps[action])
+        if len(events) > 1:
+            events.sort(key=lambda event: event[0])
+        return events
+
+    def _enrichment(self) -> Enrichment:
         if self.enrichment is None:
             raise TerminalError(
                 "enrichment_unavailable",
                 f"No enrichment source {self.config.source} is configured.",
                 field=self.key_field,
             )
-        answer = self.enrichment.resolve(self.config.source, key)
+        return self.enrichment
+
+    def fill(self, record: Record, key: str, answer: Answer) -> str | None:
+        """Write ``answer`` (the source's row for ``key``) into ``record``; the lineage action
+        to note, if any. TerminalError when the rule fails (source unavailable, miss to fail)."""
         if isinstance(answer, Unavailable):
             raise TerminalError("enrichment_unavailable", answer.message, field=self.key_field)
         if answer is None:
@@ -109,10 +179,12 @@ class Lookup(Transform):
             if self.config.on_miss == "default":
                 for target, value in self.config.defaults.items():
                     set_path(record.payload, target, value)
-                record.touched("beta", f"enrichment:{self.config.source}:default")
+                return self._default
             return None
-        for target, column in self.config.fields.items():
-            if column in answer:
-                set_path(record.payload, target, answer[column])
-        record.touched("beta", f"enrichment:{self.config.source}")
-        return None
+        self._copy(record.payload, answer)
+        return self._hit
+
+    def _copy(self, payload: dict[str, Any], row: Row) -> None:
+        for target, column in self._fields:
+            if column in row:
+                set_path(payload, target, row[column])

@@ -7,12 +7,12 @@ The replacement uses ``$1``-style group references, as in the manual's E.164 rul
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import Field, field_validator
 
-from dps.beta.transforms.base import Transform, set_path
+from dps.beta.transforms.base import Events, Transform, set_path
 from dps.core.errors import TerminalError
 from dps.core.model import StrictModel
 from dps.core.record import Record, get_path
@@ -60,8 +60,7 @@ def compiled_replacement(
     """
     if "\\" not in replacement:
         return replacement  # plain text: re.sub copies it without a Python call
-    text: list[str] = []
-    refs: list[int | str] = []
+    parts: list[tuple[str, int]] = []  # (literal text before, group number)
     position = 0
     for ref in _GROUP_REF.finditer(replacement):
         literal = replacement[position : ref.start()]
@@ -69,18 +68,25 @@ def compiled_replacement(
         group = int(name) if name.isdigit() else pattern.groupindex.get(name)
         if "\\" in literal or group is None or not 0 <= group <= pattern.groups:
             return replacement
-        text.append(literal.replace("{", "{{").replace("}", "}}") + "{}")
-        refs.append(group)
+        parts.append((literal, group))
         position = ref.end()
     tail = replacement[position:]
     if "\\" in tail:
         return replacement
-    template = "".join(text) + tail.replace("{", "{{").replace("}", "}}")
-    # An unmatched group is replaced by an empty string, as re.sub does.
-    if len(refs) == 1:
-        only = refs[0]
-        return lambda match: template.format(match.group(only) or "")
-    return lambda match: template.format(*[g or "" for g in match.group(*refs)])
+    # A format string over the match's groups (an unmatched one is "", as in re.sub): group n
+    # is argument n - 1 of groups(""), or argument n after the whole match when it is used.
+    whole = any(group == 0 for _, group in parts)
+    shift = 0 if whole else 1
+    template = "".join(f"{_escaped(literal)}{{{group - shift}}}" for literal, group in parts)
+    template += _escaped(tail)
+    if whole:
+        return lambda match: template.format(match.group(), *match.groups(""))
+    return lambda match: template.format(*match.groups(""))
+
+
+def _escaped(text: str) -> str:
+    """``text`` as literal text of a format string."""
+    return text.replace("{", "{{").replace("}", "}}")
 
 
 @register("transforms", "regex_replace")
@@ -104,17 +110,39 @@ class RegexReplace(Transform):
         value = get_path(record.payload, field)
         if value is None:
             return None
+        set_path(record.payload, field, self.replace(value))
+        return None
+
+    def apply_batch(self, records: Sequence[Record]) -> Events:
+        field = str(self.target_field)
+        if "." in field:
+            return super().apply_batch(records)
+        replace = self.replace
+        events: Events = []
+        for position, record in enumerate(records):
+            payload = record.payload
+            value = payload.get(field)
+            if value is None:
+                continue
+            try:
+                payload[field] = replace(value)
+            except TerminalError as exc:
+                events.append((position, exc))
+        return events
+
+    def replace(self, value: Any) -> str:
+        """The field's new value; TerminalError when it is not a string or the replacement
+        cannot be built."""
         if not isinstance(value, str):
+            field = str(self.target_field)
             raise TerminalError(
                 "transform_failed",
                 f"{field} is a {type(value).__name__}; expected a string.",
                 field=field,
             )
         try:
-            new = self._pattern.sub(self._replacement, value, count=self.config.count)
+            return self._pattern.sub(self._replacement, value, count=self.config.count)
         except (re.error, IndexError) as exc:
             raise TerminalError(
-                "transform_failed", f"Replacement failed: {exc}.", field=field
+                "transform_failed", f"Replacement failed: {exc}.", field=str(self.target_field)
             ) from None
-        set_path(record.payload, field, new)
-        return None

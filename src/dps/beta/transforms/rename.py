@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import Field
 
-from dps.beta.transforms.base import Transform, pop_path, set_path
+from dps.beta.transforms.base import Events, Transform, pop_parts, set_path, split_path
 from dps.core.model import StrictModel
 from dps.core.record import Record
 from dps.core.registry import register
@@ -32,9 +33,19 @@ class Rename(Transform):
         super().__init__(config, config.field or target_field)
         if not self.target_field:
             raise ValueError("rename needs a field: set config.field or match a field.")
+        *self._parents, self._last = split_path(self.target_field)
 
     def apply(self, record: Record) -> str | None:
-        found, value = pop_path(record.payload, str(self.target_field))
-        if found:
-            set_path(record.payload, self.config.to, value)
+        self._move(record.payload)
         return None
+
+    def apply_batch(self, records: Sequence[Record]) -> Events:
+        move = self._move
+        for record in records:
+            move(record.payload)
+        return []
+
+    def _move(self, payload: dict[str, Any]) -> None:
+        found, value = pop_parts(payload, self._parents, self._last)
+        if found:
+            set_path(payload, self.config.to, value)

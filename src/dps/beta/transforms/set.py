@@ -8,11 +8,12 @@ record (the rule's ``on_failure`` decides what happens).
 from __future__ import annotations
 
 import string
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from dps.beta.transforms.base import Transform, set_path
+from dps.beta.transforms.base import Events, Transform, set_path
 from dps.core.errors import TerminalError
 from dps.core.model import StrictModel
 from dps.core.record import Record
@@ -80,3 +81,16 @@ class Set(Transform):
             ) from None
         set_path(record.payload, field, value)
         return None
+
+    def apply_batch(self, records: Sequence[Record]) -> Events:
+        field = str(self.target_field)
+        if self.config.template is not None:
+            return super().apply_batch(records)
+        value = self.config.value
+        if "." in field:
+            for record in records:
+                set_path(record.payload, field, value)
+        else:
+            for record in records:
+                record.payload[field] = value
+        return []
