@@ -112,3 +112,22 @@ def test_invalid_utf8_is_a_parse_error_not_a_crash(fmt: str) -> None:
     parser = get("parsers", fmt)(None)
     with pytest.raises(TerminalError, match="Not valid JSON"):
         parser.parse('{"name": "caf\xe9"}'.encode("latin-1"))
+
+
+def test_a_bad_record_keeps_no_stack_so_its_batch_is_freed_at_once() -> None:
+    """The error's traceback held the parse's frames, and through them the whole batch, in a
+    cycle only the collector's full passes freed: memory grew with each batch."""
+    import gc
+
+    from dps.alpha.parsers.base import BadRecord
+
+    gc.collect()
+    gc.disable()
+    try:
+        bad = NdjsonParser().parse_each(b'{"broken": ')
+        assert isinstance(bad[0], BadRecord) and "Not valid JSON" in str(bad[0].error)
+        assert bad[0].error.__traceback__ is None and bad[0].error.__context__ is None
+        del bad
+        assert gc.collect() == 0, "parsing a bad line left garbage in a reference cycle"
+    finally:
+        gc.enable()
