@@ -253,11 +253,6 @@ def compile_batch_condition(spec: Any, key: str = "match") -> BatchPredicate:
     if single is None:
         return lambda records: [matches(r) for r in records]
     subject, op, value = single
-    inner = "type" if subject == "record_type" else subject.removeprefix("payload.")
-    if subject not in ("source_id", "record_id", "quality_score") and "." not in inner:
-        on_payload = _payload_test(inner, op, value)
-        if on_payload is not None:
-            return on_payload
     test = _column_test(op, value)
     if test is None:
         return lambda records: [matches(r) for r in records]
@@ -286,39 +281,16 @@ def _single_test(spec: Mapping[str, Any]) -> tuple[str, str, Any] | None:
     return str(name), str(op), value
 
 
-def _payload_test(field: str, op: str, value: Any) -> BatchPredicate | None:
-    """The commonest tests, on a top-level payload field, in one comprehension each.
-
-    ``exists`` is ``is not None`` on ``dict.get``: for the values a payload holds (what JSON and
-    MessagePack decode to) that is what ``not in (_MISSING, None)`` tests, without the compares.
-    """
-    if op == "exists":
-        return lambda records: [r.payload.get(field) is not None for r in records]
-    if op == "not_exists":
-        return lambda records: [r.payload.get(field) is None for r in records]
-    if op == "equals":
-        return lambda records: [r.payload.get(field, _MISSING) == value for r in records]
-    if op == "in":
-        members = _members("", value)
-        if not isinstance(members, frozenset):
-            return None
-
-        def member(records: Sequence[Record]) -> list[bool]:
-            try:
-                return [r.payload.get(field, _MISSING) in members for r in records]
-            except TypeError:  # an unhashable value: _member's answer for each
-                return [_member(r.payload.get(field, _MISSING), members) for r in records]
-
-        return member
-    return None
-
-
 def _column(path: str) -> Callable[[Sequence[Record]], list[Any]]:
     """What :func:`subject_getter` reads, for each record of a batch."""
     if path == "source_id":
         return lambda records: [r.source_id for r in records]
     if path == "record_id":
         return lambda records: [r.record_id for r in records]
+    field = "type" if path == "record_type" else path.removeprefix("payload.")
+    if path != "quality_score" and "." not in field:
+        # A top-level payload field (the common case): read in place, no getter per record.
+        return lambda records: [r.payload.get(field, _MISSING) for r in records]
     get = subject_getter(path)
     return lambda records: [get(r) for r in records]
 
