@@ -226,20 +226,23 @@ def test_describe(store: SqlStateStore, backend: str) -> None:
 
 
 def test_sqlite_connection_settings(tmp_path: Path) -> None:
-    store = open_state("sqlite", {"busy_timeout_ms": 1234}, tmp_path)
+    store = open_state("sqlite", {"busy_timeout_ms": 1234, "cache_size_mb": 3}, tmp_path)
     assert isinstance(store, SqlStateStore)
     try:
         assert (tmp_path / "state.db").exists()  # the default path is data_dir/state.db
         with store.engine.connect() as conn:
             pragma = {
                 name: conn.exec_driver_sql(f"PRAGMA {name}").scalar()
-                for name in ("journal_mode", "synchronous", "busy_timeout", "foreign_keys")
-            }
+                for name in (
+                    "journal_mode", "synchronous", "busy_timeout", "foreign_keys", "cache_size"
+                )
+            }  # fmt: skip
         assert pragma == {
             "journal_mode": "wal",
             "synchronous": 2,
             "busy_timeout": 1234,
             "foreign_keys": 0,
+            "cache_size": -3 * 1024,  # negative: KiB, not pages
         }
     finally:
         store.close()
@@ -250,6 +253,7 @@ def test_sqlite_connection_settings(tmp_path: Path) -> None:
     [
         ("sqlite", {"paht": "x.db"}, "state.paht"),
         ("sqlite", {"busy_timeout_ms": -1}, "state.busy_timeout_ms"),
+        ("sqlite", {"cache_size_mb": 0}, "state.cache_size_mb"),
         ("postgresql", {"dsn": "mysql://x@y/z"}, "state.dsn"),
         ("postgresql", {"dsn": PG_DSN, "schema": "Bad-Name"}, "state.schema"),
         ("postgresql", {"dsn": PG_DSN, "pool_size": 0}, "state.pool_size"),

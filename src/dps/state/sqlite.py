@@ -47,6 +47,15 @@ class SqliteStateConfig(StrictModel):
         description="How long a write waits for another process's write lock before the "
         "batch fails as transient (and is retried), in milliseconds.",
     )
+    cache_size_mb: int = Field(
+        64,
+        ge=1,
+        le=4096,
+        description="Page cache of each connection, in MiB (SQLite's default is 2). The dedupe "
+        "keys and the delivery log grow with every record; a cache that holds their indexes' "
+        "upper levels keeps a write's cost flat as they grow. Memory is taken as pages are "
+        "read, up to this bound per connection.",
+    )
 
 
 def _parse(model: type[StrictModel], settings: dict[str, Any]) -> Any:
@@ -82,6 +91,7 @@ class SqliteStateBackend(StateBackend):
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         busy_ms = self.config.busy_timeout_ms
+        cache_kib = self.config.cache_size_mb * 1024
         engine = sa.create_engine(
             f"sqlite+pysqlite:///{self.path}",
             # The driver's own timeout is the same busy wait; keep the two equal.
@@ -98,6 +108,7 @@ class SqliteStateBackend(StateBackend):
                 enable_wal(cursor, busy_ms / 1000)
                 cursor.execute("PRAGMA synchronous = FULL")
                 cursor.execute("PRAGMA foreign_keys = OFF")
+                cursor.execute(f"PRAGMA cache_size = -{cache_kib}")
             finally:
                 cursor.close()
 
