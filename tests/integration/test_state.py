@@ -958,7 +958,12 @@ def test_v6_seeds_the_counters_from_the_rows_already_there(open_store: OpenStore
             conn.execute(sa.text(f"DROP TRIGGER {name}"))
         conn.execute(sa.text("DROP TABLE accounting_counts"))
         conn.execute(sa.text("DELETE FROM schema_version WHERE version >= 6"))
-    store.record_deliveries([DeliveryOutcome("r9", "a", "delivered")])  # written by version 5
+        conn.execute(  # what version 5 wrote
+            sa.text(
+                "INSERT INTO delivery_log (record_id, destination_id, status, attempts, timestamp)"
+                " VALUES ('r9', 'a', 'delivered', 1, '2026-11-27T00:00:00')"
+            )
+        )
     assert store.schema_version() == 5
     assert store.migrate() == state_sql.LATEST_VERSION
     expected = {"delivered": {"a": 5}, "dlq": {"alpha": 1, "beta": 0, "gamma": 1}, "duplicates": 1}
@@ -966,6 +971,67 @@ def test_v6_seeds_the_counters_from_the_rows_already_there(open_store: OpenStore
     assert {k: store.accounting()[k] for k in expected} == expected
     store.record_deliveries([DeliveryOutcome("r10", "a", "delivered")])
     assert store.accounting()["delivered"] == {"a": 6}
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_docs_recount_after_an_operators_insert(store: SqlStateStore) -> None:
+    """docs/state.md: rows an operator inserts into delivery_log by hand are not counted until
+    the recount it gives, run as written."""
+    text = (Path(__file__).parents[2] / "docs" / "state.md").read_text()
+    recount = text.split("recount the\ndelivered records", 1)[1].split("```sql\n", 1)[1]
+    recount = recount.split("```", 1)[0]
+    store.record_deliveries([DeliveryOutcome("r1", "a", "delivered")])
+    with store.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO delivery_log (record_id, destination_id, status, attempts, timestamp)"
+                " VALUES ('r2', 'a', 'delivered', 1, '2026-11-27T00:00:00'),"
+                " ('r3', 'c', 'delivered', 1, '2026-11-27T00:00:00')"
+            )
+        )
+    assert store.accounting()["delivered"] == {"a": 1}
+    with store.engine.begin() as conn:
+        for statement in filter(str.strip, recount.split(";")):
+            conn.exec_driver_sql(statement)
+    assert store.accounting()["delivered"] == {"a": 2, "c": 1} == _counted(store)["delivered"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_v7_counts_delivered_inserts_per_batch_not_per_row(open_store: OpenStore) -> None:
+    """A version 6 database counted the delivery log's inserts with a trigger per row; after
+    the upgrade the trigger is gone, the batch adds its count, and nothing is counted twice."""
+    store = open_store()
+    store.record_deliveries([DeliveryOutcome(f"r{i}", "a", "delivered") for i in range(3)])
+    with store.engine.begin() as conn:  # make it a version 6 database
+        conn.execute(  # version 6's trigger, as it created it
+            sa.text(
+                "CREATE TRIGGER trg_count_delivered_insert AFTER INSERT ON delivery_log"
+                " WHEN NEW.status = 'delivered' BEGIN INSERT INTO accounting_counts (kind, key, n)"
+                " VALUES ('delivered', NEW.destination_id, 1)"
+                " ON CONFLICT (kind, key) DO UPDATE SET n = n + excluded.n; END"
+            )
+        )
+        conn.execute(sa.text("DELETE FROM schema_version WHERE version >= 7"))
+    store.record_deliveries([DeliveryOutcome("r3", "a", "delivered")])  # trigger + batch count
+    assert store.accounting()["delivered"] == {"a": 5}  # the double count the upgrade ends
+    with store.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE accounting_counts SET n = n - 1 WHERE kind = 'delivered' AND key = 'a'"
+            )
+        )
+    assert store.migrate() == state_sql.LATEST_VERSION
+    with store.engine.connect() as conn:
+        triggers = conn.execute(
+            sa.text("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        ).scalars()
+        assert "trg_count_delivered_insert" not in set(triggers)
+    store.record_deliveries(
+        [DeliveryOutcome("r4", "a", "delivered"), DeliveryOutcome("r5", "b", "failed")]
+        + [DeliveryOutcome("r0", "a", "delivered"), DeliveryOutcome("r5", "a", "failed")]
+    )
+    store.record_deliveries([DeliveryOutcome("r5", "a", "delivered")])  # failed, then delivered
+    assert store.accounting()["delivered"] == {"a": 6} == _counted(store)["delivered"]
 
 
 # -- the manual's ad-hoc queries (Runbook D.2, Database Maintenance), verbatim ------------------
