@@ -473,6 +473,19 @@ def _lineage_columns(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+#: The delivery log's columns as ``record_deliveries`` builds its rows (the timestamp is shared).
+_DELIVERY_COLUMNS = (
+    "record_id",
+    "destination_id",
+    "status",
+    "attempts",
+    "error",
+    "rules",
+    "enrichment",
+    "quality_score",
+)
+
+
 def _joined(cache: dict[tuple[str, ...], str | None], ids: Sequence[str]) -> str | None:
     """``ids`` as the delivery log stores them (comma-separated, None when empty), memoised."""
     key = ids if isinstance(ids, tuple) else tuple(ids)
@@ -701,10 +714,7 @@ class _Prepared:
         ``shared`` holds values that are the same for every row (a batch's timestamp): their
         bind processors run once, not once per row.
         """
-        fixed = dict(self.constants)
-        for name, value in (shared or {}).items():
-            processor = self.processors.get(name)
-            fixed[name] = processor(value) if processor is not None else value
+        fixed = self._fixed(shared)
         per_row = [(k, p) for k, p in self.processors.items() if k not in fixed]
         if per_row:
             processed = []
@@ -724,6 +734,39 @@ class _Prepared:
         pick = operator.itemgetter(*names)  # the tuple is built in C, not a generator per row
         return [pick(row) for row in rows]
 
+    def tuple_params(
+        self,
+        rows: Sequence[tuple[Any, ...]],
+        columns: Sequence[str],
+        shared: dict[str, Any] | None = None,
+    ) -> list[Any]:
+        """:meth:`params` of rows given as tuples in ``columns`` order: no dict per row, and
+        on a positional dialect one C-level pick per row."""
+        fixed = self._fixed(shared)
+        per_row = [(columns.index(k), p) for k, p in self.processors.items() if k not in fixed]
+        if per_row:
+            rows = [_processed(row, per_row) for row in rows]
+        if not self.positional:
+            return [fixed | dict(zip(columns, row, strict=True)) for row in rows]
+        tail_names = [name for name in dict.fromkeys(self.names) if name not in columns]
+        tail = tuple(fixed[name] for name in tail_names)
+        at = {name: i for i, name in enumerate([*columns, *tail_names])}
+        order = [at[name] for name in self.names]
+        if order == list(range(len(columns))):
+            return list(rows)  # already the statement's order
+        if len(order) == 1:
+            return [((row + tail)[order[0]],) for row in rows]
+        pick = operator.itemgetter(*order)
+        return [pick(row + tail) for row in rows] if tail else [pick(row) for row in rows]
+
+    def _fixed(self, shared: dict[str, Any] | None) -> dict[str, Any]:
+        """The values that are the same for every row, through their bind processors."""
+        fixed = dict(self.constants)
+        for name, value in (shared or {}).items():
+            processor = self.processors.get(name)
+            fixed[name] = processor(value) if processor is not None else value
+        return fixed
+
     def executemany(
         self,
         conn: sa.Connection,
@@ -732,6 +775,25 @@ class _Prepared:
     ) -> int:
         """Run the statement once per row; the number of rows it changed."""
         return conn.exec_driver_sql(self.sql, self.params(rows, shared)).rowcount
+
+    def executemany_tuples(
+        self,
+        conn: sa.Connection,
+        rows: Sequence[tuple[Any, ...]],
+        columns: Sequence[str],
+        shared: dict[str, Any] | None = None,
+    ) -> int:
+        """:meth:`executemany` of rows given as tuples in ``columns`` order."""
+        return conn.exec_driver_sql(self.sql, self.tuple_params(rows, columns, shared)).rowcount
+
+
+def _processed(
+    row: tuple[Any, ...], processors: list[tuple[int, Callable[[Any], Any]]]
+) -> tuple[Any, ...]:
+    values = list(row)
+    for index, processor in processors:
+        values[index] = processor(values[index])
+    return tuple(values)
 
 
 class SqlStateStore(StateStore):
@@ -1464,46 +1526,52 @@ class SqlStateStore(StateStore):
         if not outcomes:
             return
         now = _utcnow()
-        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        rows: dict[tuple[str, str], tuple[Any, ...]] = {}  # in _DELIVERY_COLUMNS order
         joined: dict[tuple[str, ...], str | None] = {}  # a batch shares a few rule paths
         for o in outcomes:
             key = (o.record_id, o.destination_id)
             previous = rows.get(key)
-            if previous is not None and previous["status"] == "delivered":
+            if previous is not None and previous[2] == "delivered":
                 continue  # the same rule as in the database, within the batch
-            rules = _joined(joined, o.rules)
-            enrichment = _joined(joined, o.enrichment)
-            rows[key] = {
-                "record_id": o.record_id,
-                "destination_id": o.destination_id,
-                "status": o.status,
-                "attempts": o.attempts,
-                "error": o.error,
-                "rules": rules,
-                "enrichment": enrichment,
-                "quality_score": o.quality_score,
-            }
+            rows[key] = (
+                o.record_id,
+                o.destination_id,
+                o.status,
+                o.attempts,
+                o.error,
+                _joined(joined, o.rules),
+                _joined(joined, o.enrichment),
+                o.quality_score,
+            )
         batch = list(rows.values())
         shared = {"timestamp": now}
         if self._pg:
-            self._write(lambda conn: self._record_deliveries_fast.executemany(conn, batch, shared))
+            self._write(
+                lambda conn: self._record_deliveries_fast.executemany_tuples(
+                    conn, batch, _DELIVERY_COLUMNS, shared
+                )
+            )
         else:
             self._write(lambda conn: self._record_deliveries_sqlite(conn, batch, shared))
 
     def _record_deliveries_sqlite(
-        self, conn: sa.Connection, batch: list[dict[str, Any]], shared: dict[str, Any]
+        self, conn: sa.Connection, batch: list[tuple[Any, ...]], shared: dict[str, Any]
     ) -> None:
         """Insert the rows that are new and count the delivered ones (the accounting counter);
         upsert the rest. A row already there takes the upsert, whose status change the
         update trigger counts; upserting a row inserted just before changes nothing (a
         delivered one is left as it is, a failed one is written the same)."""
-        groups: dict[tuple[str, bool], list[dict[str, Any]]] = {}
+        groups: dict[tuple[str, bool], list[tuple[Any, ...]]] = {}
         for row in batch:
-            groups.setdefault((row["destination_id"], row["status"] == "delivered"), []).append(row)
+            groups.setdefault((row[1], row[2] == "delivered"), []).append(row)
         for (destination_id, delivered), rows in groups.items():
-            inserted = self._add_deliveries_fast.executemany(conn, rows, shared)
+            inserted = self._add_deliveries_fast.executemany_tuples(
+                conn, rows, _DELIVERY_COLUMNS, shared
+            )
             if inserted < len(rows):
-                self._record_deliveries_fast.executemany(conn, rows, shared)
+                self._record_deliveries_fast.executemany_tuples(
+                    conn, rows, _DELIVERY_COLUMNS, shared
+                )
             if delivered and inserted:
                 conn.exec_driver_sql(
                     "INSERT INTO accounting_counts (kind, key, n) VALUES ('delivered', ?, ?)"
