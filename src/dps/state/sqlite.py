@@ -48,13 +48,14 @@ class SqliteStateConfig(StrictModel):
         "batch fails as transient (and is retried), in milliseconds.",
     )
     cache_size_mb: int = Field(
-        64,
+        16,
         ge=1,
         le=4096,
         description="Page cache of each connection, in MiB (SQLite's default is 2). The dedupe "
-        "keys and the delivery log grow with every record; a cache that holds their indexes' "
-        "upper levels keeps a write's cost flat as they grow. Memory is taken as pages are "
-        "read, up to this bound per connection.",
+        "keys and the delivery log grow with every record and take writes at random keys; a "
+        "cache that holds their indexes' upper levels (about 8 MiB at 10 million records) keeps "
+        "a write's cost flat as they grow. Pages are cached as they are read: a process's "
+        "memory grows by at most this much per connection it uses (a handful).",
     )
 
 
