@@ -1016,9 +1016,7 @@ def test_v7_counts_delivered_inserts_per_batch_not_per_row(open_store: OpenStore
     assert store.accounting()["delivered"] == {"a": 5}  # the double count the upgrade ends
     with store.engine.begin() as conn:
         conn.execute(
-            sa.text(
-                "UPDATE accounting_counts SET n = n - 1 WHERE kind = 'delivered' AND key = 'a'"
-            )
+            sa.text("UPDATE accounting_counts SET n = n - 1 WHERE kind = 'delivered' AND key = 'a'")
         )
     assert store.migrate() == state_sql.LATEST_VERSION
     with store.engine.connect() as conn:
@@ -1027,8 +1025,12 @@ def test_v7_counts_delivered_inserts_per_batch_not_per_row(open_store: OpenStore
         ).scalars()
         assert "trg_count_delivered_insert" not in set(triggers)
     store.record_deliveries(
-        [DeliveryOutcome("r4", "a", "delivered"), DeliveryOutcome("r5", "b", "failed")]
-        + [DeliveryOutcome("r0", "a", "delivered"), DeliveryOutcome("r5", "a", "failed")]
+        [
+            DeliveryOutcome("r4", "a", "delivered"),
+            DeliveryOutcome("r5", "b", "failed"),
+            DeliveryOutcome("r0", "a", "delivered"),  # already there: left as it is
+            DeliveryOutcome("r5", "a", "failed"),
+        ]
     )
     store.record_deliveries([DeliveryOutcome("r5", "a", "delivered")])  # failed, then delivered
     assert store.accounting()["delivered"] == {"a": 6} == _counted(store)["delivered"]
