@@ -315,7 +315,11 @@ def test_backend_specific_keys_reach_the_backend(tmp_path: Path) -> None:
     )
     pipeline = load_config(tmp_path, environ={}).pipeline
     assert pipeline.transport.backend_settings()["replicas"] == 3
-    assert pipeline.state.backend_settings() == {"path": None, "busy_timeout_ms": 5}
+    assert pipeline.state.backend_settings() == {
+        "path": None,
+        "busy_timeout_ms": 5,
+        "cache_size_mb": 16,
+    }
     tree(tmp_path, {"pipeline.yaml": "transport:\n  backend: nats\n  replica: 3\n"})
     assert 'did you mean "replicas"' in one_issue(tmp_path).message
 
