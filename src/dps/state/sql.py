@@ -581,15 +581,18 @@ def _v5_delivery_lineage(op: Operations) -> None:
 # one statement per batch (any other writer's inserts into delivery_log are not counted).
 # PostgreSQL keeps counting (in parallel, and without every writer serialising on a hot counter
 # row): see ``SqlStateStore.accounting``.
+#: Add ``n`` to the count (``kind``, ``key``): the statement of the triggers and of the batch.
+_ADD_COUNT = (
+    "INSERT INTO accounting_counts (kind, key, n) VALUES ({kind}, {key}, {n})"
+    " ON CONFLICT (kind, key) DO UPDATE SET n = n + excluded.n"
+)
 _SQLITE_COUNTS_DDL: tuple[str, ...] = (
     "CREATE TABLE IF NOT EXISTS accounting_counts ("
     " kind TEXT NOT NULL, key TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (kind, key)"
     ") WITHOUT ROWID",
     *(
         f"CREATE TRIGGER IF NOT EXISTS {name} AFTER {event} BEGIN"
-        " INSERT INTO accounting_counts (kind, key, n) VALUES ("
-        f"{kind!r}, {key}, {delta}) ON CONFLICT (kind, key) DO UPDATE SET n = n + excluded.n;"
-        " END"
+        f" {_ADD_COUNT.format(kind=repr(kind), key=key, n=delta)}; END"
         for name, event, kind, key, delta in (
             (
                 "trg_count_delivered_update",
@@ -752,12 +755,10 @@ class _Prepared:
         tail = tuple(fixed[name] for name in tail_names)
         at = {name: i for i, name in enumerate([*columns, *tail_names])}
         order = [at[name] for name in self.names]
-        if order == list(range(len(columns))):
-            return list(rows)  # already the statement's order
         if len(order) == 1:
             return [((row + tail)[order[0]],) for row in rows]
         pick = operator.itemgetter(*order)
-        return [pick(row + tail) for row in rows] if tail else [pick(row) for row in rows]
+        return [pick(row + tail) for row in rows]
 
     def _fixed(self, shared: dict[str, Any] | None) -> dict[str, Any]:
         """The values that are the same for every row, through their bind processors."""
@@ -1574,8 +1575,7 @@ class SqlStateStore(StateStore):
                 )
             if delivered and inserted:
                 conn.exec_driver_sql(
-                    "INSERT INTO accounting_counts (kind, key, n) VALUES ('delivered', ?, ?)"
-                    " ON CONFLICT (kind, key) DO UPDATE SET n = n + excluded.n",
+                    _ADD_COUNT.format(kind="'delivered'", key="?", n="?"),
                     (destination_id, inserted),
                 )
 
