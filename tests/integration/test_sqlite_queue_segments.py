@@ -12,6 +12,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+
 from dps.queues import Message, QueueSpec, open_queue
 from dps.queues.sqlite import SqliteQueue
 
@@ -111,6 +113,35 @@ def test_without_a_dedupe_window_acked_ids_can_come_again(tmp_path: Path) -> Non
     queue.ack(queue.lease(10))
     put(queue, ["a"])
     assert queue.depth() == 1
+
+
+#: Ids the JSON-array statements must keep exact: quotes, backslashes, a JSON escape spelled
+#: out, characters outside ASCII, control characters.
+ODD_IDS = ['q"uote', "back\\slash", "spelled\\u0000escape", "é中🙂", "tab\tand\nline"]
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [ODD_IDS, [*ODD_IDS, "nul\x00id"]],  # a NUL, which SQLite's JSON functions would cut at
+    ids=["json-array", "nul-row-by-row"],
+)
+def test_ids_of_any_text_are_deduplicated_and_forgotten_exactly(
+    tmp_path: Path, ids: list[str]
+) -> None:
+    queue = open_sqlite(tmp_path, dedupe_window=0.5)
+    put(queue, ids)
+    put(queue, [*ids, "new"])  # only the new one is added
+    lease = queue.lease(100)
+    assert ids_of(lease.messages) == [*ids, "new"]
+    queue.ack(lease)
+    put(queue, ids)
+    assert queue.depth() == 0  # remembered exactly
+    time.sleep(0.8)
+    put(queue, ["x"])  # this put forgets the acked ids (their window is over)
+    with sqlite3.connect(queue.path) as db:
+        assert [row[0] for row in db.execute("SELECT msg_id FROM ids")] == ["x"]
+    put(queue, ids)
+    assert queue.depth() == 1 + len(ids)
 
 
 OLD_LAYOUT = """

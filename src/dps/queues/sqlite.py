@@ -188,6 +188,51 @@ def _marks(count: int) -> str:
     return ",".join("?" * count)
 
 
+_encode_json = msgspec.json.Encoder().encode
+
+
+def _id_array(ids: Sequence[str]) -> str | None:
+    """A batch of ids as one JSON array parameter, read in SQL by ``json_each``; None when an
+    id holds a NUL character, which SQLite's JSON functions would cut the text at.
+
+    One statement over the array costs about half of ``executemany`` with a row per id (the
+    per-row binding is the expensive part), on every put and every forgotten tombstone.
+    """
+    text = _encode_json(ids).decode()
+    return None if "\\u0000" in text else text
+
+
+def _known_ids(cur: sqlite3.Cursor, ids: Sequence[str]) -> list[str]:
+    """The ids of ``ids`` that the ``ids`` table holds."""
+    array = _id_array(ids)
+    if array is not None:
+        rows = cur.execute(
+            "SELECT msg_id FROM ids WHERE msg_id IN (SELECT value FROM json_each(?))", (array,)
+        )
+        return [msg_id for (msg_id,) in rows]
+    known: list[str] = []
+    for chunk in _chunks(ids):
+        rows = cur.execute(f"SELECT msg_id FROM ids WHERE msg_id IN ({_marks(len(chunk))})", chunk)
+        known += [msg_id for (msg_id,) in rows]
+    return known
+
+
+def _add_ids(cur: sqlite3.Cursor, ids: Sequence[str]) -> None:
+    array = _id_array(ids)
+    if array is not None:
+        cur.execute("INSERT INTO ids (msg_id) SELECT value FROM json_each(?)", (array,))
+    else:
+        cur.executemany("INSERT INTO ids (msg_id) VALUES (?)", [(i,) for i in ids])
+
+
+def _forget_ids(cur: sqlite3.Cursor, ids: Sequence[str]) -> None:
+    array = _id_array(ids)
+    if array is not None:
+        cur.execute("DELETE FROM ids WHERE msg_id IN (SELECT value FROM json_each(?))", (array,))
+    else:
+        cur.executemany("DELETE FROM ids WHERE msg_id = ?", [(i,) for i in ids])
+
+
 class _Backoff:
     """Sleep lengths for a poll loop: 5 ms doubling to 20 ms, never past the deadline."""
 
@@ -381,18 +426,14 @@ class SqliteQueue(Queue):
         with contextlib.suppress(_OverCapacity), self._lock, self._write() as cur:
             self._prune(cur)
             fresh = dict(batch)
-            for chunk in _chunks(list(fresh)):
-                known = cur.execute(
-                    f"SELECT msg_id FROM ids WHERE msg_id IN ({_marks(len(chunk))})", chunk
-                )
-                for (msg_id,) in known:
-                    del fresh[msg_id]
+            for msg_id in _known_ids(cur, list(fresh)):
+                del fresh[msg_id]
             if not fresh:
                 return True
             depth = cur.execute("SELECT value FROM meta WHERE key = 'depth'").fetchone()[0]
             if depth + len(fresh) > self.spec.capacity:
                 raise _OverCapacity  # nothing was written yet; the rollback is free
-            cur.executemany("INSERT INTO ids (msg_id) VALUES (?)", [(i,) for i in fresh])
+            _add_ids(cur, list(fresh))
             pairs = list(fresh.items())
             for start in range(0, len(pairs), self.segment_max):
                 self._insert_segment(cur, pairs[start : start + self.segment_max])
@@ -411,10 +452,7 @@ class SqliteQueue(Queue):
         ).fetchall()
         if not rows:
             return
-        cur.executemany(
-            "DELETE FROM ids WHERE msg_id = ?",
-            [(msg_id,) for _, blob in rows for msg_id in _decode_ids(blob)],
-        )
+        _forget_ids(cur, [msg_id for _, blob in rows for msg_id in _decode_ids(blob)])
         for chunk in _chunks([seq for seq, _ in rows]):
             cur.execute(f"DELETE FROM tombstones WHERE seq IN ({_marks(len(chunk))})", chunk)
 
@@ -588,7 +626,7 @@ class SqliteQueue(Queue):
                         (seq, _encode(ids), now),
                     )
                 else:
-                    cur.executemany("DELETE FROM ids WHERE msg_id = ?", [(i,) for i in ids])
+                    _forget_ids(cur, ids)
         self._add_depth(cur, -removed)
         return removed
 
