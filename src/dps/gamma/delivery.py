@@ -57,7 +57,7 @@ from dps.config.models import DestinationConfig, GammaSettings
 from dps.core.errors import TerminalError, TransientError
 from dps.core.logging import get_logger
 from dps.core.metrics import PIPELINE_END_TO_END_LATENCY_SECONDS, observe_many
-from dps.core.record import Record, decode, encode, lineage_summary
+from dps.core.record import LineageSharingDecoder, Record, encode, lineage_summary
 from dps.gamma import metrics as m
 from dps.gamma.circuit_breaker import CLOSED, STATE_VALUES, BreakerSettings, CircuitBreaker
 from dps.gamma.destinations.base import (
@@ -244,6 +244,7 @@ class DestinationWorker:
         self.retry_delay_ms = retry_delay_ms(config, settings)
         self.paused = paused
         self.log = get_logger("delivery")
+        self._decoder = LineageSharingDecoder()  # for the spool, read by this worker's thread
         cb = config.circuit_breaker
         self.breaker = breaker or CircuitBreaker(
             self.dest_id,
@@ -433,7 +434,7 @@ class DestinationWorker:
         for lease in leases:
             for msg in lease.messages:
                 try:
-                    record = decode(msg.body)
+                    record = self._decoder.decode(msg.body)
                 except msgspec.DecodeError as exc:
                     poison.append(
                         undecodable_entry(

@@ -46,7 +46,7 @@ from dps.config.models import DestinationConfig, OutputFormat
 from dps.core import registry
 from dps.core.health import Health, HealthReport, combine, evaluate
 from dps.core.metrics import MODULE_LATENCY_SECONDS, observe_n
-from dps.core.record import LineageStep, Record, decode, encode
+from dps.core.record import LineageSharingDecoder, LineageStep, Record, encode
 from dps.gamma import metrics as m
 from dps.gamma.circuit_breaker import OPEN, CircuitBreaker
 from dps.gamma.delivery import SPOOL_MAX_ATTEMPTS, DestinationStats, DestinationWorker, spool_name
@@ -113,6 +113,7 @@ class GammaModule(ModuleHost):
         #: Batches handed over and not yet acked, oldest first; direct batches per destination.
         self._in_flight: deque[_InFlight] = deque()
         self._outstanding: dict[str, int] = {}
+        self._decoder = LineageSharingDecoder()  # the router thread's
         # Read when scraped rather than kept up to date: the router, every delivery worker,
         # replays, purges, the cleanup job and the other gamma instances all change the DLQ.
         self._dlq_size = 0
@@ -314,7 +315,8 @@ class GammaModule(ModuleHost):
         """The records of a leased batch, their positions in it (None: every message is a
         record) and the DLQ entries, with their positions, of the messages that are not."""
         try:
-            return [decode(msg.body) for msg in messages], None, []
+            read = self._decoder.decode
+            return [read(msg.body) for msg in messages], None, []
         except msgspec.DecodeError:
             pass  # rare: find the messages at fault one by one
         records: list[Record] = []
@@ -322,7 +324,7 @@ class GammaModule(ModuleHost):
         dlq: list[tuple[int, DlqEntry]] = []
         for position, msg in enumerate(messages):
             try:
-                records.append(decode(msg.body))
+                records.append(self._decoder.decode(msg.body))
                 positions.append(position)
             except msgspec.DecodeError as exc:
                 dlq.append(

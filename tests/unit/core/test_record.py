@@ -6,6 +6,7 @@ import msgspec
 import pytest
 
 from dps.core.record import (
+    LineageSharingDecoder,
     LineageStep,
     Quality,
     Record,
@@ -65,6 +66,59 @@ def test_decode_refuses_bytes_that_are_not_msgpack() -> None:
 def test_decode_refuses_msgpack_that_is_not_a_record() -> None:
     with pytest.raises(ValueError):  # msgspec.ValidationError is a DecodeError is a ValueError
         decode(msgspec.msgpack.encode({"record_id": "x"}))
+
+
+def test_lineage_sharing_decoder_gives_what_decode_gives() -> None:
+    steps = [LineageStep("beta", "TRX_042", 1.5), LineageStep("beta", "enrichment:crm", 2.5)]
+    first, second = _record(lineage=steps), _record(record_id="orders:2", lineage=list(steps))
+    bare = msgspec.msgpack.encode(
+        {k: v for k, v in msgspec.to_builtins(_record()).items() if k != "lineage"}
+    )  # written before lineage existed
+    decoder = LineageSharingDecoder()
+
+    records = [decoder.decode(encode(r)) for r in (first, second, first, _record())]
+    records.append(decoder.decode(bare))
+
+    assert records == [first, second, first, _record(), _record()]
+    assert all(type(r) is Record for r in records)
+    assert [encode(r) for r in records[:2]] == [encode(first), encode(second)]
+
+
+def test_lineage_sharing_decoder_gives_each_record_its_own_lineage() -> None:
+    decoder = LineageSharingDecoder()
+    data = encode(_record(lineage=[LineageStep("beta", "TRX_042", 1.5)]))
+    one, two = decoder.decode(data), decoder.decode(data)
+
+    one.touched("gamma", "route:warehouse")
+
+    assert [s.action for s in one.lineage] == ["TRX_042", "route:warehouse"]
+    assert [s.action for s in two.lineage] == ["TRX_042"]
+    assert [s.action for s in decoder.decode(data).lineage] == ["TRX_042"]
+
+
+def test_lineage_sharing_decoder_keeps_a_bounded_number_of_lineages() -> None:
+    decoder = LineageSharingDecoder(kept=3)
+    for n in range(10):
+        record = _record(lineage=[LineageStep("beta", f"TRX_{n:03d}", 1.0)])
+        assert decoder.decode(encode(record)) == record
+    assert len(decoder._steps) <= 3
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xc1 not msgpack",
+        msgspec.msgpack.encode({"record_id": "x"}),
+        encode(_record())[:-1] + b"\xc0",  # the last field (attempts) null
+        msgspec.msgpack.encode({**msgspec.to_builtins(_record()), "lineage": [["beta"]]}),
+    ],
+    ids=["not-msgpack", "not-a-record", "bad-field", "bad-lineage"],
+)
+def test_lineage_sharing_decoder_refuses_what_decode_refuses(data: bytes) -> None:
+    with pytest.raises(msgspec.DecodeError):
+        decode(data)
+    with pytest.raises(msgspec.DecodeError):
+        LineageSharingDecoder().decode(data)
 
 
 def test_encode_many_pairs_each_id_with_its_bytes() -> None:
