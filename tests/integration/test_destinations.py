@@ -23,6 +23,7 @@ from dps.config import load_file
 from dps.config.models import DestinationConfig
 from dps.core.errors import TerminalError, TransientError
 from dps.core.record import Quality, Record
+from dps.gamma.destinations.base import DeliveryError
 from dps.gamma.destinations.database import DatabaseDestination, DatabaseDestinationConfig
 from dps.gamma.destinations.file import FileDestination, FileDestinationConfig
 
@@ -384,6 +385,55 @@ def test_postgresql_creates_typed_columns(pg: Database, open_database: OpenDatab
 
 
 @pytest.mark.postgres
+def _staged(destination: DatabaseDestination) -> bool:
+    """Whether the destination's connection has merged a batch through the staging table."""
+    with destination._pool.connection() as conn:  # one connection: the test is single-threaded
+        return conn.execute("SELECT to_regclass('pg_temp._dps_stage')").fetchone()[0] is not None
+
+
+def test_postgresql_copies_new_ids_straight_and_merges_a_batch_that_overlaps(
+    pg: Database, open_database: OpenDatabase
+) -> None:
+    mapping = {"record_id": "event_id", "amount": "amount"}
+    destination = open_database(pg, "events", type="upsert", column_mapping=mapping)
+
+    destination.deliver([_order(1, amount=10), _order(2, amount=20)])
+    destination.deliver([_order(3, amount=30)])
+    assert not _staged(destination)  # new ids only: COPY straight into the table
+
+    destination.deliver([_order(2, amount=22), _order(4, amount=40)])
+    assert _staged(destination)  # the COPY met id 2 and stopped; the batch was merged instead
+    destination.deliver([_order(5, amount=50), _order(5, amount=55)])  # merged: one row
+
+    rows = pg.rows("events", "event_id, amount::text", "event_id")
+    assert rows[:4] == [
+        ("orders_file:1", "10"),
+        ("orders_file:2", "22"),
+        ("orders_file:3", "30"),
+        ("orders_file:4", "40"),
+    ]
+    assert len(rows) == 5 and rows[4][0] == "orders_file:5"
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["", "UNIQUE DEFERRABLE INITIALLY DEFERRED"],
+    ids=["no-unique-key", "deferred-unique-key"],
+)
+def test_postgresql_never_copies_straight_without_an_immediate_unique_key(
+    pg: Database, open_database: OpenDatabase, key: str
+) -> None:
+    pg.run(f"CREATE TABLE {pg.table('events')} (event_id TEXT {key}, amount TEXT)")
+    mapping = {"record_id": "event_id", "amount": "amount"}
+    destination = open_database(pg, "events", create_table=False, column_mapping=mapping)
+
+    # ON CONFLICT needs an immediate unique index: the merge refuses the batch, as it did
+    # before COPY went straight; a straight COPY would have written it, duplicates and all.
+    with pytest.raises(DeliveryError):
+        destination.deliver([_order(1), _order(1)])
+    assert pg.rows("events", "count(*)", "1") == [(0,)]
+
+
 def test_postgresql_rejects_only_the_bad_row_of_a_batch(
     pg: Database, open_database: OpenDatabase
 ) -> None:
