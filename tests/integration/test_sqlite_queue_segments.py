@@ -144,6 +144,12 @@ def test_ids_of_any_text_are_deduplicated_and_forgotten_exactly(
     assert queue.depth() == 1 + len(ids)
 
 
+def test_acks_do_not_zero_the_pages_they_free(tmp_path: Path) -> None:
+    queue = open_sqlite(tmp_path)
+    # 2 = FAST; Debian's SQLite defaults to 1, a second write of every acked body.
+    assert queue._conn.execute("PRAGMA secure_delete").fetchone() == (2,)
+
+
 OLD_LAYOUT = """
 CREATE TABLE messages (
     seq INTEGER PRIMARY KEY, msg_id TEXT NOT NULL UNIQUE, body BLOB NOT NULL,

@@ -289,6 +289,11 @@ class SqliteQueue(Queue):
                 "a local file system."
             )
         conn.execute(f"PRAGMA synchronous={self._config.synchronous.upper()}")
+        # Builds of SQLite with SECURE_DELETE (Debian's) zero every page an ack frees: a second
+        # write of each segment's bodies, a third of the queue's CPU per message. FAST clears
+        # deleted content where it costs no extra write; freed overflow pages keep their bytes
+        # until reused, as a file system does (the data was in this same file a moment ago).
+        conn.execute("PRAGMA secure_delete=FAST")
         with self._write() as cur:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
