@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import msgspec
 import pytest
 
@@ -16,6 +18,7 @@ from dps.core.record import (
     encode_many,
     get_path,
     make_record_id,
+    new_correlation_id,
     new_record,
 )
 
@@ -226,6 +229,27 @@ def test_new_record_has_a_deterministic_id_and_a_fresh_correlation_id() -> None:
     assert first.correlation_id != again.correlation_id
     assert first.origin == "/in/a:1"
     assert first.lineage == [] and first.attempts == 0 and first.quality is None
+
+
+def test_correlation_ids_are_16_hex_digits_and_do_not_repeat() -> None:
+    ids = [new_correlation_id() for _ in range(100_000)]
+    assert all(len(i) == 16 and int(i, 16) >= 0 for i in ids)
+    assert len(set(ids)) == len(ids)
+
+
+def test_a_forked_child_does_not_repeat_its_parents_correlation_ids() -> None:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, to the parent
+        os.close(read)
+        os.write(write, " ".join(new_correlation_id() for _ in range(3)).encode())
+        os._exit(0)
+    os.close(write)
+    parent = {new_correlation_id() for _ in range(3)}
+    with os.fdopen(read) as pipe:
+        child = set(pipe.read().split())
+    os.waitpid(pid, 0)
+    assert len(child) == 3 and not child & parent
 
 
 def test_touched_appends_a_lineage_step_to_that_record_only() -> None:
