@@ -396,6 +396,44 @@ def test_unreachable_nats_server_is_a_transient_error(tmp_path: Path) -> None:
     assert not [t for t in threading.enumerate() if t.name.startswith("dps-nats-")]
 
 
+def limit_nats_message_size(name: str, max_bytes: int) -> None:
+    """Lower the stream's max_msg_size behind the queue's back, as an operator could."""
+    import nats
+
+    async def run() -> None:
+        nc = await nats.connect(NATS_URL, connect_timeout=3, allow_reconnect=False)
+        try:
+            js = nc.jetstream()
+            info = await js.stream_info(f"{STREAM_PREFIX}_{name}".upper())
+            info.config.max_msg_size = max_bytes
+            await js.update_stream(info.config)
+        finally:
+            await nc.close()
+
+    asyncio.run(run())
+
+
+@pytest.mark.nats
+def test_a_put_the_server_refuses_is_a_transient_error_naming_the_stream(tmp_path: Path) -> None:
+    name = f"q{uuid.uuid4().hex[:12]}"
+    queue = open_queue("nats", backend_settings("nats"), tmp_path, QueueSpec(name=name))
+    try:
+        limit_nats_message_size(name, 150)  # headers count too
+
+        with pytest.raises(TransientError) as refused:
+            queue.put([("small", b"s"), ("big", b"b" * 200)], timeout=5)
+
+        assert f"{STREAM_PREFIX}_{name}".upper() in str(refused.value)
+        assert "1 of 2 messages" in str(refused.value) and "maximum" in str(refused.value)
+        # The put is retried once the stream takes the message: the stored one is not doubled.
+        limit_nats_message_size(name, -1)
+        queue.put([("small", b"s"), ("big", b"b" * 200)], timeout=5)
+        assert [m.msg_id for m in queue.lease(10, wait=2).messages] == ["small", "big"]
+    finally:
+        queue.close()
+        delete_nats_stream(name)
+
+
 def test_describe_states_the_durability(backend: str, tmp_path: Path) -> None:
     from dps.core import registry
 

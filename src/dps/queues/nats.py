@@ -205,6 +205,37 @@ class _Delivery:
 
 
 @dataclass(slots=True)
+class _Publishing:
+    """One put's publishes and the PubAcks answered so far (see ``NatsQueue._publish``)."""
+
+    tag: str
+    left: int
+    done: asyncio.Future[None]
+    refused: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def answer(self, msg: Any) -> None:
+        """Count one PubAck: stored, a duplicate dropped, refused for room, or an error."""
+        data = msg.data
+        if not data or b'"error"' in data:
+            if not data:  # a status without a body: 503, no stream listens on the subject
+                status = (msg.headers or {}).get("Status", "?")
+                self.errors.append(f"status {status}: no stream stores the subject")
+            else:
+                error = json.loads(data).get("error") or {}
+                if error.get("err_code") == ERR_MAX_MSGS:
+                    self.refused += 1
+                else:
+                    self.errors.append(
+                        f"{error.get('description', data.decode(errors='replace'))}"
+                        f" (code {error.get('code')}, err_code {error.get('err_code')})"
+                    )
+        self.left -= 1
+        if self.left == 0 and not self.done.done():
+            self.done.set_result(None)
+
+
+@dataclass(slots=True)
 class _Handle:
     """What a lease remembers: the server message of each id and when its lease runs out."""
 
@@ -436,6 +467,11 @@ class NatsQueue(Queue):
         self._next = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{spec.consumer}"
         self._inbox = ""
         self._sub: Any = None
+        #: PubAcks come back on ``<_acks>.<put tag>.<n>``; ``_publishing`` is the put waiting.
+        self._acks = ""
+        self._acks_sub: Any = None
+        self._publishing: _Publishing | None = None
+        self._puts = itertools.count(1)
         self._deliveries: asyncio.Queue[_Delivery] | None = None
         self._tokens = itertools.count(1)
         self._closed = False
@@ -510,6 +546,15 @@ class NatsQueue(Queue):
         self._inbox = nc.new_inbox()
         self._sub = await nc.subscribe(f"{self._inbox}.*", cb=on_message)
 
+        async def on_pub_ack(msg: Any) -> None:
+            publishing = self._publishing
+            # The answer of a put that gave up (timed out) is left alone.
+            if publishing is not None and msg.subject.startswith(publishing.tag):
+                publishing.answer(msg)
+
+        self._acks = nc.new_inbox()
+        self._acks_sub = await nc.subscribe(f"{self._acks}.>", cb=on_pub_ack)
+
     # ----------------------------------------------------------------- put
 
     def put(self, messages: Sequence[tuple[str, bytes]], timeout: float | None = None) -> None:
@@ -545,25 +590,38 @@ class NatsQueue(Queue):
             step = min(step * 2, _POLL_MAX)
 
     async def _publish(self, batch: list[tuple[str, bytes]]) -> int:
-        """Publish without waiting in between, then gather the PubAcks; return how many the
-        stream refused for being full."""
-        js = self._backend.js
-        futures = [
-            await js.publish_async(
-                self.subject, body, headers={"Nats-Msg-Id": msg_id}, stream=self.stream
-            )
-            for msg_id, body in batch
-        ]
-        results = await asyncio.wait_for(
-            asyncio.gather(*futures, return_exceptions=True), self._config.request_timeout
+        """Publish without waiting in between, then wait for every PubAck; return how many the
+        stream refused for being full.
+
+        Plain publishes with a reply subject on this queue's own inbox rather than nats-py's
+        ``publish_async``: that one makes a task, a future, a random token and a parsed PubAck
+        object for every message, 20 µs of CPU against 7.6 here. A PubAck is only parsed when
+        it carries an error.
+        """
+        nc = self._backend.nc
+        publishing = _Publishing(
+            f"{self._acks}.{next(self._puts)}.",
+            len(batch),
+            asyncio.get_running_loop().create_future(),
         )
-        refused = 0
-        for result in results:
-            if isinstance(result, BaseException):
-                if _api_code(result) != ERR_MAX_MSGS:
-                    raise result
-                refused += 1
-        return refused
+        self._publishing = publishing
+        try:
+            for n, (msg_id, body) in enumerate(batch):
+                await nc.publish(
+                    self.subject,
+                    body,
+                    reply=f"{publishing.tag}{n}",
+                    headers={"Nats-Msg-Id": msg_id, "Nats-Expected-Stream": self.stream},
+                )
+            await asyncio.wait_for(publishing.done, self._config.request_timeout)
+        finally:
+            self._publishing = None
+        if publishing.errors:
+            raise TransientError(
+                f"NATS at {self._backend.url} refused {len(publishing.errors)} of {len(batch)} "
+                f"messages put into stream {self.stream}: {publishing.errors[0]}."
+            )
+        return publishing.refused
 
     # --------------------------------------------------------------- lease
 
@@ -642,13 +700,16 @@ class NatsQueue(Queue):
         deadline = loop.time() + budget
         got: list[_Delivery] = []
         while len(got) < batch:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                delivery = await asyncio.wait_for(deliveries.get(), remaining)
-            except TimeoutError:
-                break
+            try:  # what has arrived is taken at once: wait_for makes a task per call
+                delivery = deliveries.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    delivery = await asyncio.wait_for(deliveries.get(), remaining)
+                except TimeoutError:
+                    break
             status = (delivery.msg.headers or {}).get("Status")
             if not status:
                 got.append(delivery)
@@ -765,8 +826,9 @@ class NatsQueue(Queue):
         """
         if self._closed:
             return
-        sub = self._sub
-        if sub is not None:
+        for sub in (self._sub, self._acks_sub):
+            if sub is None:
+                continue
             try:
                 self._call(sub.unsubscribe(), "unsubscribe")
             except TransientError as exc:
