@@ -573,6 +573,33 @@ def test_deliveries_are_never_downgraded(store: SqlStateStore) -> None:
     assert acc["delivered_records"] == 3
 
 
+def test_delivery_log_keeps_ids_texts_and_scores_exactly(store: SqlStateStore) -> None:
+    """The batch travels as one JSON array: nothing in it may change on the way."""
+    odd_id = 'src:"quoted" back\\slash é中 \t tab'
+    error = 'HTTP 500: {"detail": "boom"} \\ \u00e9'
+    score = 0.960679  # a REAL column: compared to the 6 digits the store reads back
+    store.record_deliveries(
+        [
+            DeliveryOutcome(odd_id, "warehouse", "failed", attempts=7, error=error),
+            DeliveryOutcome("plain", "warehouse", "delivered", quality_score=score),
+            DeliveryOutcome("unscored", "warehouse", "delivered", quality_score=None),
+        ]
+    )
+    with store.engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT record_id, status, attempts, error, quality_score FROM delivery_log"
+                " ORDER BY record_id"
+            )
+        ).all()
+    assert [tuple(r)[:4] for r in rows] == [
+        ("plain", "delivered", 1, None),
+        (odd_id, "failed", 7, error),
+        ("unscored", "delivered", 1, None),
+    ]
+    assert round(rows[0][4], 6) == score and rows[1][4] is None and rows[2][4] is None
+
+
 def test_delivered_records_large_batch(store: SqlStateStore) -> None:
     ids = [f"r{i}" for i in range(1300)]
     store.record_deliveries([DeliveryOutcome(i, "d", "delivered") for i in ids[::2]])

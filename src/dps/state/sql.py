@@ -874,6 +874,19 @@ class SqlStateStore(StateStore):
         self._owners_sql = (
             "SELECT key, origin FROM validation_cache WHERE key IN (SELECT value FROM json_each(?))"
         )
+        #: PostgreSQL: the same claim over the batch bound as one jsonb array, in key order (so
+        #: that two instances claiming overlapping keys lock them in the same order).
+        self._claim_returning_pg = (
+            "INSERT INTO validation_cache AS v"
+            " (key, origin, record_id, source_id, timestamp, expires_at)"
+            " SELECT b.e->>0, b.e->>1, b.e->>2, b.e->>3, %s, %s"
+            " FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS b(e, n) ORDER BY b.n"
+            " ON CONFLICT (key) DO UPDATE SET origin = excluded.origin,"
+            " record_id = excluded.record_id, source_id = excluded.source_id,"
+            " timestamp = excluded.timestamp, expires_at = excluded.expires_at"
+            " WHERE v.expires_at <= excluded.timestamp"
+            " RETURNING key"
+        )
 
         self._add_duplicates = self._insert(duplicates).on_conflict_do_nothing(
             index_elements=[duplicates.c.source_id, duplicates.c.origin]
@@ -941,6 +954,21 @@ class SqlStateStore(StateStore):
             where=dl.status != "delivered",
         )
         self._record_deliveries_fast = _Prepared(self._record_deliveries, self._engine.dialect)
+        #: PostgreSQL: the same upsert over the batch bound as one jsonb array of rows in
+        #: _DELIVERY_COLUMNS order. An executemany cost ~7 µs of client CPU and ~10 of the
+        #: server's per row (a protocol round of its own each); this, 0.6 and 6.
+        self._record_deliveries_pg = (
+            "INSERT INTO delivery_log AS d"
+            f" ({', '.join(_DELIVERY_COLUMNS)}, timestamp)"
+            " SELECT e->>0, e->>1, e->>2, (e->>3)::integer, e->>4, e->>5, e->>6,"
+            " (e->>7)::double precision, %s"
+            " FROM jsonb_array_elements(%s::jsonb) AS e"
+            " ON CONFLICT (record_id, destination_id) DO UPDATE SET"
+            + ", ".join(
+                f" {column} = excluded.{column}" for column in (*_DELIVERY_COLUMNS[2:], "timestamp")
+            )
+            + " WHERE d.status <> 'delivered'"
+        )
         self._add_deliveries_fast = _Prepared(
             ins.on_conflict_do_nothing(index_elements=[dl.record_id, dl.destination_id]),
             self._engine.dialect,
@@ -1105,51 +1133,31 @@ class SqlStateStore(StateStore):
             first.setdefault(candidate.key, candidate)
         # Sorted so that two instances lock overlapping keys in the same order (no deadlock).
         keys = sorted(first)
-        if not self._pg:
-            owners = self._write(
-                lambda conn: self._claim_sqlite(conn, first, keys, now, ttl_seconds)
-            )
-            return [owners.get(c.key, c.origin) != c.origin for c in candidates]
-        rows = [
-            {
-                "key": key,
-                "origin": first[key].origin,
-                "record_id": first[key].record_id,
-                "source_id": first[key].source_id,
-            }
-            for key in keys
-        ]
-        shared = {"timestamp": now, "expires_at": expires_at}
-
-        def work(conn: sa.Connection) -> dict[str, str]:
-            self._claim_fast.executemany(conn, rows, shared)
-            owners = conn.execute(self._owners, {"keys": self._list_param(keys)})
-            return {row[0]: row[1] for row in owners}
-
-        owners = self._write(work)
+        owners = self._write(lambda conn: self._claim_keys(conn, first, keys, now, expires_at))
         return [owners.get(c.key, c.origin) != c.origin for c in candidates]
 
-    def _claim_sqlite(
+    def _claim_keys(
         self,
         conn: sa.Connection,
         first: dict[str, DedupeCandidate],
         keys: list[str],
         now: datetime,
-        ttl_seconds: float,
+        expires_at: datetime,
     ) -> dict[str, str]:
         """The owner (origin) of every key: the batch's for those it claimed, read back for the
-        others (see ``_claim_returning``)."""
+        others, a batch's few duplicates and replays (see ``_claim_returning``)."""
         stamp = self._claim_fast.processors["timestamp"]
         batch = _json_array(
             [(k, first[k].origin, first[k].record_id, first[k].source_id) for k in keys]
         )
-        expires_at = now + timedelta(seconds=ttl_seconds)
+        claim = self._claim_returning_pg if self._pg else self._claim_returning
         params = (stamp(now), stamp(expires_at), batch)
-        owners = {
-            key: first[key].origin for (key,) in conn.exec_driver_sql(self._claim_returning, params)
-        }
+        owners = {key: first[key].origin for (key,) in conn.exec_driver_sql(claim, params)}
         taken = [k for k in keys if k not in owners]
-        if taken:
+        if taken and self._pg:
+            rows = conn.execute(self._owners, {"keys": taken})
+            owners.update((key, origin) for key, origin in rows)
+        elif taken:
             owners.update(conn.exec_driver_sql(self._owners_sql, (_json_array(taken),)).fetchall())
         return owners
 
@@ -1547,11 +1555,9 @@ class SqlStateStore(StateStore):
         batch = list(rows.values())
         shared = {"timestamp": now}
         if self._pg:
-            self._write(
-                lambda conn: self._record_deliveries_fast.executemany_tuples(
-                    conn, batch, _DELIVERY_COLUMNS, shared
-                )
-            )
+            stamp = self._record_deliveries_fast.processors["timestamp"]
+            params = (stamp(now), _json_array(batch))
+            self._write(lambda conn: conn.exec_driver_sql(self._record_deliveries_pg, params))
         else:
             self._write(lambda conn: self._record_deliveries_sqlite(conn, batch, shared))
 
