@@ -47,7 +47,6 @@ def test_prometheus_scrapes_the_pipeline_and_fires_ingestion_stopped(tmp_path: P
     binary = shutil.which("prometheus")
     assert binary, "prometheus is not installed (apt-get install prometheus)"
     config_dir = copy_quickstart(tmp_path / "config")
-    add_bulk_orders(config_dir, 60_000)
     pipeline = start_pipeline(config_dir, tmp_path / "data")
     prom_dir = tmp_path / "prometheus"
     (prom_dir / "rules").mkdir(parents=True)
@@ -120,7 +119,10 @@ def test_prometheus_scrapes_the_pipeline_and_fires_ingestion_stopped(tmp_path: P
             60,
             "not every module is scraped",
         )
-        # Intake is running: the rate is above zero and the alert is not firing.
+        # Intake starts once Prometheus is watching (the pipeline takes a file of this size in
+        # a few seconds, which could otherwise be over before the first scrape): the rate is
+        # above zero and the alert is not firing.
+        add_bulk_orders(config_dir, 120_000)
         wait_until(
             lambda: bool(
                 get("/query", query="sum(rate(alpha_records_ingested_total[5s])) > 0")["result"]

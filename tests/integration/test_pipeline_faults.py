@@ -36,7 +36,10 @@ def add_bulk_orders(config_dir: Path, count: int) -> None:
         )
         for n in range(count)
     ]
-    (config_dir / "input" / "orders" / "bulk.ndjson").write_text("\n".join(lines) + "\n")
+    # Written aside and renamed: a running file source never sees half of it.
+    staged = config_dir / "input" / "orders" / "bulk.ndjson.part"
+    staged.write_text("\n".join(lines) + "\n")
+    staged.replace(staged.with_suffix(""))
 
 
 def add_late_orders(config_dir: Path, count: int) -> None:
