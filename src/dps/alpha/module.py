@@ -56,7 +56,7 @@ from dps.alpha.stats import (
     parse_duration,
 )
 from dps.alpha.timestamps import TimestampParser
-from dps.alpha.validation.base import SourceValidator
+from dps.alpha.validation.base import Outcome, SourceValidator
 from dps.config import PipelineConfig
 from dps.config.models import SourceConfig
 from dps.config.secrets import SecretRef
@@ -536,9 +536,12 @@ class AlphaModule(ModuleHost):
                 outcome = runner.validator.check(record)
                 validate_seconds += time.perf_counter() - checked_at
                 if time_problem is not None:
-                    outcome.hard.insert(0, time_problem)
-                problems = outcome.problems
-                if problems:
+                    outcome = Outcome(
+                        [time_problem, *(outcome.hard if outcome else [])],
+                        outcome.soft if outcome else [],
+                    )
+                if outcome is not None:
+                    problems = outcome.problems
                     failed_records += 1
                     failures.extend(
                         ValidationFailure(sid, record.record_id, origin, p.reason, p.field, str(p))

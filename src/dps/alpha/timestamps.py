@@ -8,7 +8,6 @@ dateutil's guessing parser would accept ambiguous dates (01/02) silently, which 
 
 from __future__ import annotations
 
-import contextlib
 import zoneinfo
 from datetime import UTC, datetime, tzinfo
 from typing import Any
@@ -25,8 +24,13 @@ class TimestampParser:
 
     def normalise(self, value: Any) -> str:
         if self.fmt is None and type(value) is str and _is_canonical(value):
-            with contextlib.suppress(ValueError):  # 2026-13-01T00:00:00Z: _parse says why
-                datetime.fromisoformat(value)
+            # try/except, not contextlib.suppress: a context manager per record cost 5 times
+            # the check itself.
+            try:
+                _fromisoformat(value)
+            except ValueError:
+                pass  # 2026-13-01T00:00:00Z: _parse says why
+            else:
                 return value
         dt = self._parse(value)
         if dt.tzinfo is None:
@@ -54,6 +58,9 @@ class TimestampParser:
             return datetime.fromisoformat(text)
         except ValueError:
             raise ValueError(f"{text!r} is not an ISO 8601 timestamp.") from None
+
+
+_fromisoformat = datetime.fromisoformat
 
 
 def _is_canonical(text: str) -> bool:

@@ -759,8 +759,10 @@ class NatsQueue(Queue):
 
         # Acking twice through the same lease is a no-op, as on the sqlite backend.
         for msg in msgs[:-1]:
-            with contextlib.suppress(MsgAlreadyAckdError):
+            try:  # noqa: SIM105 - contextlib.suppress would cost a context manager per message
                 await msg.ack()
+            except MsgAlreadyAckdError:
+                pass
         with contextlib.suppress(MsgAlreadyAckdError):
             await msgs[-1].ack_sync(timeout=self._config.request_timeout)
 

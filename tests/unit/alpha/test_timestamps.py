@@ -34,6 +34,7 @@ def test_normalise(fmt: str | None, zone: str, value: Any, expected: str) -> Non
     ("fmt", "value", "message"),
     [
         (None, "yesterday", "is not an ISO 8601 timestamp"),
+        (None, "2024-13-15T10:30:00Z", "is not an ISO 8601 timestamp"),  # canonical in shape
         ("%d/%m/%Y", "2024-01-15", "does not match the format"),
         ("epoch_ms", "soon", "is not an epoch timestamp"),
         (None, True, "is not a timestamp"),

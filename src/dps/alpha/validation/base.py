@@ -122,11 +122,15 @@ class SourceValidator:
         """The checks, by name, in the order they run (``/admin/validation/rule-performance``)."""
         return [check.describe() for check in self.hard + self.soft]
 
-    def check(self, record: Record) -> Outcome:
+    def check(self, record: Record) -> Outcome | None:
+        """What the checks found; None when the record passed them all (the common case: then
+        nothing is built for it)."""
         hard: list[TerminalError] = []
         for check in self.hard:
-            hard += check.check(record)
+            if found := check.check(record):
+                hard = hard + found
         soft: list[TerminalError] = []
         for check in self.soft:
-            soft += check.check(record)
-        return Outcome(hard, soft)
+            if found := check.check(record):
+                soft = soft + found
+        return Outcome(hard, soft) if hard or soft else None
