@@ -153,8 +153,8 @@ def get_path(payload: Mapping[str, Any], path: str, default: Any = None) -> Any:
 
 #: Correlation ids come from a generator seeded from the OS once per process (and again in a
 #: forked child, which would otherwise repeat its parent's ids). ``os.urandom`` per record was a
-#: system call that releases the interpreter lock: with a parser thread running, each record
-#: then waited for the lock to come back, and building envelopes was a fifth of Alpha's time.
+#: system call that gives up the interpreter lock, which another thread may then hold: Alpha in
+#: one process took 16.0 µs of wall time per record with it, 15.3 without.
 _correlation = random.Random(os.urandom(32))
 os.register_at_fork(after_in_child=lambda: _correlation.seed(os.urandom(32)))
 
