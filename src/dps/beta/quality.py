@@ -86,6 +86,13 @@ class QualityScorer:
         # top-level (read with dict.get), each field's check text, and the value after n
         # missing fields (the penalty taken n times, as subtracting it per field gives).
         self._top_level = not any("." in field for field in self.required)
+        #: Two or more top-level fields: read together by one C-level getter (half the cost of
+        #: a dict.get per field); KeyError means one is absent, and the slow path says which.
+        self._read_required = (
+            operator.itemgetter(*self.required)
+            if self._top_level and len(self.required) > 1
+            else None
+        )
         self._missing = [f"completeness: {f} is missing (-{penalty:g})" for f in self.required]
         self._after_missing = [1.0]
         value = 1.0
@@ -162,11 +169,17 @@ class QualityScorer:
         required, messages, after = self.required, self._missing, self._after_missing
         if not required:
             return [1.0] * len(records)
-        top_level = self._top_level
+        top_level, read = self._top_level, self._read_required
         values: list[float] = []
         for record, record_checks in zip(records, checks, strict=True):
             payload = record.payload
-            if top_level:
+            found: Sequence[Any]
+            if read is not None:
+                try:
+                    found = read(payload)
+                except KeyError:
+                    found = list(map(payload.get, required))
+            elif top_level:
                 found = list(map(payload.get, required))
             else:
                 found = [get_path(payload, field) for field in required]
