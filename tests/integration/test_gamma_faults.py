@@ -342,6 +342,9 @@ def pg_schema() -> Iterator[str]:
 
 def pg_ids(table: str, column: str = "event_id") -> set[str]:
     with psycopg.connect(PG_DSN) as conn:
+        # One snapshot for both statements: under READ COMMITTED a batch committed between
+        # them would be counted but not listed.
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         rows = conn.execute(f"SELECT {column} FROM {table}").fetchall()
         total = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
     assert total is not None and total[0] == len(rows)
