@@ -217,20 +217,31 @@ def _known_ids(cur: sqlite3.Cursor, ids: Sequence[str]) -> list[str]:
     return known
 
 
-def _add_ids(cur: sqlite3.Cursor, ids: Sequence[str]) -> None:
+def _for_each_id(cur: sqlite3.Cursor, over_array: str, per_row: str, ids: Sequence[str]) -> None:
+    """Run ``over_array`` with the ids as one JSON array, or ``per_row`` once per id (NUL)."""
     array = _id_array(ids)
     if array is not None:
-        cur.execute("INSERT INTO ids (msg_id) SELECT value FROM json_each(?)", (array,))
+        cur.execute(over_array, (array,))
     else:
-        cur.executemany("INSERT INTO ids (msg_id) VALUES (?)", [(i,) for i in ids])
+        cur.executemany(per_row, [(i,) for i in ids])
+
+
+def _add_ids(cur: sqlite3.Cursor, ids: Sequence[str]) -> None:
+    _for_each_id(
+        cur,
+        "INSERT INTO ids (msg_id) SELECT value FROM json_each(?)",
+        "INSERT INTO ids (msg_id) VALUES (?)",
+        ids,
+    )
 
 
 def _forget_ids(cur: sqlite3.Cursor, ids: Sequence[str]) -> None:
-    array = _id_array(ids)
-    if array is not None:
-        cur.execute("DELETE FROM ids WHERE msg_id IN (SELECT value FROM json_each(?))", (array,))
-    else:
-        cur.executemany("DELETE FROM ids WHERE msg_id = ?", [(i,) for i in ids])
+    _for_each_id(
+        cur,
+        "DELETE FROM ids WHERE msg_id IN (SELECT value FROM json_each(?))",
+        "DELETE FROM ids WHERE msg_id = ?",
+        ids,
+    )
 
 
 class _Backoff:
