@@ -352,6 +352,10 @@ class NatsBackend(QueueBackend):
                 error_cb=on_error,
                 disconnected_cb=on_disconnected,
                 reconnected_cb=on_reconnected,
+                # Every subject this backend publishes on is built here from checked names
+                # (check_queue_name, the stream_prefix pattern) or given by the server (acks,
+                # inboxes): no per-publish regular expression over each subject and reply.
+                skip_subject_validation=True,
             ),
             timeout=self.config.connect_timeout,
         )
