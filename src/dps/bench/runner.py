@@ -136,14 +136,28 @@ class RunResult:
         }
 
 
-def free_port_base(count: int = 4) -> int:
-    import socket
+def _ephemeral_floor() -> int:
+    """The lowest port the kernel hands to outgoing connections (32768 unless tuned)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base + count < 65535 and all(_free(p) for p in range(base, base + count)):
+
+def free_port_base(count: int = 4, *, avoid: Sequence[int] = ()) -> int:
+    """A port N such that N..N+count-1 are free on 127.0.0.1 now and none is in ``avoid``.
+
+    Ports are picked below the kernel's ephemeral range: a port taken from that range can be
+    handed to an outgoing connection (a module's PostgreSQL or NATS client) between the pick
+    and the module's bind, and the module then fails to start.
+    """
+    import random
+
+    high = max(_ephemeral_floor() - count, 10001)
+    for _ in range(200):
+        base = random.randrange(10000, high)
+        ports = range(base, base + count)
+        if not set(ports) & set(avoid) and all(_free(p) for p in ports):
             return base
     raise RuntimeError("No free ports for the benchmark's admin APIs.")
 
@@ -272,7 +286,7 @@ def run_pipeline(
     with _pg_connect(pg_dsn) as conn:
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
     base = free_port_base()
-    push_port = free_port_base(1)
+    push_port = free_port_base(1, avoid=range(base, base + 4))
     env = {
         "BENCH_PUSH_PORT": str(push_port),
         **os.environ,
@@ -280,7 +294,8 @@ def run_pipeline(
         "BENCH_OUTPUT_DIR": str(out),
         "BENCH_PG_TABLE": f"{schema}.events",
     }
-    log = (work / f"pipeline-{backend.name}.log").open("wb")
+    log_path = work / f"pipeline-{backend.name}.log"
+    log = log_path.open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "dps", "run", str(config), "--data-dir", str(data),
          "--admin-port-base", str(base)],
@@ -293,10 +308,10 @@ def run_pipeline(
     extra: list[subprocess.Popen[bytes]] = []
     try:
         deadline = time.monotonic() + timeout
-        pids = _wait_ready(process, urls, MODULES, deadline)
+        pids = _wait_ready(process, urls, MODULES, deadline, log_path)
         beta_urls = [urls["beta"]]
         for n in range(1, beta_instances):
-            port = free_port_base(1)
+            port = free_port_base(1, avoid=[*range(base, base + 4), push_port])
             extra.append(
                 subprocess.Popen(
                     [sys.executable, "-m", "dps", "beta", str(config), "--data-dir", str(data),
@@ -306,7 +321,9 @@ def run_pipeline(
                 )
             )  # fmt: skip
             beta_urls.append(f"http://127.0.0.1:{port}")
-            extra_pids = _wait_ready(extra[-1], {f"beta{n}": beta_urls[-1]}, [f"beta{n}"], deadline)
+            extra_pids = _wait_ready(
+                extra[-1], {f"beta{n}": beta_urls[-1]}, [f"beta{n}"], deadline, log_path
+            )
             pids.update(extra_pids)
         fed_at = _feed(input_dir, feed)
         result = _measure(
@@ -373,17 +390,24 @@ def _wait_ready(
     urls: dict[str, str],
     names: Sequence[str],
     deadline: float,
+    log_path: Path,
 ) -> dict[str, int]:
-    """Each named module's pid, once its admin API reports it ready."""
+    """Each named module's pid, once its admin API reports it ready.
+
+    If the process exits or the deadline passes first, the error carries the tail of its log.
+    """
     pids: dict[str, int] = {}
     with httpx.Client(timeout=10.0) as client:
         while len(pids) < len(names):
             if process.poll() is not None:
                 raise RuntimeError(
                     f"{' '.join(names)} exited with {process.returncode} before it was ready."
+                    f"{_log_tail(log_path)}"
                 )
             if time.monotonic() > deadline:
-                raise TimeoutError(f"The pipeline did not start ({', '.join(names)}).")
+                raise TimeoutError(
+                    f"The pipeline did not start ({', '.join(names)}).{_log_tail(log_path)}"
+                )
             for module in names:
                 if module in pids:
                     continue
@@ -393,6 +417,16 @@ def _wait_ready(
                         pids[module] = int(status["pid"])
             time.sleep(0.1)
     return pids
+
+
+def _log_tail(path: Path, lines: int = 30) -> str:
+    """The last ``lines`` lines of a process log, indented, after a line naming the file."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    tail = text.splitlines()[-lines:]
+    return f"\nLast lines of {path}:\n" + "\n".join(f"  {line}" for line in tail)
 
 
 def _transformed_by(client: httpx.Client, url: str) -> int:
