@@ -6,8 +6,12 @@ measures what it says and that its correctness line is computed from real result
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Sequence
+from pathlib import Path
+
 import pytest
-from tests.integration.pipeline_harness import dps, last_json_line
+from tests.integration.pipeline_harness import PG_DSN, dps, last_json_line
 
 
 @pytest.mark.slow
@@ -58,3 +62,42 @@ def test_bench_compare_runs_the_dlt_peer_in_its_own_virtualenv() -> None:
     assert dlt["rows"] + dlt["review"] == workload["valid_unique"]
     assert dlt["rows"] == run["rows_in_postgresql"]
     assert dlt["dlt_version"]
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_port_taken_before_the_pipeline_binds_it_is_picked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first pick of admin ports is one another program holds: the start fails on it, the
+    runner picks new ports, and the run completes and is correct."""
+    from dps.bench import runner
+    from dps.bench.workload import generate, write_customers
+
+    write_customers(tmp_path / "customers.csv")
+    stats = generate(tmp_path / "input", 300)
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen(1)
+    taken = held.getsockname()[1]
+    picks: list[int] = []
+    real = runner.free_port_base
+
+    def pick(count: int = 4, *, avoid: Sequence[int] = ()) -> int:
+        port = taken - 1 if count == 4 and not picks else real(count, avoid=avoid)  # Alpha's
+        picks.append(port)
+        return port
+
+    monkeypatch.setattr(runner, "free_port_base", pick)
+    try:
+        result = runner.run_pipeline(
+            backend=runner.BACKENDS["embedded"], work=tmp_path, input_dir=tmp_path / "input",
+            records=300, pg_dsn=PG_DSN, latency_rate=0, timeout=300,
+        )  # fmt: skip
+    finally:
+        held.close()
+    log = (tmp_path / "pipeline-embedded.log").read_text()
+    assert runner.PORT_TAKEN in log and "lost a port; starting again" in log
+    assert picks[0] == taken - 1 and len([p for p in picks[1:] if p != taken - 1]) >= 1
+    assert result.correct, result.notes
+    assert result.rows_in_postgresql + result.review_lines == stats.valid_unique

@@ -136,6 +136,12 @@ class RunResult:
         }
 
 
+#: How often the pipeline is started again when one of its ports was taken before it bound it.
+START_ATTEMPTS = 3
+#: What the admin server (or an HTTP source) logs when its port is taken.
+PORT_TAKEN = "Address already in use"
+
+
 def _ephemeral_floor() -> int:
     """The lowest port the kernel hands to outgoing connections (32768 unless tuned)."""
     try:
@@ -285,30 +291,42 @@ def run_pipeline(
         path.mkdir(parents=True)
     with _pg_connect(pg_dsn) as conn:
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-    base = free_port_base()
-    push_port = free_port_base(1, avoid=range(base, base + 4))
-    env = {
-        "BENCH_PUSH_PORT": str(push_port),
-        **os.environ,
-        "BENCH_INPUT_DIR": str(feed),
-        "BENCH_OUTPUT_DIR": str(out),
-        "BENCH_PG_TABLE": f"{schema}.events",
-    }
     log_path = work / f"pipeline-{backend.name}.log"
     log = log_path.open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dps", "run", str(config), "--data-dir", str(data),
-         "--admin-port-base", str(base)],
-        stdout=log, stderr=log, env=env,
-    )  # fmt: skip
-    urls = {
-        m: f"http://127.0.0.1:{base + i}"
-        for i, m in enumerate(("control", "alpha", "beta", "gamma"))
-    }
     extra: list[subprocess.Popen[bytes]] = []
+    process: subprocess.Popen[bytes] | None = None
     try:
         deadline = time.monotonic() + timeout
-        pids = _wait_ready(process, urls, MODULES, deadline, log_path)
+        for attempt in range(1, START_ATTEMPTS + 1):
+            base = free_port_base()
+            push_port = free_port_base(1, avoid=range(base, base + 4))
+            env = {
+                "BENCH_PUSH_PORT": str(push_port),
+                **os.environ,
+                "BENCH_INPUT_DIR": str(feed),
+                "BENCH_OUTPUT_DIR": str(out),
+                "BENCH_PG_TABLE": f"{schema}.events",
+            }
+            process = subprocess.Popen(
+                [sys.executable, "-m", "dps", "run", str(config), "--data-dir", str(data),
+                 "--admin-port-base", str(base)],
+                stdout=log, stderr=log, env=env,
+            )  # fmt: skip
+            urls = {
+                m: f"http://127.0.0.1:{base + i}"
+                for i, m in enumerate(("control", "alpha", "beta", "gamma"))
+            }
+            try:
+                pids = _wait_ready(process, urls, MODULES, deadline, log_path)
+                break
+            except RuntimeError:
+                # Another program took a port between the pick and the bind: pick again.
+                logged = log_path.read_text(errors="replace")
+                if attempt == START_ATTEMPTS or PORT_TAKEN not in logged:
+                    raise
+                _stop(process)
+                log.write(f"--- start {attempt} lost a port; starting again\n".encode())
+                log.flush()
         beta_urls = [urls["beta"]]
         for n in range(1, beta_instances):
             port = free_port_base(1, avoid=[*range(base, base + 4), push_port])
@@ -351,7 +369,8 @@ def run_pipeline(
         return result
     finally:
         for child in [*extra, process]:
-            _stop(child)
+            if child is not None:
+                _stop(child)
         log.close()
         with _pg_connect(pg_dsn) as conn:
             conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
