@@ -327,6 +327,7 @@ def run_pipeline(
                 _stop(process)
                 log.write(f"--- start {attempt} lost a port; starting again\n".encode())
                 log.flush()
+        assert process is not None  # the loop started it at least once, or raised
         beta_urls = [urls["beta"]]
         for n in range(1, beta_instances):
             port = free_port_base(1, avoid=[*range(base, base + 4), push_port])
