@@ -80,9 +80,10 @@ def observe_many(histogram: Histogram, values: Iterable[float]) -> None:
 
     The hot paths observe a whole batch at once (a duration or a score per record): this takes
     one lock per bucket touched instead of two per value, and counts the buckets on the sorted
-    values with one binary search per bound instead of one per value. It relies on prometheus-client's
-    ``Histogram`` layout (``_upper_bounds``, ``_buckets``, ``_sum``; the version is pinned) and
-    a test checks it against ``observe``. ``histogram`` is a child when it has labels.
+    values with one binary search per bound instead of one per value. It relies on
+    prometheus-client's ``Histogram`` layout (``_upper_bounds``, ``_buckets``, ``_sum``; the
+    version is pinned) and a test checks it against ``observe``. ``histogram`` is a child when
+    it has labels.
     """
     bounds: list[float] = histogram._upper_bounds
     ordered = sorted(values)
