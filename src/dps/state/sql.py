@@ -45,7 +45,7 @@ import json
 import operator
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -640,6 +640,114 @@ def _v6_accounting_counts(op: Operations) -> None:
     _create_sqlite_counts(op.get_bind())
 
 
+# PostgreSQL's accounting: the same counts, kept as deltas that statement-level triggers append
+# (one row per statement and key, from the statement's transition tables) and that a read sums.
+# Only inserts, so writers never wait on a hot counter row, as one row per count would make
+# every Gamma instance do; and the read no longer scans the delivery log (33 ms at 100,000
+# rows, growing with the log, read every few seconds by the control service). The triggers
+# cost the delivery log's writes about 0.5 µs of server CPU per row. ``accounting`` folds the
+# deltas into one row per count when they pile up. Unlike SQLite's counters, every writer's
+# rows are counted, an operator's included.
+_PG_DELTAS = (
+    # (trigger, table, event, transition tables, what one statement adds)
+    (
+        "trg_count_delivered_insert",
+        "delivery_log",
+        "INSERT",
+        "NEW TABLE AS new_rows",
+        "SELECT 'delivered', destination_id, count(*) FROM new_rows"
+        " WHERE status = 'delivered' GROUP BY destination_id",
+    ),
+    (
+        "trg_count_delivered_update",
+        "delivery_log",
+        "UPDATE",
+        "OLD TABLE AS old_rows NEW TABLE AS new_rows",
+        "SELECT 'delivered', key, sum(n) FROM ("
+        " SELECT destination_id AS key, 1 AS n FROM new_rows WHERE status = 'delivered'"
+        " UNION ALL SELECT destination_id, -1 FROM old_rows WHERE status = 'delivered'"
+        ") AS moved GROUP BY key HAVING sum(n) <> 0",
+    ),
+    (
+        "trg_count_delivered_delete",
+        "delivery_log",
+        "DELETE",
+        "OLD TABLE AS old_rows",
+        "SELECT 'delivered', destination_id, -count(*) FROM old_rows"
+        " WHERE status = 'delivered' GROUP BY destination_id",
+    ),
+    (
+        "trg_count_dlq_insert",
+        "dlq_entries",
+        "INSERT",
+        "NEW TABLE AS new_rows",
+        "SELECT 'dlq', module, count(*) FROM new_rows GROUP BY module",
+    ),
+    (
+        "trg_count_dlq_delete",
+        "dlq_entries",
+        "DELETE",
+        "OLD TABLE AS old_rows",
+        "SELECT 'dlq', module, -count(*) FROM old_rows GROUP BY module",
+    ),
+    (
+        "trg_count_duplicates_insert",
+        "duplicates",
+        "INSERT",
+        "NEW TABLE AS new_rows",
+        "SELECT 'duplicates', '', count(*) FROM new_rows HAVING count(*) > 0",
+    ),
+    (
+        "trg_count_duplicates_delete",
+        "duplicates",
+        "DELETE",
+        "OLD TABLE AS old_rows",
+        "SELECT 'duplicates', '', -count(*) FROM old_rows HAVING count(*) > 0",
+    ),
+)
+#: The deltas summed into one row per count, in one statement: rows appended meanwhile by
+#: other transactions are not in its snapshot and stay as they are.
+_PG_FOLD_DELTAS = (
+    "WITH gone AS (DELETE FROM accounting_deltas RETURNING kind, key, n)"
+    " INSERT INTO accounting_deltas (kind, key, n)"
+    " SELECT kind, key, sum(n) FROM gone GROUP BY kind, key HAVING sum(n) <> 0"
+)
+#: How many delta rows ``accounting`` lets pile up before it folds them.
+_PG_DELTAS_KEPT = 1000
+
+
+def _v8_postgresql_accounting_deltas(op: Operations) -> None:
+    _create_pg_deltas(op.get_bind())
+
+
+def _create_pg_deltas(conn: sa.Connection) -> None:
+    """The deltas table and its triggers, seeded from the rows already there (PostgreSQL)."""
+    if conn.dialect.name != "postgresql":
+        return
+    conn.exec_driver_sql(
+        "CREATE TABLE IF NOT EXISTS accounting_deltas"
+        " (kind TEXT NOT NULL, key TEXT NOT NULL, n BIGINT NOT NULL)"
+    )
+    for trigger, table, event, tables, select in _PG_DELTAS:
+        function = f"dps_{trigger.removeprefix('trg_')}"
+        # SET search_path FROM CURRENT: the function finds accounting_deltas in this schema
+        # whatever the search path of the session whose statement fires it (an operator's).
+        conn.exec_driver_sql(
+            f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql"
+            " SET search_path FROM CURRENT AS $$ BEGIN"
+            f" INSERT INTO accounting_deltas (kind, key, n) {select}; RETURN NULL; END $$"
+        )
+        conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {trigger} ON {table}")
+        conn.exec_driver_sql(
+            f"CREATE TRIGGER {trigger} AFTER {event} ON {table} REFERENCING {tables}"
+            f" FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
+        )
+    # Seeded after the triggers exist: creating them locked the tables against writers until
+    # this transaction commits, so no row is counted twice or missed.
+    conn.exec_driver_sql("DELETE FROM accounting_deltas")
+    conn.exec_driver_sql(_SQLITE_COUNTS_SEED.replace("accounting_counts", "accounting_deltas"))
+
+
 def _v7_delivered_counted_per_batch(op: Operations) -> None:
     if op.get_bind().dialect.name == "sqlite":
         op.execute("DROP TRIGGER IF EXISTS trg_count_delivered_insert")
@@ -680,6 +788,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "SQLite: the delivered count of the delivery log's inserts is added once per batch by "
         "record_deliveries, not by a trigger per row.",
         _v7_delivered_counted_per_batch,
+    ),
+    Migration(
+        8,
+        "PostgreSQL: accounting counts kept as deltas by statement-level triggers (delivered "
+        "records per destination, DLQ entries per module, duplicates), summed when read.",
+        _v8_postgresql_accounting_deltas,
     ),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
@@ -1081,7 +1195,9 @@ class SqlStateStore(StateStore):
         now = _utcnow()
         if current == 0:
             metadata.create_all(conn)
-            _create_sqlite_counts(conn)  # not in ``metadata``: SQLite's own DDL
+            # Not in ``metadata``: each dialect's own DDL (counters, triggers).
+            _create_sqlite_counts(conn)
+            _create_pg_deltas(conn)
             pending = MIGRATIONS
         else:
             from alembic.operations import Operations
@@ -2156,7 +2272,7 @@ class SqlStateStore(StateStore):
         match what the modules reported at the time. A replayed record that is then delivered
         appears under both ``dlq`` and ``delivered``.
         """
-        so, d, dl = source_offsets.c, dlq_entries.c, delivery_log.c
+        so, dl = source_offsets.c, delivery_log.c
         with self._reading() as conn:
             if self._pg:
                 # One snapshot for all the queries, as SQLite's read transaction gives.
@@ -2168,29 +2284,21 @@ class SqlStateStore(StateStore):
                 )
             }
             dlq = {"alpha": 0, "beta": 0, "gamma": 0}
-            dlq_counts: Iterable[Any]
-            delivered_counts: Iterable[Any]
-            if self._pg:
-                duplicate_count = conn.scalar(sa.select(sa.func.count()).select_from(duplicates))
-                dlq_counts = conn.execute(sa.select(d.module, sa.func.count()).group_by(d.module))
-                delivered_counts = conn.execute(
-                    sa.select(dl.destination_id, sa.func.count())
-                    .where(dl.status == "delivered")
-                    .group_by(dl.destination_id)
-                )
-            else:
-                # The trigger-kept counters (see _SQLITE_COUNTS_DDL): the same numbers, no scan.
-                counts: dict[str, list[tuple[str, int]]] = {}
-                for kind, key, n in conn.exec_driver_sql(
-                    "SELECT kind, key, n FROM accounting_counts WHERE n <> 0"
-                ):
-                    counts.setdefault(kind, []).append((key, n))
-                duplicate_count = sum(n for _, n in counts.get("duplicates", []))
-                dlq_counts = counts.get("dlq", [])
-                delivered_counts = counts.get("delivered", [])
-            for module, count in dlq_counts:
-                dlq[module] = int(count)
-            delivered = {row[0]: int(row[1]) for row in delivered_counts}
+            delta_rows = 0
+            # The trigger-kept counts (SQLite: _SQLITE_COUNTS_DDL; PostgreSQL: _PG_DELTAS): the
+            # numbers COUNT(*) would give, without scanning the tables.
+            counts: dict[str, list[tuple[str, int]]] = {}
+            for kind, key, n, rows in conn.exec_driver_sql(
+                "SELECT kind, key, sum(n), count(*) FROM accounting_deltas GROUP BY kind, key"
+                if self._pg
+                else "SELECT kind, key, n, 1 FROM accounting_counts WHERE n <> 0"
+            ):
+                delta_rows += int(rows)
+                if n:
+                    counts.setdefault(kind, []).append((key, int(n)))
+            duplicate_count = sum(n for _, n in counts.get("duplicates", []))
+            dlq.update(counts.get("dlq", []))
+            delivered = dict(counts.get("delivered", []))
             delivered_records: int | None
             if len(delivered) <= 1:
                 # One destination: a record has at most one row there (the primary key), so the
@@ -2202,6 +2310,8 @@ class SqlStateStore(StateStore):
                         dl.status == "delivered"
                     )
                 )
+        if self._pg and delta_rows > _PG_DELTAS_KEPT:
+            self._write(lambda conn: conn.exec_driver_sql(_PG_FOLD_DELTAS))
         return {
             "ingested": sum(by_source.values()),
             "ingested_by_source": by_source,
