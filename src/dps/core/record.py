@@ -18,7 +18,12 @@ from typing import Any
 import msgspec
 
 
-class Quality(msgspec.Struct, kw_only=True):
+#: The envelope's structs are not tracked by the garbage collector (``gc=False``): a record, its
+#: quality and its lineage steps hold only data decoded from bytes (text, numbers, and dicts and
+#: lists of them), so they can never be part of a reference cycle, and a batch in flight is
+#: thousands of them that each young-generation collection would otherwise traverse again. The
+#: dicts and lists inside stay tracked as usual.
+class Quality(msgspec.Struct, kw_only=True, gc=False):
     """Quality score (0..1) and the per-dimension scores that made it."""
 
     score: float
@@ -28,7 +33,7 @@ class Quality(msgspec.Struct, kw_only=True):
     checks: list[str] = []
 
 
-class LineageStep(msgspec.Struct, array_like=True):
+class LineageStep(msgspec.Struct, array_like=True, gc=False):
     """One thing that touched a record: stage, action (rule id, enrichment, route), when."""
 
     stage: str
@@ -36,7 +41,7 @@ class LineageStep(msgspec.Struct, array_like=True):
     at: float
 
 
-class Record(msgspec.Struct, kw_only=True):
+class Record(msgspec.Struct, kw_only=True, gc=False):
     """The envelope. ``payload`` is the data; everything else is about the data."""
 
     record_id: str
