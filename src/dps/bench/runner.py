@@ -307,6 +307,8 @@ def run_pipeline(
                 "BENCH_OUTPUT_DIR": str(out),
                 "BENCH_PG_TABLE": f"{schema}.events",
             }
+            log.flush()
+            started_at = log_path.stat().st_size  # this attempt's part of the log starts here
             process = subprocess.Popen(
                 [sys.executable, "-m", "dps", "run", str(config), "--data-dir", str(data),
                  "--admin-port-base", str(base)],
@@ -321,8 +323,10 @@ def run_pipeline(
                 break
             except RuntimeError:
                 # Another program took a port between the pick and the bind: pick again.
-                logged = log_path.read_text(errors="replace")
-                if attempt == START_ATTEMPTS or PORT_TAKEN not in logged:
+                with log_path.open("rb") as logged:
+                    logged.seek(started_at)
+                    lost_a_port = PORT_TAKEN.encode() in logged.read()
+                if attempt == START_ATTEMPTS or not lost_a_port:
                     raise
                 _stop(process)
                 log.write(f"--- start {attempt} lost a port; starting again\n".encode())
