@@ -36,8 +36,9 @@ from dps.runtime.module import DELIVERY_QUEUE, TRANSFORM_QUEUE, ModuleHost
 SAMPLE_EVERY = 5.0
 
 #: The durable counts are read again only after this many times what the last read cost (and
-#: never kept longer than ACCOUNTING_MAX_AGE s): the counts scan tables that grow with the run,
-#: and every poller of /api/accounting (dps run's progress, dps bench, dashboards) shares a read.
+#: never kept longer than ACCOUNTING_MAX_AGE s): with several destinations the distinct delivered
+#: records are still counted by a scan of the delivery log, and every poller of /api/accounting
+#: (dps run's progress, dps bench, dashboards) shares a read.
 ACCOUNTING_COST_FACTOR = 5.0
 ACCOUNTING_MAX_AGE = 5.0
 

@@ -8,8 +8,8 @@ helper: the upsert construct (``INSERT ... ON CONFLICT``, see :meth:`SqlStateSto
 :meth:`SqlStateStore._in`) and the lock that serialises
 migrations and config snapshots (a PostgreSQL advisory lock; on SQLite every write transaction is
 ``BEGIN IMMEDIATE``, set up by the backend, see :data:`WRITE_OPTION`). One more is a matter of
-speed, not of SQL: on SQLite the accounting's counts are kept by triggers (see
-:data:`_SQLITE_COUNTS_DDL`), where PostgreSQL counts.
+speed, not of SQL: the accounting's counts are kept by triggers, as counters on SQLite (see
+:data:`_SQLITE_COUNTS_DDL`) and as deltas summed when read on PostgreSQL (see :data:`_PG_DELTAS`).
 
 Idempotency (see :mod:`dps.state.base` for why): every write is an upsert on its natural key, so a
 replayed batch changes nothing it already changed:
