@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,32 +20,14 @@ from typing import Any
 
 import httpx
 
+# Ports below the kernel's ephemeral range, so that no outgoing connection of another test takes
+# one between the pick and the server's bind: the benchmark runner's picker.
+from dps.bench.runner import free_port_base
+
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "examples" / "quickstart"
 PG_DSN = os.environ.get("DPS_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 NATS_URL = os.environ.get("DPS_TEST_NATS_URL", "nats://127.0.0.1:4222")
-
-
-#: Ports are picked below the kernel's ephemeral range (32768-60999 by default), so that no
-#: outgoing connection of another test takes one between the pick and the server's bind.
-_PORTS = range(20000, 32000)
-
-
-def free_port_base(count: int = 4) -> int:
-    """A port N such that N..N+count-1 are free on 127.0.0.1 right now."""
-    for _ in range(200):
-        base = random.choice(_PORTS)
-        ok = True
-        for port in range(base, base + count):
-            with socket.socket() as probe:
-                try:
-                    probe.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("No four consecutive free ports found.")
 
 
 def copy_quickstart(dest: Path) -> Path:

@@ -971,63 +971,60 @@ def test_accounting_counts_follow_every_write(store: SqlStateStore) -> None:
     assert acc() == {"delivered": {}, "dlq": {"alpha": 0, "beta": 0, "gamma": 0}, "duplicates": 0}
 
 
-@pytest.mark.parametrize("backend", ["sqlite"])
-def test_v6_seeds_the_counters_from_the_rows_already_there(open_store: OpenStore) -> None:
-    """A version 5 database with deliveries, DLQ entries and duplicates: after the upgrade the
-    trigger-kept counts start from its rows, and go on from there."""
-    store = open_store()
+def _upgrade_seeds_the_counts(
+    store: SqlStateStore, old: int, drop_counting: Callable[[sa.Connection], None], now: str
+) -> None:
+    """Deliveries, DLQ entries and duplicates written; the database made a version ``old`` one
+    (``drop_counting`` takes away what later versions count with; one row written as version
+    ``old`` wrote it, stamped with the SQL ``now``): after the upgrade the counts start from
+    its rows, and go on from there."""
     store.record_deliveries([DeliveryOutcome(f"r{i}", "a", "delivered") for i in range(4)])
     store.add_dlq_entries([dlq("alpha", "x1"), dlq("gamma", "x2")])
     store.record_duplicates([cand("k", "f:1")])
-    with store.engine.begin() as conn:  # make it a version 5 database: no counters
+    with store.engine.begin() as conn:
+        drop_counting(conn)
+        conn.execute(sa.text(f"DELETE FROM schema_version WHERE version > {old}"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO delivery_log (record_id, destination_id, status, attempts, timestamp)"
+                f" VALUES ('r9', 'a', 'delivered', 1, {now})"
+            )
+        )
+    assert store.schema_version() == old
+    assert store.migrate() == state_sql.LATEST_VERSION
+    expected = {"delivered": {"a": 5}, "dlq": {"alpha": 1, "beta": 0, "gamma": 1}, "duplicates": 1}
+    assert _counted(store) == expected
+    assert {k: store.accounting()[k] for k in expected} == expected
+    store.record_deliveries([DeliveryOutcome("r10", "a", "delivered")])
+    assert store.accounting()["delivered"] == {"a": 6}
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_v6_seeds_the_counters_from_the_rows_already_there(open_store: OpenStore) -> None:
+    """A version 5 database: after the upgrade the trigger-kept counts start from its rows."""
+
+    def no_counters(conn: sa.Connection) -> None:
         for name, _ in conn.execute(
             sa.text("SELECT name, type FROM sqlite_master WHERE name LIKE 'trg_count_%'")
         ).all():
             conn.execute(sa.text(f"DROP TRIGGER {name}"))
         conn.execute(sa.text("DROP TABLE accounting_counts"))
-        conn.execute(sa.text("DELETE FROM schema_version WHERE version >= 6"))
-        conn.execute(  # what version 5 wrote
-            sa.text(
-                "INSERT INTO delivery_log (record_id, destination_id, status, attempts, timestamp)"
-                " VALUES ('r9', 'a', 'delivered', 1, '2026-11-27T00:00:00')"
-            )
-        )
-    assert store.schema_version() == 5
-    assert store.migrate() == state_sql.LATEST_VERSION
-    expected = {"delivered": {"a": 5}, "dlq": {"alpha": 1, "beta": 0, "gamma": 1}, "duplicates": 1}
-    assert _counted(store) == expected
-    assert {k: store.accounting()[k] for k in expected} == expected
-    store.record_deliveries([DeliveryOutcome("r10", "a", "delivered")])
-    assert store.accounting()["delivered"] == {"a": 6}
+
+    _upgrade_seeds_the_counts(open_store(), 5, no_counters, "'2026-11-27T00:00:00'")
 
 
 @pytest.mark.postgres
 @pytest.mark.parametrize("backend", ["postgresql"])
 def test_v8_seeds_the_deltas_from_the_rows_already_there(open_store: OpenStore) -> None:
-    """A version 7 PostgreSQL database (counted by COUNT(*)) with deliveries, DLQ entries and
-    duplicates: after the upgrade the deltas start from its rows, and go on from there."""
-    store = open_store()
-    store.record_deliveries([DeliveryOutcome(f"r{i}", "a", "delivered") for i in range(4)])
-    store.add_dlq_entries([dlq("alpha", "x1"), dlq("gamma", "x2")])
-    store.record_duplicates([cand("k", "f:1")])
-    with store.engine.begin() as conn:  # make it a version 7 database: no deltas
+    """A version 7 PostgreSQL database (counted by COUNT(*)): after the upgrade the deltas
+    start from its rows."""
+
+    def no_deltas(conn: sa.Connection) -> None:
         for trigger, table, *_ in state_sql._PG_DELTAS:
             conn.execute(sa.text(f"DROP TRIGGER {trigger} ON {table}"))
         conn.execute(sa.text("DROP TABLE accounting_deltas"))
-        conn.execute(sa.text("DELETE FROM schema_version WHERE version >= 8"))
-        conn.execute(  # what version 7 wrote
-            sa.text(
-                "INSERT INTO delivery_log (record_id, destination_id, status, attempts, timestamp)"
-                " VALUES ('r9', 'a', 'delivered', 1, now())"
-            )
-        )
-    assert store.schema_version() == 7
-    assert store.migrate() == state_sql.LATEST_VERSION
-    expected = {"delivered": {"a": 5}, "dlq": {"alpha": 1, "beta": 0, "gamma": 1}, "duplicates": 1}
-    assert _counted(store) == expected
-    assert {k: store.accounting()[k] for k in expected} == expected
-    store.record_deliveries([DeliveryOutcome("r10", "a", "delivered")])
-    assert store.accounting()["delivered"] == {"a": 6}
+
+    _upgrade_seeds_the_counts(open_store(), 7, no_deltas, "now()")
 
 
 @pytest.mark.postgres

@@ -165,7 +165,7 @@ def free_port_base(count: int = 4, *, avoid: Sequence[int] = ()) -> int:
         ports = range(base, base + count)
         if not set(ports) & set(avoid) and all(_free(p) for p in ports):
             return base
-    raise RuntimeError("No free ports for the benchmark's admin APIs.")
+    raise RuntimeError(f"No {count} consecutive free ports on 127.0.0.1 below {high + count}.")
 
 
 def _free(port: int) -> bool:

@@ -616,10 +616,10 @@ _SQLITE_COUNTS_DDL: tuple[str, ...] = (
         )
     ),
 )
-#: What the counters start from on a database that had rows before them.
-_SQLITE_COUNTS_SEED = (
-    "INSERT INTO accounting_counts (kind, key, n)"
-    " SELECT 'delivered', destination_id, count(*) FROM delivery_log"
+#: The accounting's counts as ``(kind, key, n)`` rows counted from the tables: what the
+#: counters (SQLite) and the deltas (PostgreSQL) start from on a database that had rows before.
+_COUNTS_FROM_ROWS = (
+    "SELECT 'delivered', destination_id, count(*) FROM delivery_log"
     " WHERE status = 'delivered' GROUP BY destination_id"
     " UNION ALL SELECT 'dlq', module, count(*) FROM dlq_entries GROUP BY module"
     " UNION ALL SELECT 'duplicates', '', count(*) FROM duplicates"
@@ -633,11 +633,16 @@ def _create_sqlite_counts(conn: sa.Connection) -> None:
     for ddl in _SQLITE_COUNTS_DDL:
         conn.exec_driver_sql(ddl)
     conn.exec_driver_sql("DELETE FROM accounting_counts")
-    conn.exec_driver_sql(_SQLITE_COUNTS_SEED)
+    conn.exec_driver_sql(f"INSERT INTO accounting_counts (kind, key, n) {_COUNTS_FROM_ROWS}")
 
 
 def _v6_accounting_counts(op: Operations) -> None:
     _create_sqlite_counts(op.get_bind())
+
+
+def _v7_delivered_counted_per_batch(op: Operations) -> None:
+    if op.get_bind().dialect.name == "sqlite":
+        op.execute("DROP TRIGGER IF EXISTS trg_count_delivered_insert")
 
 
 # PostgreSQL's accounting: the same counts, kept as deltas that statement-level triggers append
@@ -745,12 +750,7 @@ def _create_pg_deltas(conn: sa.Connection) -> None:
     # Seeded after the triggers exist: creating them locked the tables against writers until
     # this transaction commits, so no row is counted twice or missed.
     conn.exec_driver_sql("DELETE FROM accounting_deltas")
-    conn.exec_driver_sql(_SQLITE_COUNTS_SEED.replace("accounting_counts", "accounting_deltas"))
-
-
-def _v7_delivered_counted_per_batch(op: Operations) -> None:
-    if op.get_bind().dialect.name == "sqlite":
-        op.execute("DROP TRIGGER IF EXISTS trg_count_delivered_insert")
+    conn.exec_driver_sql(f"INSERT INTO accounting_deltas (kind, key, n) {_COUNTS_FROM_ROWS}")
 
 
 #: The schema's history, oldest first. Append a step (and change ``metadata``) to evolve it.
