@@ -21,10 +21,10 @@ and any other dotted path read the payload. Conditions are compiled once at load
 operator or regex is a configuration error, never a runtime surprise.
 
 :func:`compile_batch_condition` compiles the same condition for a batch of records (Beta applies
-its rules rule by rule over a batch): the common single tests (``exists``, ``not_exists``,
-``equals``, ``not_equals``, ``in``, ``not_in`` on one subject) read the subject's column once and
-test it in one comprehension, as the per-record predicate tests each value; anything else calls
-that predicate record by record.
+its rules, and Gamma its routes, rule by rule over a batch): the common single tests (``exists``,
+``not_exists``, ``equals``, ``not_equals``, ``in``, ``not_in``, ``gt``, ``gte``, ``lt``,
+``lte`` on one subject) read the subject's column once and test it in one comprehension, as the
+per-record predicate tests each value; anything else calls that predicate record by record.
 """
 
 from __future__ import annotations
@@ -114,14 +114,9 @@ def _compare(op: str, key: str, value: Any, get: Getter) -> Predicate:
                 key, f"{value!r} is not a valid regular expression: {exc}."
             ) from None
         return lambda r: isinstance(v := get(r), str) and pattern.search(v) is not None
-    if op in ("gt", "gte", "lt", "lte"):
+    if op in _NUMERIC:
         bound = _number(key, value)
-        cmp: Callable[[float, float], bool] = {
-            "gt": float.__gt__,
-            "gte": float.__ge__,
-            "lt": float.__lt__,
-            "lte": float.__le__,
-        }[op]
+        cmp = _NUMERIC[op]
 
         def numeric(r: Record) -> bool:
             v = get(r)
@@ -137,6 +132,12 @@ def _compare(op: str, key: str, value: Any, get: Getter) -> Predicate:
 
 #: A tuple, not ``int | float``: that expression builds a union object on every evaluation.
 _NUMBERS: Final = (int, float)
+_NUMERIC: Final[dict[str, Callable[[float, float], bool]]] = {
+    "gt": float.__gt__,
+    "gte": float.__ge__,
+    "lt": float.__lt__,
+    "lte": float.__le__,
+}
 
 
 def _members(key: str, value: Any) -> frozenset[Any] | tuple[Any, ...]:
@@ -287,8 +288,12 @@ def _column(path: str) -> Callable[[Sequence[Record]], list[Any]]:
         return lambda records: [r.source_id for r in records]
     if path == "record_id":
         return lambda records: [r.record_id for r in records]
+    if path == "quality_score":
+        return lambda records: [
+            r.quality.score if r.quality is not None else _MISSING for r in records
+        ]
     field = "type" if path == "record_type" else path.removeprefix("payload.")
-    if path != "quality_score" and "." not in field:
+    if "." not in field:
         # A top-level payload field (the common case): read in place, no getter per record.
         return lambda records: [r.payload.get(field, _MISSING) for r in records]
     get = subject_getter(path)
@@ -321,4 +326,18 @@ def _column_test(op: str, value: Any) -> Callable[[list[Any]], list[bool]] | Non
                 return [_member(v, members) is not negate for v in values]
 
         return member
+    if op in _NUMERIC:
+        bound = _number("", value)
+        cmp = _NUMERIC[op]
+
+        def number(v: Any) -> bool:  # what _compare's numeric does with a value that is no float
+            if isinstance(v, bool) or not isinstance(v, _NUMBERS):
+                return False
+            return cmp(float(v), bound)
+
+        # A float (a quality score, a parsed amount) is compared in place; anything else the
+        # way one record's test does it.
+        return lambda values: [
+            cmp(v, bound) if v.__class__ is float else number(v) for v in values
+        ]
     return None

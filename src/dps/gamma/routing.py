@@ -28,7 +28,12 @@ from operator import attrgetter
 from typing import Any
 
 from dps.config.models import DestinationConfig, RoutingRule, classification_allows
-from dps.core.conditions import Predicate, compile_condition
+from dps.core.conditions import (
+    BatchPredicate,
+    Predicate,
+    compile_batch_condition,
+    compile_condition,
+)
 from dps.core.record import Record
 
 
@@ -37,6 +42,8 @@ class Route:
     rule_id: str
     matches: Predicate
     destinations: tuple[str, ...]
+    #: ``matches`` over a batch, column-wise where the condition allows (:meth:`route_batch`).
+    select: BatchPredicate
 
 
 @dataclass(slots=True)
@@ -78,7 +85,12 @@ class Router:
         source_classifications: Mapping[str, str] | None = None,
     ) -> None:
         self.routes = [
-            Route(rule.rule_id, compile_condition(rule.match), tuple(rule.destinations))
+            Route(
+                rule.rule_id,
+                compile_condition(rule.match),
+                tuple(rule.destinations),
+                compile_batch_condition(rule.match),
+            )
             for rule in rules
             if rule.enabled
         ]
@@ -136,14 +148,14 @@ class Router:
         """Route a batch: the same decision as :meth:`route` for every record, made once per
         distinct (matched routes, source) pair of the batch.
 
-        Each route's ``match`` is evaluated once per record, as :meth:`route` does; records are
-        not changed. A ``match`` that raises fails the whole batch, as it fails :meth:`route`.
+        Each route's ``match`` is evaluated once per record, as :meth:`route` does (column-wise
+        for a single test, see :func:`compile_batch_condition`); records are not changed. A ``match`` that raises fails the whole batch, as it fails :meth:`route`.
         """
         masks = [0] * len(records)
         for bit, route in enumerate(self.routes):
             flag = 1 << bit
-            matches = route.matches
-            masks = [m | flag if matches(r) else m for m, r in zip(masks, records, strict=True)]
+            selected = route.select(records)
+            masks = [m | flag if hit else m for m, hit in zip(masks, selected, strict=True)]
         keys: list[_Key] = list(zip(masks, map(_source_id, records), strict=True))
         # Distinct keys in the order of their first record, so that the plan's destinations
         # come in the order routing record by record gives them.
