@@ -337,7 +337,5 @@ def _column_test(op: str, value: Any) -> Callable[[list[Any]], list[bool]] | Non
 
         # A float (a quality score, a parsed amount) is compared in place; anything else the
         # way one record's test does it.
-        return lambda values: [
-            cmp(v, bound) if v.__class__ is float else number(v) for v in values
-        ]
+        return lambda values: [cmp(v, bound) if v.__class__ is float else number(v) for v in values]
     return None

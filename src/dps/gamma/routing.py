@@ -149,7 +149,8 @@ class Router:
         distinct (matched routes, source) pair of the batch.
 
         Each route's ``match`` is evaluated once per record, as :meth:`route` does (column-wise
-        for a single test, see :func:`compile_batch_condition`); records are not changed. A ``match`` that raises fails the whole batch, as it fails :meth:`route`.
+        for a single test, see :func:`compile_batch_condition`); records are not changed. A
+        ``match`` that raises fails the whole batch, as it fails :meth:`route`.
         """
         masks = [0] * len(records)
         for bit, route in enumerate(self.routes):

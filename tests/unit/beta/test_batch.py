@@ -390,6 +390,10 @@ def _reference_quality(scorer: QualityScorer, record: Record, now: float) -> Qua
     return Quality(score=round(score, 6), dimensions=dims, checks=checks)
 
 
+class _Text(str):
+    """Text that is not exactly ``str`` (read all the same)."""
+
+
 def _reference_epoch(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
@@ -418,6 +422,9 @@ def _reference_epoch(value: Any) -> float | None:
         "2026-11-27T10:00:00-05:00",
         "2026-W48-5T10:00:00Z",
         "Z",
+        "",
+        "ZZ",
+        _Text("2026-11-27T10:00:00Z"),
         1795773600,
         1795773600123,
         12.5,
