@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from dps.config.models import DIMENSIONS, ConsistencyCheck, QualityScoringConfig
-from dps.core.conditions import compile_condition
+from dps.core.conditions import NUMBERS, compile_condition
 from dps.core.errors import ConfigError, ConfigIssue
 from dps.core.record import Quality, Record, get_path
 
@@ -314,7 +314,7 @@ def _epoch(value: Any) -> float | None:
     if value.__class__ is not str:
         if isinstance(value, bool):
             return None
-        if isinstance(value, _NUMBERS):
+        if isinstance(value, NUMBERS):
             return float(value) / (1000 if value > 1e11 else 1)
         if not isinstance(value, str):
             return None
@@ -338,8 +338,6 @@ def _epoch(value: Any) -> float | None:
 
 
 _fromisoformat = dt.datetime.fromisoformat
-#: A tuple, not ``int | float``: that expression builds a union object on every evaluation.
-_NUMBERS: Final = (int, float)
 
 
 #: The distribution's buckets: upper edges of 0.1-wide bins.

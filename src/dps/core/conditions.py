@@ -115,29 +115,33 @@ def _compare(op: str, key: str, value: Any, get: Getter) -> Predicate:
             ) from None
         return lambda r: isinstance(v := get(r), str) and pattern.search(v) is not None
     if op in _NUMERIC:
-        bound = _number(key, value)
-        cmp = _NUMERIC[op]
-
-        def numeric(r: Record) -> bool:
-            v = get(r)
-            if isinstance(v, bool) or not isinstance(v, _NUMBERS):
-                return False
-            return cmp(float(v), bound)
-
-        return numeric
+        test = _numeric_test(op, _number(key, value))
+        return lambda r: test(get(r))
     raise ConditionError(
         key, f"{op!r} is not a known condition; expected one of {', '.join(OPERATORS)}."
     )
 
 
 #: A tuple, not ``int | float``: that expression builds a union object on every evaluation.
-_NUMBERS: Final = (int, float)
+NUMBERS: Final = (int, float)
 _NUMERIC: Final[dict[str, Callable[[float, float], bool]]] = {
     "gt": float.__gt__,
     "gte": float.__ge__,
     "lt": float.__lt__,
     "lte": float.__le__,
 }
+
+
+def _numeric_test(op: str, bound: float) -> Callable[[Any], bool]:
+    """``<op>: bound`` on one value: a number (not a boolean) compared as a float, else False."""
+    cmp = _NUMERIC[op]
+
+    def numeric(v: Any) -> bool:
+        if isinstance(v, bool) or not isinstance(v, NUMBERS):
+            return False
+        return cmp(float(v), bound)
+
+    return numeric
 
 
 def _members(key: str, value: Any) -> frozenset[Any] | tuple[Any, ...]:
@@ -328,14 +332,8 @@ def _column_test(op: str, value: Any) -> Callable[[list[Any]], list[bool]] | Non
         return member
     if op in _NUMERIC:
         bound = _number("", value)
-        cmp = _NUMERIC[op]
-
-        def number(v: Any) -> bool:  # what _compare's numeric does with a value that is no float
-            if isinstance(v, bool) or not isinstance(v, _NUMBERS):
-                return False
-            return cmp(float(v), bound)
-
+        cmp, test = _NUMERIC[op], _numeric_test(op, bound)
         # A float (a quality score, a parsed amount) is compared in place; anything else the
         # way one record's test does it.
-        return lambda values: [cmp(v, bound) if v.__class__ is float else number(v) for v in values]
+        return lambda values: [cmp(v, bound) if v.__class__ is float else test(v) for v in values]
     return None
