@@ -34,6 +34,9 @@ Tables:
 - ``meta(key, value)``: ``depth``, the message count kept in the same transactions as the rows,
   so backpressure checks and ``depth()`` do not count anything; ``seq``, the last number handed
   to a segment or tombstone.
+- ``waiters(name, pid, since)``: the consumers waiting for messages, each by the name of its
+  doorbell (``dps.queues.doorbell``): a put rings them once committed, so a waiting consumer
+  takes the batch at once instead of at its next poll.
 
 A file written by the earlier row-per-message layout (``messages``, ``removed``) is converted on
 open, in one transaction; its leases are dropped, so what was leased is delivered again.
@@ -43,7 +46,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sqlite3
+import sys
 import threading
 import time
 import uuid
@@ -67,6 +72,7 @@ from dps.queues.base import (
     backend_settings,
     check_queue_name,
 )
+from dps.queues.doorbell import Doorbell, Ringer, open_doorbell
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -112,6 +118,11 @@ CREATE INDEX IF NOT EXISTS tombstones_removed_at ON tombstones (removed_at);
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS waiters (
+    name  TEXT PRIMARY KEY,
+    pid   INTEGER NOT NULL,
+    since REAL NOT NULL
 ) WITHOUT ROWID;
 """
 
@@ -245,7 +256,10 @@ def _forget_ids(cur: sqlite3.Cursor, ids: Sequence[str]) -> None:
 
 
 class _Backoff:
-    """Sleep lengths for a poll loop: 5 ms doubling to 20 ms, never past the deadline."""
+    """Sleep lengths for a poll loop: 5 ms doubling to 20 ms, never past the deadline.
+
+    With a doorbell, each sleep is a wait on it that a producer's ring ends early.
+    """
 
     def __init__(self, deadline: float | None) -> None:
         self.deadline = deadline
@@ -254,12 +268,16 @@ class _Backoff:
     def remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
 
-    def sleep(self) -> bool:
+    def sleep(self, doorbell: Doorbell | None = None) -> bool:
         """Sleep one step; False when the deadline has passed (the caller gives up)."""
         remaining = self.remaining()
         if remaining is not None and remaining <= 0:
             return False
-        time.sleep(self.step if remaining is None else min(self.step, remaining))
+        step = self.step if remaining is None else min(self.step, remaining)
+        if doorbell is None:
+            time.sleep(step)
+        else:
+            doorbell.wait(step)
         self.step = min(self.step * 2, _POLL_MAX)
         return True
 
@@ -276,6 +294,12 @@ class SqliteQueue(Queue):
         self.path = path
         self._config = config
         self._lock = threading.Lock()
+        #: This instance's doorbell, made at its first lease that waits (None: poll only).
+        self._doorbell: Doorbell | None = None
+        self._doorbell_tried = False
+        self._ringer = Ringer()
+        #: Waiters a ring found gone; deleted from ``waiters`` by the next put.
+        self._gone: list[str] = []
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so that a transaction takes
         # the write lock up front (and waits for it) instead of failing when it upgrades.
         self._conn = sqlite3.connect(
@@ -439,23 +463,43 @@ class SqliteQueue(Queue):
                 )
 
     def _try_put(self, batch: dict[str, bytes]) -> bool:
-        with contextlib.suppress(_OverCapacity), self._lock, self._write() as cur:
-            self._prune(cur)
-            fresh = dict(batch)
-            for msg_id in _known_ids(cur, list(fresh)):
-                del fresh[msg_id]
-            if not fresh:
-                return True
-            depth = cur.execute("SELECT value FROM meta WHERE key = 'depth'").fetchone()[0]
-            if depth + len(fresh) > self.spec.capacity:
-                raise _OverCapacity  # nothing was written yet; the rollback is free
-            _add_ids(cur, list(fresh))
-            pairs = list(fresh.items())
-            for start in range(0, len(pairs), self.segment_max):
-                self._insert_segment(cur, pairs[start : start + self.segment_max])
-            self._add_depth(cur, len(pairs))
-            return True
-        return False
+        try:
+            with self._lock, self._write() as cur:
+                waiters = self._put_fresh(cur, batch)
+        except _OverCapacity:
+            return False
+        self._ring(waiters)
+        return True
+
+    def _put_fresh(self, cur: sqlite3.Cursor, batch: dict[str, bytes]) -> list[str]:
+        """Add the messages not known yet; the waiters to ring once this commits."""
+        self._prune(cur)
+        fresh = dict(batch)
+        for msg_id in _known_ids(cur, list(fresh)):
+            del fresh[msg_id]
+        if not fresh:
+            return []
+        depth = cur.execute("SELECT value FROM meta WHERE key = 'depth'").fetchone()[0]
+        if depth + len(fresh) > self.spec.capacity:
+            raise _OverCapacity  # nothing was written yet; the rollback is free
+        _add_ids(cur, list(fresh))
+        pairs = list(fresh.items())
+        for start in range(0, len(pairs), self.segment_max):
+            self._insert_segment(cur, pairs[start : start + self.segment_max])
+        self._add_depth(cur, len(pairs))
+        return self._waiters(cur)
+
+    def _waiters(self, cur: sqlite3.Cursor) -> list[str]:
+        """The doorbells to ring, after deleting those an earlier ring found gone."""
+        if self._gone:
+            cur.executemany("DELETE FROM waiters WHERE name = ?", [(n,) for n in self._gone])
+            self._gone = []
+        return [name for (name,) in cur.execute("SELECT name FROM waiters")]
+
+    def _ring(self, waiters: list[str]) -> None:
+        """Wake the waiting consumers (after the commit: what they look for is there now)."""
+        if waiters:
+            self._gone += self._ringer.ring(waiters)
 
     def _prune(self, cur: sqlite3.Cursor) -> None:
         """Forget a few of the ids removed longer ago than the dedupe window."""
@@ -484,14 +528,40 @@ class SqliteQueue(Queue):
         if max_messages < 1:
             raise ValueError(f"max_messages is {max_messages}; expected at least 1.")
         backoff = _Backoff(time.monotonic() + max(wait, 0.0))
+        doorbell = self._doorbell
         while True:
+            if doorbell is not None:
+                doorbell.drain()  # rings before this look are answered by it
             lease, dead_lettered = self._try_lease(max_messages)
             if lease:
                 return lease
             # A pass that only dead-lettered may have left visible messages behind: look again
             # without sleeping.
-            if not dead_lettered and not backoff.sleep():
+            if dead_lettered:
+                continue
+            if doorbell is None and wait > 0 and not self._doorbell_tried:
+                doorbell = self._open_doorbell()
+            if not backoff.sleep(doorbell):
                 return lease
+
+    def _open_doorbell(self) -> Doorbell | None:
+        """Make this instance's doorbell and sign it up in ``waiters`` (once per instance)."""
+        self._doorbell_tried = True
+        doorbell = open_doorbell()
+        if doorbell is None:
+            return None
+        try:
+            # Not fsynced: after a power loss the process that waited is gone anyway.
+            with self._lock, self._write(durable=False) as cur:
+                cur.execute(
+                    "INSERT OR REPLACE INTO waiters (name, pid, since) VALUES (?, ?, ?)",
+                    (doorbell.name, os.getpid(), time.time()),
+                )
+        except BaseException:
+            doorbell.close()
+            raise
+        self._doorbell = doorbell
+        return doorbell
 
     def _try_lease(self, max_messages: int) -> tuple[Lease, int]:
         now = time.time()
@@ -681,6 +751,7 @@ class SqliteQueue(Queue):
         segments = dict(handle.segments)
         now = time.time()
         spent: dict[int, list[Message]] = {}
+        waiters: list[str] = []
         with self._lock, self._write() as cur:
             seqs = self._select(cur, token, segments, msg_ids)
             retry: list[int] = []
@@ -697,6 +768,8 @@ class SqliteQueue(Queue):
                     f" WHERE lease_token = ? AND seq IN ({_marks(len(chunk))})",
                     (now + max(delay, 0.0), token, *chunk),
                 )
+            if retry and delay <= 0:
+                waiters = self._waiters(cur)  # visible again at once: wake whoever waits
             # Spent segments stay leased, for a fresh visibility window, while the sink runs:
             # nobody else picks them up meanwhile, and a crash before the delete redelivers.
             held: set[int] = set()
@@ -709,6 +782,7 @@ class SqliteQueue(Queue):
                         (now + self.spec.visibility_timeout, token, *chunk),
                     )
                 )
+        self._ring(waiters)
         for seq in retry:
             segments.pop(seq, None)
         spent = {seq: messages for seq, messages in spent.items() if seq in held}
@@ -737,7 +811,18 @@ class SqliteQueue(Queue):
         return int(row[0])
 
     def close(self) -> None:
-        """Close this instance's connection (other processes keep theirs)."""
+        """Close this instance's connection (other processes keep theirs).
+
+        A doorbell is signed out of ``waiters`` on the way; if that fails, the first put that
+        rings it finds it gone and deletes it.
+        """
+        doorbell, self._doorbell = self._doorbell, None
+        if doorbell is not None:
+            signed_out = self._write(durable=False)
+            with contextlib.suppress(sqlite3.Error), self._lock, signed_out as cur:
+                cur.execute("DELETE FROM waiters WHERE name = ?", (doorbell.name,))
+            doorbell.close()
+        self._ringer.close()
         with self._lock:
             self._conn.close()
 
@@ -779,6 +864,11 @@ class SqliteBackend(QueueBackend):
                 else "fsync at checkpoints only: a power loss can lose recent batches"
             ),
             "dedupe_window_seconds": self.config.dedupe_window,
+            "wake_ups": (
+                "a put wakes the waiting consumers at once (doorbells), polling underneath"
+                if sys.platform.startswith("linux")
+                else f"polling every {_POLL_FIRST * 1000:g} to {_POLL_MAX * 1000:g} ms"
+            ),
             "depths": depths,
         }
 
