@@ -441,3 +441,55 @@ def test_describe_states_the_durability(backend: str, tmp_path: Path) -> None:
     described = instance.describe()
     assert described["backend"] == backend
     assert described["durability"]
+
+
+@pytest.mark.nats
+def test_a_lingering_pull_the_server_leaves_unanswered_ends_soon_after_its_expiry(
+    tmp_path: Path,
+) -> None:
+    """The server ends a lingering pull request with a 408 at its expiry; when that answer does
+    not come (nats-server 2.9 was seen to drop it under load), the lease must not wait out the
+    whole ``request_timeout`` while messages pile up. The pull requests go to a stand-in here
+    that answers ``no_wait`` requests (404) and leaves lingering ones unanswered."""
+    import json
+
+    import nats
+
+    name = f"q{uuid.uuid4().hex[:12]}"
+    subject = f"dpstest.silent.{name}"
+    settings = {**backend_settings("nats"), "request_timeout": 30.0}
+    queue = open_queue("nats", settings, tmp_path, QueueSpec(name=name))
+    ready = threading.Event()
+    done = threading.Event()
+
+    async def stand_in() -> None:
+        nc = await nats.connect(NATS_URL, connect_timeout=3, allow_reconnect=False)
+
+        async def answer(msg: Any) -> None:
+            if json.loads(msg.data).get("no_wait"):
+                await nc.publish(msg.reply, b"", headers={"Status": "404"})
+
+        await nc.subscribe(subject, cb=answer)
+        await nc.flush()
+        ready.set()
+        while not done.is_set():
+            await asyncio.sleep(0.01)
+        await nc.close()
+
+    server = threading.Thread(target=asyncio.run, args=(stand_in(),), daemon=True)
+    server.start()
+    try:
+        assert ready.wait(10)
+        queue._next = subject  # type: ignore[attr-defined]
+
+        started = time.monotonic()
+        lease = queue.lease(10, wait=0.1)
+        took = time.monotonic() - started
+
+        assert not lease
+        assert took < 5, f"the lease waited {took:.1f} s for an answer that never came"
+    finally:
+        done.set()
+        server.join(10)
+        queue.close()
+        delete_nats_stream(name)
