@@ -87,11 +87,12 @@ _POLL_FIRST = 0.005
 _POLL_MAX = 0.1
 
 #: How long past its expiry a lingering pull request is waited for. The server ends such a
-#: request with a 408 status when it expires, but under load nats-server 2.9 was seen to let a
-#: 5 ms request go unanswered: the lease then waited out ``request_timeout`` (5 s) while
-#: messages piled up in the stream, and at 1,000 records/s the pipeline's P50 latency on NATS
-#: was 2.6 s. Messages the server still sends to a request given up on reach the same inbox
-#: and are taken by the next pull.
+#: request with a 408 status when it expires, but nats-server before 2.9.15 could drop a
+#: request that expired in the middle of handing out messages without that answer (fixed by
+#: nats-io/nats-server#3942; seen here on 2.9.10 with Gamma's 5 ms requests): the lease then
+#: waited out ``request_timeout`` (5 s) while messages piled up in the stream, and at 1,000
+#: records/s the pipeline's P50 latency on NATS was 2.6 s. Messages the server still sends to a
+#: request given up on reach the same inbox and are taken by the next pull.
 _LINGER_GRACE = 0.05
 
 
