@@ -20,6 +20,7 @@ import pytest
 
 import dps.queues.sqlite as sqlite_queue
 from dps.queues import Lease, QueueSpec, open_queue
+from dps.queues.doorbell import open_doorbell
 from dps.queues.sqlite import SqliteBackend, SqliteQueue
 
 pytestmark = pytest.mark.skipif(
@@ -172,3 +173,13 @@ def test_rings_a_busy_consumer_has_not_read_never_block_a_put(
 
 def test_describe_says_how_consumers_are_woken(tmp_path: Path) -> None:
     assert "doorbells" in SqliteBackend({}, tmp_path).describe()["wake_ups"]
+
+
+def test_a_doorbell_closed_while_its_lease_waits_ends_the_wait() -> None:
+    doorbell = open_doorbell()
+    assert doorbell is not None
+    doorbell.close()
+    doorbell.drain()  # no error: nothing to read from a closed socket
+    started = time.monotonic()
+    assert not doorbell.wait(STEP)
+    assert time.monotonic() - started < STEP / 2

@@ -44,12 +44,21 @@ class Doorbell:
         try:
             while self._sock.recv(_DRAIN):
                 pass
-        except (BlockingIOError, InterruptedError):
+        except OSError:  # none left (EAGAIN), or closed meanwhile by the queue's close
             pass
 
     def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for a ring; True when one came."""
-        readable, _, _ = select.select([self._sock], [], [], max(timeout, 0.0))
+        """Wait up to ``timeout`` s for a ring; True when one came.
+
+        A doorbell closed meanwhile (its queue is being closed) returns at once: the caller's
+        next look at the queue then meets the closed queue.
+        """
+        if self._sock.fileno() < 0:
+            return False
+        try:
+            readable, _, _ = select.select([self._sock], [], [], max(timeout, 0.0))
+        except (OSError, ValueError):  # closed while waiting
+            return False
         return bool(readable)
 
     def close(self) -> None:
