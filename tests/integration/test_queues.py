@@ -461,12 +461,14 @@ def test_a_lingering_pull_the_server_leaves_unanswered_ends_soon_after_its_expir
     queue = open_queue("nats", settings, tmp_path, QueueSpec(name=name))
     ready = threading.Event()
     done = threading.Event()
+    requests: list[dict[str, Any]] = []
 
     async def stand_in() -> None:
         nc = await nats.connect(NATS_URL, connect_timeout=3, allow_reconnect=False)
 
         async def answer(msg: Any) -> None:
-            if json.loads(msg.data).get("no_wait"):
+            requests.append(json.loads(msg.data))
+            if requests[-1].get("no_wait"):
                 await nc.publish(msg.reply, b"", headers={"Status": "404"})
 
         await nc.subscribe(subject, cb=answer)
@@ -488,6 +490,13 @@ def test_a_lingering_pull_the_server_leaves_unanswered_ends_soon_after_its_expir
 
         assert not lease
         assert took < 5, f"the lease waited {took:.1f} s for an answer that never came"
+        [lingering] = [r for r in requests if "expires" in r]
+        assert lingering["batch"] == 1 and 0 < lingering["expires"] <= 100_000_000
+
+        # A wait of a few ms (Gamma's while batches are in flight) sends no lingering request.
+        requests.clear()
+        assert not queue.lease(10, wait=0.01)
+        assert requests and all(r.get("no_wait") for r in requests)
     finally:
         done.set()
         server.join(10)

@@ -33,7 +33,8 @@ arrived, so ``lease(100, wait=5)`` on a trickle would take 5 s. ``lease`` here s
 a single message followed by another ``no_wait`` for the rest. The server ends every request
 (status 404/408, or the batch is complete), so no request is left open to capture messages. A
 lingering request whose 408 has not come 50 ms after its expiry is given up on (see
-``_LINGER_GRACE``); what the server still sends it lands in the same inbox for the next pull.
+``_LINGER_GRACE``); what the server still sends it lands in the same inbox for the next pull. A
+wait under 50 ms sends no lingering request at all: ``no_wait`` requests every millisecond.
 
 ``nats`` is imported inside functions (house rule 13): the registry imports this module in every
 process, including those that run on the ``sqlite`` backend.
@@ -94,6 +95,11 @@ _POLL_MAX = 0.1
 #: records/s the pipeline's P50 latency on NATS was 2.6 s. Messages the server still sends to a
 #: request given up on reach the same inbox and are taken by the next pull.
 _LINGER_GRACE = 0.05
+
+#: A lease waiting less than this polls with ``no_wait`` requests every ``_SHORT_POLL`` s
+#: instead of sending one lingering request (Gamma waits 5 ms while batches are in flight).
+_SHORT_WAIT = 0.05
+_SHORT_POLL = 0.001
 
 
 DURABILITY_NOTE = (
@@ -685,7 +691,15 @@ class NatsQueue(Queue):
 
     async def _lease(self, max_messages: int, wait: float) -> list[_Delivery]:
         got = await self._pull(max_messages, None)
-        if not got and wait > 0:
+        if not got and 0 < wait < _SHORT_WAIT:
+            # A request lingering a few ms is the one the server may leave unanswered (see
+            # _LINGER_GRACE): look again with no_wait requests instead, every millisecond or so.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wait
+            while not got and (remaining := deadline - loop.time()) > 0:
+                await asyncio.sleep(min(_SHORT_POLL, remaining))
+                got = await self._pull(max_messages, None)
+        elif not got and wait > 0:
             got = await self._pull(1, wait)
             if got and max_messages > 1:
                 got += await self._pull(max_messages - 1, None)
