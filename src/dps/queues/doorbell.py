@@ -2,7 +2,7 @@
 
 Without them a consumer that finds its queue empty polls it (5 ms doubling to 20 ms), and at a
 steady trickle each hop adds that wait to every record's latency: at 5,000 records/s offered,
-polling was a quarter of the pipeline's median latency and a third of its P99.
+polling was a third of the pipeline's median latency and two fifths of its P99.
 
 How: a consumer that waits binds a Unix datagram socket in Linux's abstract namespace (no file
 to clean up: the name goes when the process does) and records its name in the queue file's
