@@ -31,6 +31,20 @@ from collections.abc import Iterable
 #: Bytes read per ``recv`` while draining; a ring is one byte.
 _DRAIN = 64
 
+#: Whether doorbells exist here (abstract Unix sockets are Linux's).
+AVAILABLE = sys.platform.startswith("linux")
+
+
+def _datagram_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    sock.setblocking(False)
+    return sock
+
+
+def _address(name: str) -> str:
+    """A doorbell's address in the abstract namespace (a leading NUL, no file)."""
+    return "\0" + name
+
 
 class Doorbell:
     """A waiting consumer's socket; ``name`` is what producers send to."""
@@ -53,11 +67,9 @@ class Doorbell:
         A doorbell closed meanwhile (its queue is being closed) returns at once: the caller's
         next look at the queue then meets the closed queue.
         """
-        if self._sock.fileno() < 0:
-            return False
         try:
             readable, _, _ = select.select([self._sock], [], [], max(timeout, 0.0))
-        except (OSError, ValueError):  # closed while waiting
+        except (OSError, ValueError):  # closed before or while waiting (its fd is -1)
             return False
         return bool(readable)
 
@@ -67,13 +79,12 @@ class Doorbell:
 
 def open_doorbell() -> Doorbell | None:
     """A new doorbell for this process, or None where abstract sockets are not available."""
-    if not sys.platform.startswith("linux"):
+    if not AVAILABLE:
         return None
     name = f"dps-queue-{os.getpid()}-{uuid.uuid4().hex[:16]}"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    sock = _datagram_socket()
     try:
-        sock.bind("\0" + name)
-        sock.setblocking(False)
+        sock.bind(_address(name))
     except OSError:
         sock.close()
         return None
@@ -91,10 +102,9 @@ class Ringer:
         gone: list[str] = []
         for name in names:
             if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-                self._sock.setblocking(False)
+                self._sock = _datagram_socket()
             try:
-                self._sock.sendto(b"\x01", "\0" + name)
+                self._sock.sendto(b"\x01", _address(name))
             except (ConnectionRefusedError, FileNotFoundError):
                 gone.append(name)  # no socket of that name: its process has ended
             except OSError:

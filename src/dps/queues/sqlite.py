@@ -48,7 +48,6 @@ import contextlib
 import functools
 import os
 import sqlite3
-import sys
 import threading
 import time
 import uuid
@@ -72,6 +71,7 @@ from dps.queues.base import (
     backend_settings,
     check_queue_name,
 )
+from dps.queues.doorbell import AVAILABLE as doorbells_available
 from dps.queues.doorbell import Doorbell, Ringer, open_doorbell
 
 P = ParamSpec("P")
@@ -866,7 +866,7 @@ class SqliteBackend(QueueBackend):
             "dedupe_window_seconds": self.config.dedupe_window,
             "wake_ups": (
                 "a put wakes the waiting consumers at once (doorbells), polling underneath"
-                if sys.platform.startswith("linux")
+                if doorbells_available
                 else f"polling every {_POLL_FIRST * 1000:g} to {_POLL_MAX * 1000:g} ms"
             ),
             "depths": depths,
