@@ -28,6 +28,7 @@ from tests.integration.pipeline_harness import (
 )
 
 from dps.core.record import decode
+from dps.queues.nats import unpack
 
 pytestmark = [pytest.mark.postgres, pytest.mark.nats]
 
@@ -86,7 +87,7 @@ def names() -> Iterator[tuple[str, str]]:
 
 
 def transform_stream(prefix: str) -> list[bytes]:
-    """Every message in the transform queue's stream, read without consuming them."""
+    """Every record in the transform queue's stream, read without consuming them."""
 
     async def read() -> list[bytes]:
         import nats
@@ -97,7 +98,8 @@ def transform_stream(prefix: str) -> list[bytes]:
         info = await js.stream_info(name)
         bodies = []
         for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            bodies.append((await js.get_msg(name, seq)).data)
+            msg = await js.get_msg(name, seq)
+            bodies += [body for _, body in unpack(msg.headers, msg.data, f"seq {seq}")]
         await nc.close()
         return bodies
 

@@ -340,10 +340,15 @@ def test_depth_counts_visible_and_leased_messages(open_test_queue: OpenQueue) ->
 
 def test_two_consumers_never_get_the_same_message(open_test_queue: OpenQueue) -> None:
     producer = open_test_queue()
+    assert_two_consumers_share_the_work(producer, [open_test_queue(), open_test_queue()])
+
+
+def assert_two_consumers_share_the_work(producer: Queue, consumers: list[Queue]) -> None:
+    """300 messages put in batches of 50, leased 7 at a time by two consumers on threads:
+    both get work, none gets a message the other got, and all are acked."""
     ids = [f"m{i:04d}" for i in range(300)]
     for start in range(0, len(ids), 50):
         put_ids(producer, ids[start : start + 50])
-    consumers = [open_test_queue(), open_test_queue()]
     got: list[list[str]] = [[], []]
     errors: list[BaseException] = []
 

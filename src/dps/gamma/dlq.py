@@ -66,6 +66,7 @@ def stage_queue_opener(config: PipelineConfig, data_dir: Any) -> QueueOpener:
             visibility_timeout=transport.visibility_timeout_seconds,
             max_attempts=SPOOL_MAX_ATTEMPTS if spool else transport.max_attempts,
             consumer=f"{name}-workers",
+            pack=not spool,
         )
         return open_queue(transport.backend, transport.backend_settings(), data_dir, spec)
 

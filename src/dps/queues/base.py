@@ -23,6 +23,9 @@ checks each of them on each backend):
   redelivers rather than loses.
 - ``depth`` counts messages not yet acked (visible or leased).
 
+A backend may pack the records of a queue opened with ``QueueSpec.pack`` into fewer server
+messages; its records then share their message's fate (``nats``: ``docs/queues.md``, *Frames*).
+
 Queues are used from one thread at a time per instance; each process opens its own instance.
 """
 
@@ -86,6 +89,9 @@ class QueueSpec:
     max_attempts: int = 5
     dead_letter: DeadLetterSink | None = None
     consumer: str = field(default="workers")
+    #: Let the backend pack the records of a put into few server messages (frames) whose
+    #: records share their fate (see ``docs/queues.md``, *Frames*); the stage queues do.
+    pack: bool = False
 
 
 class Queue(abc.ABC):

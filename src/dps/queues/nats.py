@@ -14,6 +14,12 @@ Mapping of the queue contract (``dps.queues.base``) onto JetStream:
   with the same rules as the ``sqlite`` backend (the server would otherwise drop the message
   silently instead of giving it to the stage's DLQ).
 - ack waits for the server's confirmation (``ack_sync``), so a returned ``ack`` is recorded.
+- frames: a queue opened with ``QueueSpec.pack`` (the stage queues) publishes up to
+  ``records_per_message`` records per message, on ``<subject>.<records>``: the server's and
+  nats-py's work is per message, so per frame. Records of a frame share its server message:
+  it is acked once all of them are settled, and the put is idempotent per batch (a frame's id
+  hashes its record ids). Depth counts records from the per-subject counts. See
+  ``docs/queues.md``, *Frames*.
 
 Durability: JetStream writes each message to its file store before the PubAck, but fsyncs
 lazily, every ``sync_interval`` (two minutes by default), unless the server runs with
@@ -45,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import hashlib
 import itertools
 import json
 import logging
@@ -58,6 +65,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import msgspec
 from pydantic import BaseModel, ConfigDict, Field
 
 from dps.core.errors import ConfigError, DpsError, QueueFullError, TransientError
@@ -141,6 +149,15 @@ class NatsQueueSettings(BaseModel):
     )
     replicas: int = Field(
         default=1, ge=1, le=5, description="Stream replicas (JetStream clustering)."
+    )
+    records_per_message: int = Field(
+        default=500,
+        ge=1,
+        le=10_000,
+        description=(
+            "Records packed into one message on the stage queues (transform, delivery); 1 "
+            "publishes one message per record. See docs/queues.md, Frames."
+        ),
     )
     monitor_url: str | None = Field(
         default=None,
@@ -252,12 +269,94 @@ class _Publishing:
             self.done.set_result(None)
 
 
+#: Headers of a packed message (a *frame*, see ``docs/queues.md``): how many records it holds;
+#: for a frame republished by a partial nack, the delivery attempts its records had already
+#: made and the Unix time before which it is not handed out.
+H_RECORDS = "Dps-Records"
+H_ATTEMPTS = "Dps-Attempts"
+H_VISIBLE_AT = "Dps-Visible-At"
+
+#: A frame's payload stays under this size (nats-server's default ``max_payload`` is 1 MiB); a
+#: record larger than it travels alone in its frame.
+FRAME_BYTES = 512 * 1024
+
+_Pairs = list[tuple[str, bytes]]
+_frame_encoder = msgspec.msgpack.Encoder()
+_frame_decoder = msgspec.msgpack.Decoder(list[tuple[str, bytes]])
+
+
+def frame_id(ids: Sequence[str], salt: str = "") -> str:
+    """The ``Nats-Msg-Id`` of a frame: a hash of its record ids in order (and of ``salt``), so
+    that a put retried with the same batch publishes frames the server drops as duplicates."""
+    text = salt + "\x00\x00" + "\x00".join(ids) if salt else "\x00".join(ids)
+    return "frame-" + hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def unpack(headers: dict[str, str] | None, data: bytes, msg_id: str) -> _Pairs:
+    """The ``(msg_id, body)`` records of a stream message: a frame's, or the plain message
+    itself (``msg_id`` is then its id)."""
+    if headers and H_RECORDS in headers:
+        return _frame_decoder.decode(data)
+    return [(msg_id, data)]
+
+
+def cut_frames(pairs: _Pairs, most: int, max_bytes: int = FRAME_BYTES) -> list[_Pairs]:
+    """Cut a batch into frames of at most ``most`` records and about ``max_bytes`` bytes, in
+    order; the same batch is always cut the same way."""
+    frames: list[_Pairs] = []
+    current: _Pairs = []
+    size = 0
+    for pair in pairs:
+        n = len(pair[0]) + len(pair[1]) + 8
+        if current and (len(current) >= most or size + n > max_bytes):
+            frames.append(current)
+            current, size = [], 0
+        current.append(pair)
+        size += n
+    if current:
+        frames.append(current)
+    return frames
+
+
+@dataclass(slots=True, eq=False)
+class _Frame:
+    """One server message as leased: a frame of packed records, or one plain record.
+
+    Its records share one server message, so they share its fate: the message is acked (or
+    nacked) on the server once every record of it handed out is settled.
+    """
+
+    msg: Any
+    key: str
+    arrived: float
+    expires: float
+    attempts: int
+    size: int
+    #: Records not handed out yet (a frame larger than the lease that took it).
+    rest: _Pairs
+    outstanding: int
+    acked: int = 0
+    #: Records nacked, with their delay: republished, or the whole message nacked.
+    redo: list[tuple[str, bytes, float]] = field(default_factory=list)
+    #: Settled after its lease ran out: left to the server, which redelivers it.
+    abandoned: bool = False
+
+    def settle(self, *, acked: bool) -> bool:
+        """Count one of its records settled (acked or dead-lettered, else nacked or given up);
+        True when it was the last one outstanding."""
+        if acked:
+            self.acked += 1
+        self.outstanding -= 1
+        return self.outstanding == 0
+
+
 @dataclass(slots=True)
 class _Handle:
-    """What a lease remembers: the server message of each id and when its lease runs out."""
+    """What a lease remembers: the frame of each message id, and which ids are settled."""
 
-    msgs: dict[str, Any] = field(default_factory=dict)
-    expires: dict[str, float] = field(default_factory=dict)
+    frames: dict[str, _Frame] = field(default_factory=dict)
+    messages: dict[str, Message] = field(default_factory=dict)
+    settled: set[str] = field(default_factory=set)
 
 
 @register("queues", "nats")
@@ -499,6 +598,12 @@ class NatsQueue(Queue):
         # The server starts ack_wait when it sends; we see the message a little later. Treat
         # a lease as over a bit early so that we never nack a message someone else now holds.
         self._lease_span = spec.visibility_timeout - min(1.0, spec.visibility_timeout * 0.1)
+        #: Records per published message: frames on a queue opened with ``pack``.
+        self._per_message = self._config.records_per_message if spec.pack else 1
+        #: The largest frame leased so far (0: none yet), to size pull requests.
+        self._largest = 0
+        #: Frames larger than the lease that took them: their other records, for the next.
+        self._carry: list[_Frame] = []
 
     def _call(self, coro: Coroutine[Any, Any, T], what: str, extra: float = 0.0) -> T:
         if self._closed:
@@ -523,7 +628,8 @@ class NatsQueue(Queue):
         js = self._backend.js
         stream = StreamConfig(
             name=self.stream,
-            subjects=[self.subject],
+            # Plain messages on the subject, frames on <subject>.<records>.
+            subjects=[self.subject, f"{self.subject}.*"],
             retention=RetentionPolicy.WORK_QUEUE,
             max_msgs=self.spec.capacity,
             discard=DiscardPolicy.NEW,
@@ -583,36 +689,70 @@ class NatsQueue(Queue):
 
         Room is checked before publishing so that a batch is normally stored whole; a stream
         filled meanwhile by another producer refuses part of it, and the whole batch is retried
-        (the duplicate window drops the part already stored).
+        (the duplicate window drops the part already stored). A queue opened with ``pack``
+        publishes the batch as frames of up to ``records_per_message`` records.
         """
-        batch = list(messages)
-        if not batch:
+        if self._per_message > 1:
+            unique: dict[str, bytes] = {}
+            for msg_id, body in messages:
+                unique.setdefault(msg_id, body)
+            count = len(unique)
+            items = self._frames(list(unique.items()))
+        else:
+            batch = list(messages)
+            count = len(batch)
+            headers = {"Nats-Expected-Stream": self.stream}
+            items = [(self.subject, body, {**headers, "Nats-Msg-Id": i}) for i, body in batch]
+        if not items:
             return
         capacity = self.spec.capacity
-        if len(batch) > capacity:
+        if count > capacity:
             raise QueueFullError(
-                f"Queue {self.spec.name!r}: a batch of {len(batch)} messages can never fit its "
+                f"Queue {self.spec.name!r}: a batch of {count} messages can never fit its "
                 f"capacity of {capacity}; put smaller batches."
             )
         deadline = None if timeout is None else time.monotonic() + timeout
         step = _POLL_FIRST
         while True:
-            if self.depth() + len(batch) <= capacity:
-                refused = self._call(self._publish(batch), f"put {len(batch)} messages")
+            if self.depth() + count <= capacity:
+                refused = self._call(self._publish(items), f"put {count} messages")
                 if not refused:
                     return
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise QueueFullError(
                     f"Queue {self.spec.name!r} is full ({capacity} messages) and no room was "
-                    f"made within {timeout:g} s; the batch of {len(batch)} was not added."
+                    f"made within {timeout:g} s; the batch of {count} was not added."
                 )
             time.sleep(step if remaining is None else min(step, remaining))
             step = min(step * 2, _POLL_MAX)
 
-    async def _publish(self, batch: list[tuple[str, bytes]]) -> int:
-        """Publish without waiting in between, then wait for every PubAck; return how many the
-        stream refused for being full.
+    def _frames(
+        self,
+        pairs: _Pairs,
+        *,
+        salt: str = "",
+        attempts: int = 0,
+        visible_at: float | None = None,
+    ) -> list[tuple[str, bytes, dict[str, str]]]:
+        """The publishes of a packed batch: one per frame, on ``<subject>.<records>``."""
+        out = []
+        for frame in cut_frames(pairs, self._per_message):
+            headers = {
+                "Nats-Msg-Id": frame_id([msg_id for msg_id, _ in frame], salt),
+                "Nats-Expected-Stream": self.stream,
+                H_RECORDS: str(len(frame)),
+            }
+            if attempts:
+                headers[H_ATTEMPTS] = str(attempts)
+            if visible_at is not None:
+                headers[H_VISIBLE_AT] = f"{visible_at:.3f}"
+            out.append((f"{self.subject}.{len(frame)}", _frame_encoder.encode(frame), headers))
+        return out
+
+    async def _publish(self, items: list[tuple[str, bytes, dict[str, str]]]) -> int:
+        """Publish ``(subject, payload, headers)`` without waiting in between, then wait for
+        every PubAck; return how many the stream refused for being full.
 
         Plain publishes with a reply subject on this queue's own inbox rather than nats-py's
         ``publish_async``: that one makes a task, a future, a random token and a parsed PubAck
@@ -622,24 +762,19 @@ class NatsQueue(Queue):
         nc = self._backend.nc
         publishing = _Publishing(
             f"{self._acks}.{next(self._puts)}.",
-            len(batch),
+            len(items),
             asyncio.get_running_loop().create_future(),
         )
         self._publishing = publishing
         try:
-            for n, (msg_id, body) in enumerate(batch):
-                await nc.publish(
-                    self.subject,
-                    body,
-                    reply=f"{publishing.tag}{n}",
-                    headers={"Nats-Msg-Id": msg_id, "Nats-Expected-Stream": self.stream},
-                )
+            for n, (subject, payload, headers) in enumerate(items):
+                await nc.publish(subject, payload, reply=f"{publishing.tag}{n}", headers=headers)
             await asyncio.wait_for(publishing.done, self._config.request_timeout)
         finally:
             self._publishing = None
         if publishing.errors:
             raise TransientError(
-                f"NATS at {self._backend.url} refused {len(publishing.errors)} of {len(batch)} "
+                f"NATS at {self._backend.url} refused {len(publishing.errors)} of {len(items)} "
                 f"messages put into stream {self.stream}: {publishing.errors[0]}."
             )
         return publishing.refused
@@ -650,44 +785,141 @@ class NatsQueue(Queue):
         """Take up to ``max_messages`` messages, waiting up to ``wait`` s for the first.
 
         Messages delivered more than ``max_attempts`` times go to the dead-letter sink with
-        reason ``max_attempts_exceeded`` and are removed instead of handed out.
+        reason ``max_attempts_exceeded`` and are removed instead of handed out. A frame is
+        handed out whole, or split when it alone is larger than ``max_messages``: its other
+        records are kept for the next lease, under the same server lease.
         """
         if max_messages < 1:
             raise ValueError(f"max_messages is {max_messages}; expected at least 1.")
         deadline = time.monotonic() + max(wait, 0.0)
-        while True:
-            remaining = max(deadline - time.monotonic(), 0.0)
+        handle = _Handle()
+        out: list[Message] = []
+        finished: list[_Frame] = []
+        room = self._from_carry(handle, out, max_messages, finished)
+        while room > 0:
+            remaining = 0.0 if out else max(deadline - time.monotonic(), 0.0)
+            # Until a frame was seen, ask for one: the size of the next ones is not known.
+            wanted = -(-room // self._largest) if self._largest else 1
             deliveries = self._call(
-                self._lease(max_messages, remaining),
+                self._lease(wanted, remaining),
                 "lease messages",
                 extra=remaining + 2 * self._config.request_timeout,
             )
-            lease, dead = self._build_lease(deliveries)
-            if lease or not dead or time.monotonic() >= deadline:
-                return lease
+            for frame in self._accept(deliveries):
+                room = self._hand_out(frame, handle, out, room, finished)
+            if not deliveries or (out and len(deliveries) < wanted):
+                break  # the queue has nothing more for now
+            if not out and time.monotonic() >= deadline:
+                break  # all that came was dead-lettered or held back, and the wait is over
+        if finished:
+            self._finish(finished)
+        return Lease(messages=out, handle=handle)
 
-    def _build_lease(self, deliveries: list[_Delivery]) -> tuple[Lease, int]:
-        handle = _Handle()
-        messages: dict[str, Message] = {}
-        over: list[tuple[Message, Any]] = []
+    def _from_carry(
+        self, handle: _Handle, out: list[Message], room: int, finished: list[_Frame]
+    ) -> int:
+        """Hand out the records kept from a frame larger than an earlier lease."""
+        carried, self._carry = self._carry, []
+        oldest = time.monotonic() - self.spec.visibility_timeout / 2
+        for frame in carried:
+            if frame.arrived < oldest:
+                continue  # too close to its lease's end: the server will redeliver it
+            if room > 0:
+                room = self._hand_out(frame, handle, out, room, finished)
+            else:
+                self._carry.append(frame)
+        return room
+
+    def _accept(self, deliveries: list[_Delivery]) -> list[_Frame]:
+        """Frames of the deliveries, newest delivery of each; dead-letter the spent ones and
+        send back the ones not visible yet."""
+        newest: dict[str, tuple[_Delivery, int]] = {}
         for delivery in deliveries:
             msg = delivery.msg
             headers = msg.headers or {}
-            msg_id = headers.get("Nats-Msg-Id") or f"{self.stream}:{msg.metadata.sequence.stream}"
-            attempts = _delivered(msg)
-            message = Message(msg_id=msg_id, body=msg.data, attempts=attempts)
+            key = headers.get("Nats-Msg-Id") or f"{self.stream}:{msg.metadata.sequence.stream}"
+            delivered = _delivered(msg)
+            known = newest.get(key)
+            if known is None or known[1] < delivered:
+                newest[key] = (delivery, delivered)
+        frames: list[_Frame] = []
+        over: list[_Frame] = []
+        held: list[tuple[Any, float]] = []
+        now = time.time()
+        for key, (delivery, delivered) in newest.items():
+            msg = delivery.msg
+            headers = msg.headers or {}
+            records = unpack(headers, msg.data, key)
+            if H_RECORDS in headers:
+                attempts = int(headers.get(H_ATTEMPTS, 0)) + delivered
+                visible_at = headers.get(H_VISIBLE_AT)
+                if visible_at is not None:
+                    delay = float(visible_at) - now
+                    if delay > 0.001:
+                        held.append((msg, delay))
+                        continue
+                    # Likely delivered once before its time and sent back: not an attempt.
+                    attempts -= min(1, delivered - 1)
+            else:
+                attempts = delivered
+            self._largest = max(self._largest, len(records))
+            frame = _Frame(
+                msg,
+                key,
+                delivery.arrived,
+                delivery.arrived + self._lease_span,
+                attempts,
+                len(records),
+                records,
+                len(records),
+            )
             if self.spec.dead_letter is not None and attempts > self.spec.max_attempts:
-                over.append((message, msg))
-                continue
-            known = messages.get(msg_id)
-            if known is not None and known.attempts >= attempts:
-                continue  # an older delivery of the same message; keep the newest
-            messages[msg_id] = message
-            handle.msgs[msg_id] = msg
-            handle.expires[msg_id] = delivery.arrived + self._lease_span
+                over.append(frame)
+            else:
+                frames.append(frame)
+        if held:
+            self._call(self._nak([(msg, delay) for msg, delay in held]), "hold back messages")
         if over:
-            self._dead_letter(over, REASON_MAX_ATTEMPTS)
-        return Lease(messages=list(messages.values()), handle=handle), len(over)
+            spent = [
+                Message(msg_id=msg_id, body=body, attempts=frame.attempts)
+                for frame in over
+                for msg_id, body in frame.rest
+            ]
+            self._dead_letter(spent, [frame.msg for frame in over], REASON_MAX_ATTEMPTS)
+        return frames
+
+    def _hand_out(
+        self,
+        frame: _Frame,
+        handle: _Handle,
+        out: list[Message],
+        room: int,
+        finished: list[_Frame],
+    ) -> int:
+        """Add the frame's records to the lease, up to ``room``; keep the rest for the next.
+
+        Returns the room left: none once a frame is kept, so that the next lease starts with
+        it and the order holds.
+        """
+        if self._carry or (out and len(frame.rest) > room):
+            self._carry.append(frame)  # whole, for the next lease
+            return 0
+        take, frame.rest = frame.rest[:room], frame.rest[room:]
+        for msg_id, body in take:
+            if msg_id in handle.frames:
+                # The same record twice in one lease (two puts that overlapped): one copy is
+                # handed out and the other is settled with it.
+                if frame.settle(acked=True):
+                    finished.append(frame)
+                continue
+            handle.frames[msg_id] = frame
+            message = Message(msg_id=msg_id, body=body, attempts=frame.attempts)
+            handle.messages[msg_id] = message
+            out.append(message)
+        if frame.rest:
+            self._carry.append(frame)
+            return 0
+        return room - len(take)
 
     async def _lease(self, max_messages: int, wait: float) -> list[_Delivery]:
         got = await self._pull(max_messages, None)
@@ -758,22 +990,102 @@ class NatsQueue(Queue):
         handle = lease.handle
         if not isinstance(handle, _Handle):
             raise ValueError("This lease was not handed out by a NATS queue.")
-        ids = list(handle.msgs) if msg_ids is None else list(msg_ids)
-        unknown = [msg_id for msg_id in ids if msg_id not in handle.msgs]
+        ids = list(handle.frames) if msg_ids is None else list(msg_ids)
+        unknown = [msg_id for msg_id in ids if msg_id not in handle.frames]
         if unknown:
             raise ValueError(f"Message ids {unknown[:5]} are not part of this lease.")
-        return handle, ids
+        return handle, [msg_id for msg_id in ids if msg_id not in handle.settled]
 
     def ack(self, lease: Lease, msg_ids: Sequence[str] | None = None) -> None:
         """Acknowledge and wait for the server's confirmation; the stream then drops them.
 
         Unlike the sqlite backend, an ack after the lease expired still removes the message
         (the server does not tell deliveries apart): the work was done, so at worst the new
-        holder repeats it, which at-least-once allows.
+        holder repeats it, which at-least-once allows. A frame is acked once all its records
+        are settled.
         """
         handle, ids = self._chosen(lease, msg_ids)
-        if ids:
-            self._call(self._ack([handle.msgs[i] for i in ids]), f"ack {len(ids)} messages")
+        finished: list[_Frame] = []
+        for msg_id in ids:
+            handle.settled.add(msg_id)
+            frame = handle.frames[msg_id]
+            if frame.settle(acked=True):
+                finished.append(frame)
+        if finished:
+            self._finish(finished)
+
+    def nack(
+        self, lease: Lease, msg_ids: Sequence[str] | None = None, *, reason: str, delay: float = 0.0
+    ) -> list[Message]:
+        """Ask for redelivery after ``delay`` s; dead-letter messages out of attempts.
+
+        Messages whose lease has already run out are left alone: the server redelivers them
+        anyway, maybe already to another consumer, which a nack must not disturb.
+        """
+        handle, ids = self._chosen(lease, msg_ids)
+        now = time.monotonic()
+        finished: list[_Frame] = []
+        over: list[Message] = []
+        for msg_id in ids:
+            frame = handle.frames[msg_id]
+            message = handle.messages[msg_id]
+            if frame.expires <= now:
+                frame.abandoned = True
+            elif self.spec.dead_letter is not None and frame.attempts >= self.spec.max_attempts:
+                over.append(message)
+                continue  # settled once the sink has it
+            else:
+                frame.redo.append((msg_id, message.body, delay))
+            handle.settled.add(msg_id)
+            if frame.settle(acked=False):
+                finished.append(frame)
+        if over:
+            self._sink(over, reason)
+            for message in over:
+                handle.settled.add(message.msg_id)
+                frame = handle.frames[message.msg_id]
+                if frame.settle(acked=True):
+                    finished.append(frame)
+        if finished:
+            self._finish(finished)
+        return over
+
+    def _finish(self, frames: list[_Frame]) -> None:
+        """Settle fully settled frames on the server: ack them; nack a frame whose records were
+        all nacked with one delay; otherwise republish its nacked records, then ack it."""
+        acks: list[Any] = []
+        naks: list[tuple[Any, float]] = []
+        again: list[tuple[str, bytes, dict[str, str]]] = []
+        for frame in frames:
+            if frame.abandoned:
+                continue
+            delays = {delay for _, _, delay in frame.redo}
+            if not frame.redo:
+                acks.append(frame.msg)
+            elif frame.acked == 0 and len(frame.redo) == frame.size and len(delays) == 1:
+                naks.append((frame.msg, delays.pop()))
+            else:
+                for delay in sorted(delays):
+                    pairs = [(i, body) for i, body, d in frame.redo if d == delay]
+                    again += self._frames(
+                        pairs,
+                        salt=f"{frame.key}/{frame.attempts}/{delay:g}",
+                        attempts=frame.attempts,
+                        visible_at=time.time() + delay if delay > 0 else None,
+                    )
+                acks.append(frame.msg)
+        refused = 0
+        if again:
+            refused = self._call(self._publish(again), f"republish {len(again)} nacked frames")
+        if refused:
+            raise TransientError(
+                f"Queue {self.spec.name!r} is full: the nacked part of a frame could not be "
+                "published again; the frame is redelivered when its lease runs out."
+            )
+        if naks:
+            self._call(self._nak(naks), f"nack {len(naks)} messages")
+        if acks:
+            self._call(self._ack(acks), f"ack {len(acks)} messages")
 
     async def _ack(self, msgs: list[Any]) -> None:
         """Ack every message, confirmed by the server once for the batch.
@@ -795,49 +1107,23 @@ class NatsQueue(Queue):
         with contextlib.suppress(MsgAlreadyAckdError):
             await msgs[-1].ack_sync(timeout=self._config.request_timeout)
 
-    def nack(
-        self, lease: Lease, msg_ids: Sequence[str] | None = None, *, reason: str, delay: float = 0.0
-    ) -> list[Message]:
-        """Ask for redelivery after ``delay`` s; dead-letter messages out of attempts.
-
-        Messages whose lease has already run out are left alone: the server redelivers them
-        anyway, maybe already to another consumer, which a nack must not disturb.
-        """
-        handle, ids = self._chosen(lease, msg_ids)
-        now = time.monotonic()
-        redeliver: list[Any] = []
-        over: list[tuple[Message, Any]] = []
-        for msg_id in ids:
-            if handle.expires[msg_id] <= now:
-                continue
-            msg = handle.msgs[msg_id]
-            attempts = _delivered(msg)
-            if self.spec.dead_letter is not None and attempts >= self.spec.max_attempts:
-                over.append((Message(msg_id=msg_id, body=msg.data, attempts=attempts), msg))
-            else:
-                redeliver.append(msg)
-        if redeliver:
-            self._call(self._nak(redeliver, delay), f"nack {len(redeliver)} messages")
-        if over:
-            self._dead_letter(over, reason)
-        return [message for message, _ in over]
-
-    async def _nak(self, msgs: list[Any], delay: float) -> None:
-        for msg in msgs:
+    async def _nak(self, msgs: list[tuple[Any, float]]) -> None:
+        for msg, delay in msgs:
             await msg.nak(delay=delay if delay > 0 else None)
         # A nak gets no reply; the flush round trip makes sure the server has them all before
         # nack returns, so a lease right after sees the redelivery.
         await self._backend.nc.flush(timeout=int(max(self._config.request_timeout, 1)))
 
-    def _dead_letter(self, over: list[tuple[Message, Any]], reason: str) -> None:
-        """Hand spent messages to the sink first, then ack them away (a crash between redelivers).
-
-        The sink runs in the caller's thread, not on the event loop.
-        """
+    def _sink(self, messages: list[Message], reason: str) -> None:
+        """Hand spent messages to the dead-letter sink (in the caller's thread)."""
         sink = self.spec.dead_letter
         assert sink is not None
-        sink([message for message, _ in over], reason)
-        self._call(self._ack([msg for _, msg in over]), f"remove {len(over)} dead-lettered")
+        sink(messages, reason)
+
+    def _dead_letter(self, messages: list[Message], msgs: list[Any], reason: str) -> None:
+        """Hand spent messages to the sink, then ack them away (a crash between redelivers)."""
+        self._sink(messages, reason)
+        self._call(self._ack(msgs), f"remove {len(msgs)} dead-lettered")
 
     # --------------------------------------------------------------- other
 
@@ -846,8 +1132,15 @@ class NatsQueue(Queue):
         return self._call(self._depth(), "read the queue depth")
 
     async def _depth(self) -> int:
-        info = await self._backend.js.stream_info(self.stream)
-        return int(info.state.messages)
+        """Records in the stream: a frame is published on ``<subject>.<records>``, and the
+        server counts the messages of each subject."""
+        info = await self._backend.js.stream_info(self.stream, subjects_filter=f"{self.subject}.*")
+        depth = int(info.state.messages)
+        for subject, count in (info.state.subjects or {}).items():
+            records = subject.rpartition(".")[2]
+            if records.isdigit():
+                depth += (int(records) - 1) * count
+        return depth
 
     def close(self) -> None:
         """Stop this instance's subscription; the last queue closed closes the connection.

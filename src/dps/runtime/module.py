@@ -126,6 +126,7 @@ class ModuleHost:
             max_attempts=transport.max_attempts,
             dead_letter=dead_letter,
             consumer=f"{name}-workers",
+            pack=True,
         )
         queue = open_queue(transport.backend, transport.backend_settings(), self.data_dir, spec)
         self._queues.append(queue)
