@@ -21,8 +21,18 @@ VISIBILITY_TIMEOUT = 2.0
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
     if args.backend == "nats":
-        return {"url": args.nats_url, "stream_prefix": args.stream_prefix}
+        return {
+            "url": args.nats_url,
+            "stream_prefix": args.stream_prefix,
+            "records_per_message": max(1, args.pack),
+        }
     return {}
+
+
+def queue_spec(args: argparse.Namespace) -> QueueSpec:
+    return QueueSpec(
+        name=args.name, visibility_timeout=VISIBILITY_TIMEOUT, max_attempts=100, pack=args.pack > 1
+    )
 
 
 def msg_id(number: int) -> str:
@@ -37,7 +47,7 @@ def append_lines(handle: Any, lines: list[str]) -> None:
 
 def produce(args: argparse.Namespace) -> None:
     """Put ``count`` messages in batches, from the start: idempotent put makes a rerun safe."""
-    spec = QueueSpec(name=args.name, visibility_timeout=VISIBILITY_TIMEOUT, max_attempts=100)
+    spec = queue_spec(args)
     with (
         open_queue(args.backend, settings(args), Path(args.data_dir), spec) as queue,
         open(args.progress or os.devnull, "a") as progress,
@@ -56,7 +66,7 @@ def consume(args: argparse.Namespace) -> None:
     With ``--hang-after K`` it stops between logging the K-th batch as leased and acking it, and
     touches ``--hang-file``: the test kills it there, in the middle of a batch.
     """
-    spec = QueueSpec(name=args.name, visibility_timeout=VISIBILITY_TIMEOUT, max_attempts=100)
+    spec = queue_spec(args)
     done = Path(args.done_file)
     batches = 0
     with (
@@ -96,6 +106,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--done-file", default="")
     parser.add_argument("--hang-after", type=int, default=0)
     parser.add_argument("--hang-file", default="")
+    parser.add_argument("--pack", type=int, default=0, help="records per frame (nats)")
     args = parser.parse_args(argv)
     if args.role == "produce":
         produce(args)

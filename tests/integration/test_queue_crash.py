@@ -1,6 +1,7 @@
 """kill -9 of a producer and of a consumer loses no message and redelivers none after its ack.
 
-On each backend: a producer process (``queue_worker.py produce``) puts 3000 messages in batches
+On each backend, and on NATS with frames of 25 records (``pack``, as the stage queues): a
+producer process (``queue_worker.py produce``) puts 3000 messages in batches
 of 100 and is SIGKILLed part-way, then restarted from the first batch (idempotent put makes the
 replay safe). A consumer process logs ``leased <id>`` lines, acks, logs ``acked <id>`` lines
 (flush + fsync each time) and is SIGKILLed in the middle of a batch: after logging it as leased,
@@ -36,7 +37,10 @@ LINE = re.compile(r"(leased|acked) (m\d{5})\n")
 BACKENDS = [
     pytest.param("sqlite", id="sqlite"),
     pytest.param("nats", id="nats", marks=pytest.mark.nats),
+    # The stage queues' frames: 25 records a message, two whole frames a lease.
+    pytest.param("nats-packed", id="nats-packed", marks=pytest.mark.nats),
 ]
+PACK = "25"
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -90,7 +94,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 def queue_name(backend: str) -> Iterator[str]:
     name = f"crash{uuid.uuid4().hex[:10]}"
     yield name
-    if backend == "nats":
+    if backend.startswith("nats"):
         delete_nats_stream(name)
 
 
@@ -101,7 +105,10 @@ def test_kill_9_loses_nothing_and_redelivers_nothing_after_ack(
     processes: list[subprocess.Popen[bytes]] = []
 
     def start(role: str, *extra: str) -> subprocess.Popen[bytes]:
-        command = [sys.executable, str(WORKER), role, "--backend", backend, "--name", queue_name]
+        server = backend.removesuffix("-packed")
+        command = [sys.executable, str(WORKER), role, "--backend", server, "--name", queue_name]
+        if backend.endswith("-packed"):
+            command += ["--pack", PACK]
         command += ["--data-dir", str(tmp_path), "--nats-url", NATS_URL]
         command += ["--stream-prefix", STREAM_PREFIX, "--count", str(COUNT), *extra]
         process = subprocess.Popen(command, stderr=subprocess.PIPE)
@@ -166,6 +173,7 @@ def test_kill_9_loses_nothing_and_redelivers_nothing_after_ack(
     # The batch the consumer died in came back to the restarted consumer.
     assert {msg_id for verb, msg_id in first_run[-50:] if verb == "leased"} <= acked
 
-    settings = {"url": NATS_URL, "stream_prefix": STREAM_PREFIX} if backend == "nats" else {}
-    with open_queue(backend, settings, tmp_path, QueueSpec(name=queue_name)) as queue:
+    server = backend.removesuffix("-packed")
+    settings = {"url": NATS_URL, "stream_prefix": STREAM_PREFIX} if server == "nats" else {}
+    with open_queue(server, settings, tmp_path, QueueSpec(name=queue_name)) as queue:
         assert queue.depth() == 0
