@@ -294,9 +294,16 @@ def frame_id(ids: Sequence[str], salt: str = "") -> str:
 
 def unpack(headers: dict[str, str] | None, data: bytes, msg_id: str) -> _Pairs:
     """The ``(msg_id, body)`` records of a stream message: a frame's, or the plain message
-    itself (``msg_id`` is then its id)."""
+    itself (``msg_id`` is then its id).
+
+    A frame that does not decode is handed on as one message, its bytes as they are: the
+    stage that decodes it then dead-letters it with its reason, so nothing is lost or stuck.
+    """
     if headers and H_RECORDS in headers:
-        return _frame_decoder.decode(data)
+        try:
+            return _frame_decoder.decode(data)
+        except msgspec.DecodeError:
+            log.warning("A NATS frame did not decode; handed on whole.", extra={"id": msg_id})
     return [(msg_id, data)]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dps.queues.nats import cut_frames, frame_id
+from dps.queues.nats import H_RECORDS, _frame_encoder, cut_frames, frame_id, unpack
 
 
 def pairs(n: int, size: int = 10) -> list[tuple[str, bytes]]:
@@ -34,3 +34,13 @@ def test_a_frame_id_depends_on_the_ids_their_order_and_the_salt() -> None:
     assert frame_id(["a"]) != frame_id(["a"], salt="frame-x/1/0")
     assert frame_id(["a"], salt="s") == frame_id(["a"], salt="s")
     assert frame_id(["a"]).startswith("frame-")
+
+
+def test_unpack_reads_frames_and_plain_messages_and_hands_on_a_broken_frame_whole() -> None:
+    frame = _frame_encoder.encode([("a", b"1"), ("b", b"2")])
+    assert unpack({H_RECORDS: "2"}, frame, "frame-x") == [("a", b"1"), ("b", b"2")]
+    assert unpack({"Nats-Msg-Id": "p"}, b"plain", "p") == [("p", b"plain")]
+    assert unpack(None, b"plain", "p") == [("p", b"plain")]
+    assert unpack({H_RECORDS: "2"}, b"\xc1 not msgpack", "frame-y") == [
+        ("frame-y", b"\xc1 not msgpack")
+    ]
