@@ -175,8 +175,15 @@ def test_lease_hides_messages_until_the_visibility_timeout(open_test_queue: Open
     # The consumer "died": after the visibility timeout the messages come back, one attempt more.
     again = queue.lease(10, wait=5)
     assert time.monotonic() - leased_at >= 0.8
-    assert [(m.msg_id, m.attempts) for m in again.messages] == [("a", 2), ("b", 2)]
+    back = [(m.msg_id, m.attempts) for m in again.messages]
     queue.ack(again)
+    if len(back) == 1:
+        # NATS redelivers each message when its own ack wait ends: on a busy host the second
+        # can come a moment after the lease that got the first returned.
+        rest = queue.lease(10, wait=2)
+        back += [(m.msg_id, m.attempts) for m in rest.messages]
+        queue.ack(rest)
+    assert back == [("a", 2), ("b", 2)]
     assert queue.depth() == 0
 
 
