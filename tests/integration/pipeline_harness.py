@@ -59,6 +59,23 @@ def make_scale_out(config_dir: Path, schema: str, stream_prefix: str) -> None:
     warehouse.write_text(text)
 
 
+def delete_streams(prefix: str) -> None:
+    """Delete the NATS streams whose names start with ``prefix`` (a test's queues)."""
+    import asyncio
+
+    import nats
+
+    async def main() -> None:
+        nc = await nats.connect(NATS_URL)
+        js = nc.jetstream()
+        for info in await js.streams_info():
+            if info.config.name.startswith(prefix):
+                await js.delete_stream(info.config.name)
+        await nc.close()
+
+    asyncio.run(main())
+
+
 @dataclass
 class RunningPipeline:
     """A ``dps run`` subprocess and where to reach its modules."""

@@ -22,6 +22,7 @@ import pytest
 from tests.integration.pipeline_harness import (
     NATS_URL,
     PG_DSN,
+    delete_streams,
     free_port_base,
     start_module,
     wait_until,
@@ -73,17 +74,7 @@ def names() -> Iterator[tuple[str, str]]:
     with psycopg.connect(PG_DSN, autocommit=True) as conn:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
-    async def delete_streams() -> None:
-        import nats
-
-        nc = await nats.connect(NATS_URL)
-        js = nc.jetstream()
-        for info in await js.streams_info():
-            if info.config.name.startswith(prefix):
-                await js.delete_stream(info.config.name)
-        await nc.close()
-
-    asyncio.run(delete_streams())
+    delete_streams(prefix)
 
 
 def transform_stream(prefix: str) -> list[bytes]:

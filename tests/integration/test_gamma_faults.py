@@ -35,6 +35,7 @@ from tests.integration.pipeline_harness import (
     PG_DSN,
     RunningPipeline,
     copy_quickstart,
+    delete_streams,
     dps,
     start_pipeline,
     wait_until,
@@ -351,22 +352,6 @@ def pg_ids(table: str, column: str = "event_id") -> set[str]:
     return {r[0] for r in rows}
 
 
-def _delete_streams(prefix: str) -> None:
-    import asyncio
-
-    import nats
-
-    async def main() -> None:
-        nc = await nats.connect(NATS_URL)
-        js = nc.jetstream()
-        for info in await js.streams_info():
-            if info.config.name.startswith(prefix):
-                await js.delete_stream(info.config.name)
-        await nc.close()
-
-    asyncio.run(main())
-
-
 # -- a destination down for a while, then back --------------------------------------------------
 
 
@@ -456,7 +441,7 @@ def test_a_destination_down_for_a_while_loses_nothing_and_stalls_no_other(
         run.stop()
         api.stop()
         if backend == "scale_out":
-            _delete_streams(prefix)
+            delete_streams(prefix)
 
 
 # -- PostgreSQL going away during a run ----------------------------------------------------------

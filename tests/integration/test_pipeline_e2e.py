@@ -17,6 +17,7 @@ import pytest
 from tests.integration.pipeline_harness import (
     PG_DSN,
     copy_quickstart,
+    delete_streams,
     last_json_line,
     make_scale_out,
     start_pipeline,
@@ -122,20 +123,4 @@ def test_quickstart_once_on_nats_and_postgresql(tmp_path: Path) -> None:
     finally:
         with psycopg.connect(PG_DSN, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        _delete_streams(prefix)
-
-
-def _delete_streams(prefix: str) -> None:
-    import asyncio
-
-    import nats
-
-    async def main() -> None:
-        nc = await nats.connect("nats://127.0.0.1:4222")
-        js = nc.jetstream()
-        for name in await js.streams_info():
-            if name.config.name.startswith(prefix):
-                await js.delete_stream(name.config.name)
-        await nc.close()
-
-    asyncio.run(main())
+        delete_streams(prefix)

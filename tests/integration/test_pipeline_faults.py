@@ -11,12 +11,18 @@ import os
 import signal
 import sqlite3
 import subprocess
+import uuid
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 from tests.integration.pipeline_harness import (
+    PG_DSN,
     copy_quickstart,
+    delete_streams,
     last_json_line,
+    make_scale_out,
     start_pipeline,
     wait_until,
 )
@@ -86,19 +92,9 @@ def curl(*args: str) -> tuple[int, str]:
     return int(code), body
 
 
-@pytest.mark.slow
-def test_kill_9_of_beta_mid_run_loses_nothing_and_duplicates_nothing(tmp_path: Path) -> None:
-    config_dir = copy_quickstart(tmp_path / "quickstart")
-    add_bulk_orders(config_dir, 30_000)
-    # A killed consumer's lease comes back after the visibility timeout: keep the test short.
-    pipeline = config_dir / "pipeline.yaml"
-    pipeline.write_text(
-        pipeline.read_text().replace(
-            "transport:\n  backend: sqlite\n",
-            "transport:\n  backend: sqlite\n  visibility_timeout_seconds: 5\n",
-        )
-    )
-    data_dir = tmp_path / "data"
+def kill_beta_mid_run(config_dir: Path, data_dir: Path) -> dict[str, Any]:
+    """Run the pipeline once, SIGKILL Beta while it holds a lease, let the supervisor restart
+    it, and return the run's summary once it finished with exit code 0."""
     run = start_pipeline(config_dir, data_dir, "--once", "--json")
     try:
         run.wait_ready()
@@ -124,14 +120,64 @@ def test_kill_9_of_beta_mid_run_loses_nothing_and_duplicates_nothing(tmp_path: P
     assert code == 0, err[-3000:]
     summary = last_json_line(out)
     assert summary["adds_up"] is True, summary
+    review = (data_dir / "review" / "low_quality.jsonl").read_text().splitlines()
+    ids = [json.loads(line)["record_id"] for line in review]
+    assert len(ids) == len(set(ids)) == summary["delivered"]["review_file"]
+    return summary
+
+
+@pytest.mark.slow
+def test_kill_9_of_beta_mid_run_loses_nothing_and_duplicates_nothing(tmp_path: Path) -> None:
+    config_dir = copy_quickstart(tmp_path / "quickstart")
+    add_bulk_orders(config_dir, 30_000)
+    # A killed consumer's lease comes back after the visibility timeout: keep the test short.
+    pipeline = config_dir / "pipeline.yaml"
+    pipeline.write_text(
+        pipeline.read_text().replace(
+            "transport:\n  backend: sqlite\n",
+            "transport:\n  backend: sqlite\n  visibility_timeout_seconds: 5\n",
+        )
+    )
+    data_dir = tmp_path / "data"
+    summary = kill_beta_mid_run(config_dir, data_dir)
     with sqlite3.connect(data_dir / "warehouse.db") as db:
         count, distinct = db.execute(
             "SELECT count(*), count(DISTINCT event_id) FROM pipeline_events"
         ).fetchone()
     assert count == distinct == summary["delivered"]["warehouse"]
-    review = (data_dir / "review" / "low_quality.jsonl").read_text().splitlines()
-    ids = [json.loads(line)["record_id"] for line in review]
-    assert len(ids) == len(set(ids)) == summary["delivered"]["review_file"]
+
+
+@pytest.mark.slow
+@pytest.mark.nats
+@pytest.mark.postgres
+def test_kill_9_of_beta_on_nats_frames_loses_nothing_and_duplicates_nothing(
+    tmp_path: Path,
+) -> None:
+    """The same on NATS, where the stage queues carry frames of records: the frames Beta held
+    come back whole, and what it had already put again is delivered once."""
+    config_dir = copy_quickstart(tmp_path / "quickstart")
+    add_bulk_orders(config_dir, 30_000)
+    schema = f"dps_kill_{uuid.uuid4().hex[:8]}"
+    prefix = f"KILL{uuid.uuid4().hex[:6].upper()}"
+    make_scale_out(config_dir, schema, prefix)
+    pipeline = config_dir / "pipeline.yaml"
+    pipeline.write_text(
+        pipeline.read_text().replace(
+            f"  stream_prefix: {prefix}\n",
+            f"  stream_prefix: {prefix}\n  visibility_timeout_seconds: 5\n",
+        )
+    )
+    try:
+        summary = kill_beta_mid_run(config_dir, tmp_path / "data")
+        with psycopg.connect(PG_DSN) as conn:
+            count, distinct = conn.execute(
+                f"SELECT count(*), count(DISTINCT event_id) FROM {schema}.pipeline_events"
+            ).fetchone()
+        assert count == distinct == summary["delivered"]["warehouse"]
+    finally:
+        with psycopg.connect(PG_DSN, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        delete_streams(prefix)
 
 
 @pytest.mark.slow
