@@ -827,7 +827,7 @@ class NatsQueue(Queue):
     ) -> int:
         """Hand out the records kept from a frame larger than an earlier lease."""
         carried, self._carry = self._carry, []
-        oldest = time.monotonic() - self.spec.visibility_timeout / 2
+        oldest = self._oldest_usable()
         for frame in carried:
             if frame.arrived < oldest:
                 continue  # too close to its lease's end: the server will redeliver it
@@ -840,22 +840,21 @@ class NatsQueue(Queue):
     def _accept(self, deliveries: list[_Delivery]) -> list[_Frame]:
         """Frames of the deliveries, newest delivery of each; dead-letter the spent ones and
         send back the ones not visible yet."""
-        newest: dict[str, tuple[_Delivery, int]] = {}
+        newest: dict[str, tuple[_Delivery, dict[str, str], int]] = {}
         for delivery in deliveries:
             msg = delivery.msg
             headers = msg.headers or {}
             key = headers.get("Nats-Msg-Id") or f"{self.stream}:{msg.metadata.sequence.stream}"
             delivered = _delivered(msg)
             known = newest.get(key)
-            if known is None or known[1] < delivered:
-                newest[key] = (delivery, delivered)
+            if known is None or known[2] < delivered:
+                newest[key] = (delivery, headers, delivered)
         frames: list[_Frame] = []
         over: list[_Frame] = []
         held: list[tuple[Any, float]] = []
         now = time.time()
-        for key, (delivery, delivered) in newest.items():
+        for key, (delivery, headers, delivered) in newest.items():
             msg = delivery.msg
-            headers = msg.headers or {}
             records = unpack(headers, msg.data, key)
             if H_RECORDS in headers:
                 attempts = int(headers.get(H_ATTEMPTS, 0)) + delivered
@@ -942,10 +941,14 @@ class NatsQueue(Queue):
             got = await self._pull(1, wait)
             if got and max_messages > 1:
                 got += await self._pull(max_messages - 1, None)
-        # A message that waited in our inbox for half its lease (left by a request we stopped
-        # listening to) may be redelivered to someone else soon: let the server do that.
-        oldest = time.monotonic() - self.spec.visibility_timeout / 2
+        oldest = self._oldest_usable()
         return [d for d in got if d.arrived >= oldest]
+
+    def _oldest_usable(self) -> float:
+        """When the oldest delivery still worth handing out arrived. One that waited half its
+        lease (in our inbox, left by a request we stopped listening to, or kept from a larger
+        frame) may be redelivered to someone else soon: the server is left to do that."""
+        return time.monotonic() - self.spec.visibility_timeout / 2
 
     async def _pull(self, batch: int, linger: float | None) -> list[_Delivery]:
         """One pull request: ``no_wait`` when ``linger`` is None, else wait up to ``linger`` s.
