@@ -573,6 +573,55 @@ def test_deliveries_are_never_downgraded(store: SqlStateStore) -> None:
     assert acc["delivered_records"] == 3
 
 
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_postgresql_copies_new_deliveries_and_upserts_a_batch_that_overlaps(
+    store: SqlStateStore,
+) -> None:
+    """New rows go in by COPY; a batch with a row already logged fails its COPY on the unique
+    key, rolls back to its savepoint and is upserted (never downgrading a delivered row), and so
+    are the next few batches. The accounting's triggers count either way."""
+
+    def logged() -> dict[tuple[str, str], tuple[str, int]]:
+        with store.engine.connect() as conn:
+            rows = conn.execute(
+                sa.text("SELECT record_id, destination_id, status, attempts FROM delivery_log")
+            ).all()
+        return {(r[0], r[1]): (r[2], r[3]) for r in rows}
+
+    first = [
+        DeliveryOutcome(f"r{i}", "warehouse", "delivered", quality_score=0.5) for i in range(5)
+    ]
+    first.append(DeliveryOutcome("f1", "warehouse", "failed", attempts=1, error="timeout"))
+    store.record_deliveries(first)
+    assert store._upsert_deliveries_next == 0  # copied
+    assert logged() == {
+        **{(f"r{i}", "warehouse"): ("delivered", 1) for i in range(5)},
+        ("f1", "warehouse"): ("failed", 1),
+    }
+    assert store.accounting()["delivered"] == {"warehouse": 5}
+
+    # f1 delivered on its retry, r0 replayed as failed, r9 new: the COPY meets f1 and r0.
+    store.record_deliveries(
+        [
+            DeliveryOutcome("f1", "warehouse", "delivered", attempts=2),
+            DeliveryOutcome("r0", "warehouse", "failed", attempts=3, error="late"),
+            DeliveryOutcome("r9", "warehouse", "delivered"),
+        ]
+    )
+    assert store._upsert_deliveries_next == state_sql._UPSERT_DELIVERIES_AFTER_CONFLICT
+    log = logged()
+    assert log[("f1", "warehouse")] == ("delivered", 2)
+    assert log[("r0", "warehouse")] == ("delivered", 1)
+    assert log[("r9", "warehouse")] == ("delivered", 1)
+    assert store.accounting()["delivered"] == {"warehouse": 7}
+    assert store.accounting()["delivered"] == _counted(store)["delivered"]
+
+    # The next batch is upserted without trying the COPY; the hint counts down.
+    store.record_deliveries([DeliveryOutcome("r10", "archive", "delivered")])
+    assert store._upsert_deliveries_next == state_sql._UPSERT_DELIVERIES_AFTER_CONFLICT - 1
+    assert store.accounting()["delivered"] == {"warehouse": 7, "archive": 1}
+
+
 def test_delivery_log_keeps_ids_texts_and_scores_exactly(store: SqlStateStore) -> None:
     """The batch travels as one JSON array: nothing in it may change on the way."""
     odd_id = 'src:"quoted" back\\slash é中 \t tab'
@@ -1276,6 +1325,13 @@ def test_delivered_records_looks_up_the_batch_by_primary_key_not_the_whole_log(
             elif analyze:
                 conn.exec_driver_sql("ANALYZE")
                 conn.commit()
+            if backend == "postgresql":
+                # Parallel plans made as cheap as they go: the lookup must still not start
+                # workers (under load the planner chose them for every batch).
+                for setting in ("parallel_setup_cost", "parallel_tuple_cost"):
+                    conn.exec_driver_sql(f"SET {setting} = 0")
+                for setting in ("min_parallel_table_scan_size", "min_parallel_index_scan_size"):
+                    conn.exec_driver_sql(f"SET {setting} = 0")
             plan = "\n".join(
                 str(row[-1])
                 for row in store._select_delivered(conn, batch, "warehouse", explain=True)
@@ -1285,6 +1341,7 @@ def test_delivered_records_looks_up_the_batch_by_primary_key_not_the_whole_log(
         if backend == "postgresql":
             assert "idx_delivery_record_id" in plan, plan
             assert "Seq Scan" not in plan and "idx_delivery_destination" not in plan, plan
+            assert "Gather" not in plan, plan
         else:
             assert "SEARCH d USING INDEX" in plan, plan
             assert "(record_id=? AND destination_id=?)" in plan, plan

@@ -486,6 +486,18 @@ _DELIVERY_COLUMNS = (
 )
 
 
+#: PostgreSQL: the delivery log's rows as ``record_deliveries`` copies them, in binary.
+_COPY_DELIVERIES_PG = (
+    f"COPY delivery_log ({', '.join(_DELIVERY_COLUMNS)}, timestamp) FROM STDIN (FORMAT BINARY)"
+)
+_DELIVERY_PG_TYPES = (
+    *("text", "text", "text", "int4", "text", "text", "text", "float4"),  # _DELIVERY_COLUMNS
+    "timestamptz",
+)
+#: Batches upserted after one whose ``COPY`` found a row already in the delivery log.
+_UPSERT_DELIVERIES_AFTER_CONFLICT = 16
+
+
 def _joined(cache: dict[tuple[str, ...], str | None], ids: Sequence[str]) -> str | None:
     """``ids`` as the delivery log stores them (comma-separated, None when empty), memoised."""
     key = ids if isinstance(ids, tuple) else tuple(ids)
@@ -921,9 +933,10 @@ class SqlStateStore(StateStore):
     """The :class:`~dps.state.base.StateStore` over an SQLAlchemy engine (SQLite or PostgreSQL).
 
     Thread-safe: the engine's pool hands each call its own connection, and the store keeps no
-    other mutable state. Each public write is one transaction (one ``executemany`` per table for
-    a batch), retried on a PostgreSQL deadlock; a lost connection or a lock that could not be
-    had is raised as :class:`~dps.core.errors.TransientError` so callers retry the batch.
+    other mutable state but a hint on how to write the delivery log. Each public write is one
+    transaction (one ``executemany`` per table for a batch), retried on a PostgreSQL deadlock;
+    a lost connection or a lock that could not be had is raised as
+    :class:`~dps.core.errors.TransientError` so callers retry the batch.
     """
 
     def __init__(self, engine: sa.Engine, *, backend: str | None = None) -> None:
@@ -932,6 +945,9 @@ class SqlStateStore(StateStore):
             raise ValueError(f"The state store supports sqlite and postgresql, not {dialect!r}.")
         self._engine = engine
         self._pg = dialect == "postgresql"
+        #: Delivery-log batches left to upsert rather than copy (``_record_deliveries_postgresql``;
+        #: a hint shared by the store's threads, where a lost update only changes the method).
+        self._upsert_deliveries_next = 0
         self._backend = backend or dialect
         self._writer = engine.execution_options(**{WRITE_OPTION: True})
         self._build_statements()
@@ -1684,11 +1700,47 @@ class SqlStateStore(StateStore):
         batch = list(rows.values())
         shared = {"timestamp": now}
         if self._pg:
-            stamp = self._record_deliveries_fast.processors["timestamp"]
-            params = (stamp(now), _json_array(batch))
-            self._write(lambda conn: conn.exec_driver_sql(self._record_deliveries_pg, params))
+            self._write(lambda conn: self._record_deliveries_postgresql(conn, batch, now))
         else:
             self._write(lambda conn: self._record_deliveries_sqlite(conn, batch, shared))
+
+    def _record_deliveries_postgresql(
+        self, conn: sa.Connection, batch: list[tuple[Any, ...]], now: datetime
+    ) -> None:
+        """``COPY`` the rows when none of them is in the log yet, else upsert them.
+
+        A record's first outcome for a destination, nearly every row of a steady flow, is a new
+        row: a binary ``COPY`` writes it for about half the server's CPU of the upsert (6 µs a
+        row against 12, and 1.1 µs of the client's against 1.8). A row already there (a retry
+        after a failed delivery, a replayed batch) fails the ``COPY`` with a unique violation:
+        its savepoint is rolled back and the batch, and the next few, which likely overlap it,
+        take the upsert. The accounting's statement triggers count a ``COPY`` as they count an
+        ``INSERT``.
+        """
+        import psycopg
+
+        if self._upsert_deliveries_next > 0:
+            self._upsert_deliveries_next -= 1
+        else:
+            try:
+                with conn.begin_nested():
+                    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+                    with cursor.copy(_COPY_DELIVERIES_PG) as copy:
+                        copy.set_types(_DELIVERY_PG_TYPES)
+                        for row in batch:
+                            copy.write_row((*row, now))
+                return
+            except psycopg.errors.UniqueViolation:
+                self._upsert_deliveries_next = _UPSERT_DELIVERIES_AFTER_CONFLICT
+            except psycopg.Error as exc:
+                # Raised by the driver, not through SQLAlchemy: wrapped as SQLAlchemy would, so
+                # that ``_write`` retries a deadlock and reports a lost server as transient.
+                raise sa_exc.DBAPIError.instance(
+                    _COPY_DELIVERIES_PG, None, exc, psycopg.Error
+                ) from exc
+        stamp = self._record_deliveries_fast.processors["timestamp"]
+        params = (stamp(now), _json_array(batch))
+        conn.exec_driver_sql(self._record_deliveries_pg, params)
 
     def _record_deliveries_sqlite(
         self, conn: sa.Connection, batch: list[tuple[Any, ...]], shared: dict[str, Any]
@@ -1733,7 +1785,11 @@ class SqlStateStore(StateStore):
         params = {"record_ids": self._list_param(record_ids), "destination_id": destination_id}
         statement = self._delivered
         if self._pg:
-            conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+            # No parallel plan either: under load the planner chose one for a batch's 2,000 key
+            # lookups, starting worker processes for each of them.
+            conn.exec_driver_sql(
+                "SET LOCAL enable_seqscan = off; SET LOCAL max_parallel_workers_per_gather = 0"
+            )
         if explain:
             prefix = "EXPLAIN " if self._pg else "EXPLAIN QUERY PLAN "
             statement = sa.text(prefix + statement.text)
