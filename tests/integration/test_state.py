@@ -622,6 +622,43 @@ def test_postgresql_copies_new_deliveries_and_upserts_a_batch_that_overlaps(
     assert store.accounting()["delivered"] == {"warehouse": 7, "archive": 1}
 
 
+def test_two_instances_logging_overlapping_deliveries_agree(open_store: OpenStore) -> None:
+    """Two Gamma instances (own engines) log overlapping batches at once, as after a replay:
+    on PostgreSQL a COPY meets the other's rows (committed, or in flight and then committed)
+    and falls back to the upsert. Every row ends up once, a delivered one stays delivered, and
+    the accounting counts each delivered row once."""
+    instances = [open_store(), open_store()]
+    rng = random.Random(11)
+    plans: list[list[list[DeliveryOutcome]]] = [[], []]
+    for n in (0, 1):
+        for round_ in range(8):
+            first = rng.randrange(0, 300)
+            statuses = rng.choices(["delivered", "failed"], weights=[4, 1], k=150)
+            plans[n].append(
+                [
+                    DeliveryOutcome(f"r{first + i:04d}", "warehouse", status, attempts=round_ + 1)
+                    for i, status in enumerate(statuses)
+                ]
+            )
+
+    def log(n: int) -> None:
+        for batch in plans[n]:
+            instances[n]._upsert_deliveries_next = 0  # try the COPY every time
+            instances[n].record_deliveries(batch)
+
+    run_together(functools.partial(log, 0), functools.partial(log, 1))
+    ever_delivered = {
+        o.record_id for plan in plans for batch in plan for o in batch if o.status == "delivered"
+    }
+    every = {o.record_id for plan in plans for batch in plan for o in batch}
+    with instances[0].engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT record_id, status FROM delivery_log")).all()
+    assert len(rows) == len({r[0] for r in rows}) == len(every)
+    assert {r[0] for r in rows if r[1] == "delivered"} == ever_delivered
+    assert instances[0].accounting()["delivered"] == {"warehouse": len(ever_delivered)}
+    assert instances[0].accounting()["delivered"] == _counted(instances[0])["delivered"]
+
+
 def test_delivery_log_keeps_ids_texts_and_scores_exactly(store: SqlStateStore) -> None:
     """The batch travels as one JSON array: nothing in it may change on the way."""
     odd_id = 'src:"quoted" back\\slash é中 \t tab'
