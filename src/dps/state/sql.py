@@ -1723,12 +1723,15 @@ class SqlStateStore(StateStore):
             self._upsert_deliveries_next -= 1
         else:
             try:
-                with conn.begin_nested():
-                    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-                    with cursor.copy(_COPY_DELIVERIES_PG) as copy:
-                        copy.set_types(_DELIVERY_PG_TYPES)
-                        for row in batch:
-                            copy.write_row((*row, now))
+                driver = conn.connection.driver_connection
+                with (
+                    conn.begin_nested(),
+                    driver.cursor() as cursor,  # type: ignore[union-attr]
+                    cursor.copy(_COPY_DELIVERIES_PG) as copy,
+                ):
+                    copy.set_types(_DELIVERY_PG_TYPES)
+                    for row in batch:
+                        copy.write_row((*row, now))
                 return
             except psycopg.errors.UniqueViolation:
                 self._upsert_deliveries_next = _UPSERT_DELIVERIES_AFTER_CONFLICT
