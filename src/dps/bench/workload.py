@@ -8,6 +8,11 @@ about 1 % duplicate ids, plus a 10,000-row customer reference table.
 
 The generator knows exactly what it wrote (:class:`WorkloadStats`), which is what the
 benchmark's correctness line is checked against.
+
+Timestamps are relative to the moment of generation (``now``, to the second, kept in the stats
+as ``generated_at``): the same seed and the same ``now`` write the same bytes. A fixed date
+would let the workload age from day to day: more records late for the quality scorer's
+timeliness check, and so a different workload, the longer after that date the benchmark runs.
 """
 
 from __future__ import annotations
@@ -38,8 +43,10 @@ class WorkloadStats:
     missing_field: int
     duplicates: int
     files: int
+    #: The ``now`` the timestamps were drawn back from (ISO 8601, UTC).
+    generated_at: str = ""
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> dict[str, int | str]:
         return asdict(self)
 
 
@@ -63,9 +70,10 @@ def write_customers(path: Path, seed: int = 7) -> int:
 def generate(
     directory: Path, records: int, *, seed: int = 42, files: int = 5, now: datetime | None = None
 ) -> WorkloadStats:
-    """Write ``records`` NDJSON lines into ``files`` files under ``directory``."""
+    """Write ``records`` NDJSON lines into ``files`` files under ``directory``; timestamps fall
+    within the 48 hours before ``now`` (default: the current time, to the second)."""
     rng = random.Random(seed)
-    now = now or datetime(2026, 11, 27, tzinfo=UTC)
+    now = now or datetime.now(UTC).replace(microsecond=0)
     directory.mkdir(parents=True, exist_ok=True)
     handles = [(directory / f"part-{i:02d}.ndjson").open("w") for i in range(files)]
     recent: list[str] = []
@@ -119,4 +127,5 @@ def generate(
         missing_field=missing,
         duplicates=dups,
         files=files,
+        generated_at=now.isoformat(),
     )
