@@ -330,6 +330,23 @@ def test_claim_large_batches(store: SqlStateStore) -> None:
     assert store.claim_dedupe_keys(other, 60) == [True] * 1500
 
 
+def test_claim_batches_of_every_size_spanning_several_statements(store: SqlStateStore) -> None:
+    """SQLite claims a batch in statements of 100 rows and then powers of two: sizes around
+    those edges, with keys claimed before scattered through them, answer each key right."""
+    claimed_before = {f"s{i}" for i in range(0, 400, 7)}
+    store.claim_dedupe_keys([cand(k, "first:" + k) for k in sorted(claimed_before)], 60)
+    start = 0
+    for size in (1, 63, 64, 99, 100, 101, 227):
+        keys = [f"s{i}" for i in range(start, start + size)]
+        start += size
+        flags = store.claim_dedupe_keys([cand(k, "again:" + k) for k in keys], 60)
+        assert flags == [k in claimed_before for k in keys], size
+        assert store.claim_dedupe_keys([cand(k, "again:" + k) for k in keys], 60) == [
+            k in claimed_before for k in keys
+        ]
+    assert count(store, "validation_cache") == start
+
+
 @pytest.mark.parametrize("expired", [False, True], ids=["fresh", "expired"])
 def test_concurrent_claims_have_exactly_one_winner(
     open_store: OpenStore, clock: Clock, expired: bool
@@ -620,6 +637,31 @@ def test_postgresql_copies_new_deliveries_and_upserts_a_batch_that_overlaps(
     store.record_deliveries([DeliveryOutcome("r10", "archive", "delivered")])
     assert store._upsert_deliveries_next == state_sql._UPSERT_DELIVERIES_AFTER_CONFLICT - 1
     assert store.accounting()["delivered"] == {"warehouse": 7, "archive": 1}
+
+
+def test_a_large_delivery_batch_overlapping_logged_rows_counts_only_new_ones(
+    store: SqlStateStore,
+) -> None:
+    """A batch of 237 outcomes (SQLite writes it in statements of 100, 100, 32, 4 and 1 rows)
+    of which some are logged already: the new rows are inserted, the logged ones upserted
+    without a downgrade, and the delivered count equals the rows."""
+    store.record_deliveries(
+        [DeliveryOutcome(f"r{i}", "warehouse", "delivered") for i in range(0, 237, 10)]
+        + [DeliveryOutcome(f"r{i}", "warehouse", "failed", error="x") for i in range(5, 237, 10)]
+    )
+    store.record_deliveries(
+        [DeliveryOutcome(f"r{i}", "warehouse", "delivered", attempts=2) for i in range(237)]
+    )
+    with store.engine.connect() as conn:
+        rows = {
+            r[0]: r[1]
+            for r in conn.execute(sa.text("SELECT record_id, attempts FROM delivery_log"))
+        }
+    assert len(rows) == 237
+    assert rows["r0"] == 1  # delivered before: left as it was
+    assert rows["r5"] == 2 and rows["r1"] == 2  # failed before, then new: the latest outcome
+    assert store.accounting()["delivered"] == {"warehouse": 237}
+    assert store.accounting()["delivered"] == _counted(store)["delivered"]
 
 
 def test_two_instances_logging_overlapping_deliveries_agree(open_store: OpenStore) -> None:

@@ -33,7 +33,7 @@ from dps.beta.stage import Result, Stage
 from dps.config import PipelineConfig
 from dps.core.health import Check, Health, HealthReport, combine, evaluate, worst
 from dps.core.metrics import MODULE_LATENCY_SECONDS, observe_many, observe_n
-from dps.core.record import Record, decode, encode
+from dps.core.record import Record, decode, encode, encode_keyed
 from dps.queues import Lease, Message
 from dps.runtime.module import (
     DELIVERY_QUEUE,
@@ -275,7 +275,7 @@ class BetaModule(ModuleHost):
             )
         batch.delivered = len(out)
         if out:
-            batch.bodies = [(msg_id, encode(record)) for msg_id, record in out]
+            batch.bodies = encode_keyed(out)
         return batch
 
     def _observe(self, stage: Stage, batch: Batch, count: int, elapsed: float) -> None:

@@ -232,4 +232,25 @@ class LineageSharingDecoder:
 
 def encode_many(records: Iterable[Record]) -> list[tuple[str, bytes]]:
     """Encode a batch as ``(record_id, bytes)`` pairs, the unit queues accept."""
-    return [(r.record_id, _encoder.encode(r)) for r in records]
+    return encode_keyed((r.record_id, r) for r in records)
+
+
+def encode_keyed(items: Iterable[tuple[str, Record]]) -> list[tuple[str, bytes]]:
+    """Encode ``(message id, record)`` pairs as ``(message id, bytes)``; equals :func:`encode`.
+
+    Each record is encoded into one reused buffer and copied out at its exact size: ``encode``
+    grows a fresh buffer by reallocation as it writes, which costs more than the one copy
+    (about 0.25 µs of a 2 µs encode of a transformed record).
+    """
+    buffer = bytearray(_ENCODE_BUFFER_BYTES)
+    into = _encoder.encode_into
+    out: list[tuple[str, bytes]] = []
+    append = out.append
+    for key, record in items:
+        into(record, buffer)  # leaves the buffer exactly as long as the encoding
+        append((key, bytes(buffer)))
+    return out
+
+
+#: The starting size of :func:`encode_keyed`'s buffer: a transformed record is about 800 bytes.
+_ENCODE_BUFFER_BYTES = 4096

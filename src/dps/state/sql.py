@@ -825,6 +825,9 @@ class _Prepared:
         compiled = statement.compile(dialect=dialect)
         self.sql: str = compiled.string
         self.positional: bool = bool(compiled.positional)
+        #: SQLite: the statement as ``(head, row, tail)`` around its one ``VALUES`` row, for
+        #: :meth:`insert_rows`; None when it has no such row.
+        self._values = _values_parts(self.sql) if dialect.name == "sqlite" else None
         self.names: list[str] = list(compiled.positiontup or []) if self.positional else []
         binds = compiled.binds
         #: The statement's own values (``WHERE status != 'delivered'``), not given per row.
@@ -919,6 +922,70 @@ class _Prepared:
         """:meth:`executemany` of rows given as tuples in ``columns`` order."""
         return conn.exec_driver_sql(self.sql, self.tuple_params(rows, columns, shared)).rowcount
 
+    def insert_rows(
+        self,
+        conn: sa.Connection,
+        rows: Sequence[tuple[Any, ...]],
+        columns: Sequence[str],
+        shared: dict[str, Any] | None = None,
+    ) -> int:
+        """:meth:`executemany_tuples` of an ``INSERT``, as multi-row ``VALUES`` on SQLite.
+
+        SQLite's ``executemany`` binds and steps the statement once per row; one statement
+        over up to :data:`_ROWS_PER_INSERT` rows does the same inserts for about two thirds of
+        the CPU (a delivery-log row 4.5 -> 3 µs, measured alone). The number of rows changed is
+        the same (rows an ``ON CONFLICT DO NOTHING`` skips do not count).
+        """
+        params = self.tuple_params(rows, columns, shared)
+        if self._values is None or not self.positional:
+            return conn.exec_driver_sql(self.sql, params).rowcount
+        changed = 0
+        for start, size in _value_chunks(len(params)):
+            flat = tuple([value for row in params[start : start + size] for value in row])
+            changed += conn.exec_driver_sql(_rows_sql(*self._values, size), flat).rowcount
+        return changed
+
+
+#: Rows in one multi-row ``INSERT ... VALUES`` on SQLite: 100 rows of up to 9 columns stay
+#: within the 999 bound variables of SQLite builds before 3.32. Larger ones measured no faster.
+_ROWS_PER_INSERT = 100
+
+
+def _value_chunks(count: int) -> Iterator[tuple[int, int]]:
+    """``(start, size)`` pieces of ``count`` rows: full statements, then the rest in powers of
+    two, so that a handful of statement texts (each prepared once and kept in the driver's
+    statement cache) serve every batch size."""
+    start = 0
+    while count - start >= _ROWS_PER_INSERT:
+        yield start, _ROWS_PER_INSERT
+        start += _ROWS_PER_INSERT
+    size = 64
+    while start < count:
+        if count - start >= size:
+            yield start, size
+            start += size
+        size //= 2
+
+
+@functools.lru_cache(maxsize=256)
+def _rows_sql(head: str, row: str, tail: str, size: int) -> str:
+    """``head`` + ``size`` copies of the ``row`` of placeholders + ``tail`` (built once each)."""
+    return head + ", ".join([row] * size) + tail
+
+
+def _values_parts(sql: str) -> tuple[str, str, str] | None:
+    """``INSERT ... VALUES (?, ?) ON CONFLICT ...`` as ``("INSERT ... VALUES ", "(?, ?)",
+    " ON CONFLICT ...")``; None for a statement without one row of plain placeholders."""
+    at = sql.find(" VALUES (")
+    if at < 0:
+        return None
+    opened = at + len(" VALUES ")
+    closed = sql.find(")", opened)
+    row = sql[opened : closed + 1]
+    if closed < 0 or row.replace("?", "").replace(",", "").replace(" ", "") != "()":
+        return None
+    return sql[:opened], row, sql[closed + 1 :]
+
 
 def _processed(
     row: tuple[Any, ...], processors: list[tuple[int, Callable[[Any], Any]]]
@@ -992,20 +1059,21 @@ class SqlStateStore(StateStore):
         )
         self._owners = sa.select(vc.c["key"], vc.c.origin).where(self._in(vc.c["key"], "keys"))
         self._claim_fast = _Prepared(self._claim, self._engine.dialect)
-        #: SQLite: the whole claim in one statement over the batch as a JSON array, answering
-        #: the keys it claimed (inserted, or taken over when expired); only the others, a batch's
-        #: few duplicates and replays, have their owner read back. Same guard as ``_claim``.
-        self._claim_returning = (
+        #: SQLite: the whole claim as multi-row ``VALUES`` statements of the batch's rows
+        #: (``_value_chunks``), answering the keys each claimed (inserted, or taken over when
+        #: expired); only the others, a batch's few duplicates and replays, have their owner read
+        #: back. Same guard as ``_claim``. Bound values cost less than a JSON array that
+        #: ``json_each`` splits and ``json_extract`` reads four times a row (3.4 -> 2.3 µs a key,
+        #: measured alone).
+        self._claim_values = (
             "INSERT INTO validation_cache"
-            " (key, origin, record_id, source_id, timestamp, expires_at)"
-            " SELECT json_extract(j.value, '$[0]'), json_extract(j.value, '$[1]'),"
-            " json_extract(j.value, '$[2]'), json_extract(j.value, '$[3]'), ?, ?"
-            " FROM json_each(?) AS j WHERE true"
+            " (key, origin, record_id, source_id, timestamp, expires_at) VALUES ",
+            "(?, ?, ?, ?, ?, ?)",
             " ON CONFLICT (key) DO UPDATE SET origin = excluded.origin,"
             " record_id = excluded.record_id, source_id = excluded.source_id,"
             " timestamp = excluded.timestamp, expires_at = excluded.expires_at"
             " WHERE validation_cache.expires_at <= excluded.timestamp"
-            " RETURNING key"
+            " RETURNING key",
         )
         self._owners_sql = (
             "SELECT key, origin FROM validation_cache WHERE key IN (SELECT value FROM json_each(?))"
@@ -1287,16 +1355,26 @@ class SqlStateStore(StateStore):
         expires_at: datetime,
     ) -> dict[str, str]:
         """The owner (origin) of every key: the batch's for those it claimed, read back for the
-        others, a batch's few duplicates and replays (see ``_claim_returning``)."""
+        others, a batch's few duplicates and replays (see ``_claim_values``)."""
         stamp = self._claim_fast.processors["timestamp"]
-        batch = _json_array(
-            [(k, first[k].origin, first[k].record_id, first[k].source_id) for k in keys]
-        )
-        claim = self._claim_returning_pg if self._pg else self._claim_returning
-        params = (stamp(now), stamp(expires_at), batch)
+        at, until = stamp(now), stamp(expires_at)
         # The driver's cursor gives the claimed keys as plain tuples: Row objects built one by
         # one cost as much again as the claim's own reading of them (0.3 µs a key).
-        claimed = conn.exec_driver_sql(claim, params).cursor.fetchall()
+        claimed: list[Any] = []
+        if self._pg:
+            batch = _json_array(
+                [(k, first[k].origin, first[k].record_id, first[k].source_id) for k in keys]
+            )
+            params = (at, until, batch)
+            claimed = list(conn.exec_driver_sql(self._claim_returning_pg, params).cursor.fetchall())
+        else:
+            for start, size in _value_chunks(len(keys)):
+                flat: list[Any] = []
+                for key in keys[start : start + size]:
+                    c = first[key]
+                    flat += (key, c.origin, c.record_id, c.source_id, at, until)
+                sql = _rows_sql(*self._claim_values, size)
+                claimed += conn.exec_driver_sql(sql, tuple(flat)).cursor.fetchall()
         owners = {key: first[key].origin for (key,) in claimed}
         taken = [k for k in keys if k not in owners]
         if taken and self._pg:
@@ -1756,9 +1834,7 @@ class SqlStateStore(StateStore):
         for row in batch:
             groups.setdefault((row[1], row[2] == "delivered"), []).append(row)
         for (destination_id, delivered), rows in groups.items():
-            inserted = self._add_deliveries_fast.executemany_tuples(
-                conn, rows, _DELIVERY_COLUMNS, shared
-            )
+            inserted = self._add_deliveries_fast.insert_rows(conn, rows, _DELIVERY_COLUMNS, shared)
             if inserted < len(rows):
                 self._record_deliveries_fast.executemany_tuples(
                     conn, rows, _DELIVERY_COLUMNS, shared

@@ -15,6 +15,7 @@ from dps.core.record import (
     content_hash,
     decode,
     encode,
+    encode_keyed,
     encode_many,
     get_path,
     make_record_id,
@@ -131,6 +132,19 @@ def test_encode_many_pairs_each_id_with_its_bytes() -> None:
 
     assert [rid for rid, _ in pairs] == ["s:1", "s:2"]
     assert decode(pairs[1][1]) == second
+
+
+def test_encode_keyed_equals_encode_for_records_short_and_longer_than_its_buffer() -> None:
+    """One buffer is reused for the batch: a long record after a short one, and a short one
+    after a long one, each come out exactly as ``encode`` writes them."""
+    short = _record(record_id="s:1")
+    long = _record(record_id="s:2", payload={"text": "x" * 10_000, "n": list(range(500))})
+    items = [("m1", short), ("m2", long), ("m3", short)]
+
+    pairs = encode_keyed(items)
+
+    assert pairs == [(key, encode(record)) for key, record in items]
+    assert decode(pairs[1][1]) == long
 
 
 # -- record ids and content hash ---------------------------------------------------------------
