@@ -1,22 +1,44 @@
 """The benchmark pipeline's steps as plain Python, shared by the peers (``naive.py``,
 ``dlt_peer.py``): each runs as a script from this folder, so ``import steps`` finds this file.
 
-Required fields, the five rules (E.164 phone, lower-case e-mail, upper-case currency, EU tag,
-lift the channel), the customer enrichment from the reference table and the completeness score
-— what ``benchmarks/pipeline`` configures, with no queues and no state.
+Required fields and the JSON Schema, the five rules (E.164 phone, lower-case e-mail, upper-case
+currency, EU tag, lift the channel), the customer enrichment from the reference table and the
+quality score's four dimensions (completeness, consistency, conformance, timeliness) — what
+``benchmarks/pipeline`` configures, with no queues and no state.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import re
+import time
+from datetime import datetime
+from pathlib import Path
 from typing import Any
+
+import fastjsonschema
 
 PHONE = re.compile(r"^\+?1?[\s.-]?\(?([0-9]{3})\)?[\s.-]?([0-9]{3})[\s.-]?([0-9]{4})$")
 REQUIRED = ("id", "timestamp", "customer_id", "amount")
 SCORED = ("customer_id", "phone_number", "email", "country", "currency")
 EU = {"DE", "FR", "NL", "IT", "ES"}
 CUSTOMERS: dict[str, tuple[str, str]] = {}
+#: The source's JSON Schema (``validation.schema_ref``), compiled as Alpha compiles it.
+SCHEMA = fastjsonschema.compile(
+    json.loads((Path(__file__).parents[1] / "pipeline/alpha/schemas/events.json").read_text())
+)
+#: ``quality/scoring.yaml``: weights, the conformance formats (the scorer's named patterns) and
+#: timeliness.
+WEIGHTS = {"completeness": 0.30, "consistency": 0.25, "conformance": 0.25, "timeliness": 0.20}
+FORMATS = (
+    ("email", re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")),
+    ("phone_number", re.compile(r"^\+[1-9][0-9]{6,14}$")),
+    ("country", re.compile(r"^[A-Z]{2}$")),
+    ("currency", re.compile(r"^[A-Z]{3}$")),
+    ("amount", re.compile(r"^-?\d+(\.\d+)?$")),
+)
+MAX_AGE_HOURS, PENALTY_PER_HOUR = 24, 0.01
 
 
 def load_customers(path: str | None) -> None:
@@ -28,8 +50,14 @@ def load_customers(path: str | None) -> None:
 
 
 def valid(r: Any) -> bool:
-    """A JSON object with every required field set."""
-    return isinstance(r, dict) and all(r.get(f) for f in REQUIRED)
+    """A JSON object with every required field set, that the JSON Schema accepts."""
+    if not isinstance(r, dict) or not all(r.get(f) for f in REQUIRED):
+        return False
+    try:
+        SCHEMA(r)
+    except fastjsonschema.JsonSchemaException:
+        return False
+    return True
 
 
 def transform(r: dict[str, Any]) -> dict[str, Any]:
@@ -51,6 +79,37 @@ def transform(r: dict[str, Any]) -> dict[str, Any]:
     return r
 
 
-def score(r: dict[str, Any]) -> float:
-    """Completeness: 0.2 off per missing scored field."""
-    return max(0.0, 1.0 - 0.2 * sum(1 for f in SCORED if not r.get(f)))
+def score(r: dict[str, Any], now: float | None = None) -> float:
+    """The weighted four dimensions, as the pipeline's scorer computes them."""
+    completeness = max(0.0, 1.0 - 0.2 * sum(1 for f in SCORED if not r.get(f)))
+    consistency = 1.0
+    if r.get("country") in EU and r.get("region") != "EU":
+        consistency -= 0.25
+    if r.get("customer_tier") != "unknown" and r.get("customer_region") is None:
+        consistency -= 0.25
+    conformance = 1.0
+    for field, pattern in FORMATS:
+        value = r.get(field)
+        if (
+            value is not None
+            and pattern.search(value if isinstance(value, str) else json.dumps(value)) is None
+        ):
+            conformance -= 0.25
+    timeliness = 1.0
+    stamp = r.get("timestamp")
+    if isinstance(stamp, str):
+        try:
+            age = ((now or time.time()) - datetime.fromisoformat(stamp).timestamp()) / 3600
+        except ValueError:
+            timeliness = 0.0
+        else:
+            late = age - MAX_AGE_HOURS
+            if late > 0:
+                timeliness = round(1.0 - min(1.0, late * PENALTY_PER_HOUR), 6)
+    values = {
+        "completeness": completeness,
+        "consistency": max(0.0, consistency),
+        "conformance": max(0.0, conformance),
+        "timeliness": timeliness,
+    }
+    return round(sum(WEIGHTS[d] * values[d] for d in WEIGHTS), 6)
