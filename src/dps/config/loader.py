@@ -344,13 +344,15 @@ def _check_schema(doc: Document, source: SourceConfig, base: Path, seen: dict[Pa
 
 
 def _schema_problem(schema: dict[str, Any]) -> str:
-    """Why ``schema`` does not compile as JSON Schema draft-07 (fastjsonschema); "" if it does."""
-    import fastjsonschema
+    """Why ``schema`` does not compile as Alpha's check compiles it (draft-07 unless its
+    ``$schema`` says otherwise); "" if it does."""
+    from dps.alpha.validation.json_schema import compile_schema
 
     try:
-        fastjsonschema.compile(schema)
-    except Exception as exc:  # JsonSchemaDefinitionException, or its code generation failing
-        return f"is not a valid JSON Schema (draft-07): {exc}."
+        compile_schema(schema)
+    except ValueError as exc:  # jsonschema_rs.ValidationError: the schema fails the meta-schema
+        first = str(exc).split("\n", 1)[0]
+        return f"is not a valid JSON Schema (draft-07): {first}."
     return ""
 
 

@@ -359,3 +359,28 @@ def test_alpha_config_validator_checks_a_rule_file_with_lines(tmp_path: Path) ->
     assert f"{bad}:6: rules[1].regex:" in done.stdout
     done = subprocess.run([validator, str(good)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and f"OK {good}" in done.stdout
+
+
+def test_json_schema_checks_formats_and_reports_the_first_violation() -> None:
+    """Formats are checked (``date-time`` here), and a record with several violations is
+    reported once, at one of them, with its path."""
+    schema = {
+        "type": "object",  # no $schema: draft-07
+        "properties": {
+            "at": {"type": "string", "format": "date-time"},
+            "n": {"type": "integer", "minimum": 1},
+        },
+    }
+    check = JsonSchema(schema, "events.json")
+    assert check.check(_record({"at": "2026-11-29T12:00:00Z", "n": 1})) == []
+    [problem] = check.check(_record({"at": "yesterday", "n": 1}))
+    assert (problem.reason, problem.field) == ("schema_violation", "at")
+    assert "$.at" in str(problem) and "date-time" in str(problem)
+    [problem] = check.check(_record({"at": "yesterday", "n": 0}))
+    assert problem.field in ("at", "n")
+
+
+def test_a_missing_required_property_is_reported_at_the_payload() -> None:
+    [problem] = JsonSchema(SCHEMA, "orders.json").check(_record({"items": []}))
+    assert problem.field is None
+    assert "orders.json: $: " in str(problem) and "order_id" in str(problem)
