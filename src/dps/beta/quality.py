@@ -27,10 +27,10 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from dps.config.models import DIMENSIONS, ConsistencyCheck, QualityScoringConfig
-from dps.core.conditions import NUMBERS, compile_condition
+from dps.core.conditions import NUMBERS, BatchPredicate, compile_batch_condition
 from dps.core.errors import ConfigError, ConfigIssue
 from dps.core.record import Quality, Record, get_path
 
@@ -107,7 +107,20 @@ class QualityScorer:
             (name, re.compile(NAMED_FORMATS.get(fmt, fmt)), fmt)
             for name, fmt in rules.conformance.formats.items()
         ]
-        self.penalty_format = rules.conformance.penalty_per_violation
+        self.penalty_format = penalty = rules.conformance.penalty_per_violation
+        #: Per format: the field, its pattern's bound ``search`` and the check's text.
+        self._format_checks = [
+            (name, pattern.search, f"conformance: {name} is not {fmt} (-{penalty:g})")
+            for name, pattern, fmt in self.formats
+        ]
+        #: The value after n format failures (the penalty taken n times, as subtracting it per
+        #: failure gives), and the same as the dimension's value when no schema follows.
+        self._after_format_failures = [1.0]
+        value = 1.0
+        for _ in self.formats:
+            value -= penalty
+            self._after_format_failures.append(value)
+        self._format_values = [max(0.0, round(v, 6)) for v in self._after_format_failures]
         self.schema_penalty = rules.conformance.schema_penalty
         self.schema: Callable[[Any], Any] | None = None
         if rules.conformance.schema_ref:
@@ -194,42 +207,53 @@ class QualityScorer:
     def _consistency(
         self, records: Sequence[Record], checks: list[list[str]], now: float
     ) -> list[float]:
+        """Check by check over the batch: ``when`` over all records, ``require`` (or the
+        comparison) over those it selected; each failure takes its penalty, in check order."""
         if not self.consistency:
             return [1.0] * len(records)
-        values: list[float] = []
-        for record, record_checks in zip(records, checks, strict=True):
-            value = 1.0
-            for name, when, test, penalty in self.consistency:
-                if when(record) and not test(record):
-                    value -= penalty
-                    record_checks.append(f"consistency: {name} failed (-{penalty:g})")
-            values.append(max(0.0, round(value, 6)))
-        return values
+        values = [1.0] * len(records)
+        for check in self.consistency:
+            selected = [i for i, yes in enumerate(check.when(records)) if yes]
+            if not selected:
+                continue
+            passed = check.test([records[i] for i in selected])
+            for i, ok in zip(selected, passed, strict=True):
+                if not ok:
+                    values[i] -= check.penalty
+                    checks[i].append(check.message)
+        return [value if value == 1.0 else max(0.0, round(value, 6)) for value in values]
 
     def _conformance(
         self, records: Sequence[Record], checks: list[list[str]], now: float
     ) -> list[float]:
+        """Format by format over the batch (one column read and one bound ``search`` per
+        format), then the schema per record; each failure takes its penalty, in that order."""
         if not self.formats and self.schema is None:
             return [1.0] * len(records)
-        values: list[float] = []
-        for record, record_checks in zip(records, checks, strict=True):
-            value = 1.0
-            for field, pattern, fmt in self.formats:
-                found = get_path(record.payload, field)
+        failed = [0] * len(records)
+        for field, search, message in self._format_checks:
+            if "." in field:
+                column = [get_path(r.payload, field) for r in records]
+            else:
+                column = [r.payload.get(field) for r in records]
+            for i, found in enumerate(column):
                 if found is None:
                     continue
-                text = found if isinstance(found, str) else json.dumps(found)
-                if pattern.search(text) is None:
-                    value -= self.penalty_format
-                    record_checks.append(
-                        f"conformance: {field} is not {fmt} (-{self.penalty_format:g})"
-                    )
-            if self.schema is not None:
-                try:
-                    self.schema(record.payload)
-                except Exception as exc:  # fastjsonschema.JsonSchemaException, or bad data in it
-                    value -= self.schema_penalty
-                    record_checks.append(f"conformance: schema: {exc} (-{self.schema_penalty:g})")
+                if search(found if found.__class__ is str else _as_text(found)) is None:
+                    failed[i] += 1
+                    checks[i].append(message)
+        if self.schema is None:
+            rounded = self._format_values
+            return [rounded[n] for n in failed]
+        after = self._after_format_failures
+        values: list[float] = []
+        for record, record_checks, n in zip(records, checks, failed, strict=True):
+            value = after[n]
+            try:
+                self.schema(record.payload)
+            except Exception as exc:  # fastjsonschema.JsonSchemaException, or bad data in it
+                value -= self.schema_penalty
+                record_checks.append(f"conformance: schema: {exc} (-{self.schema_penalty:g})")
             values.append(max(0.0, round(value, 6)))
         return values
 
@@ -270,13 +294,26 @@ class QualityScorer:
         return values
 
 
-def _compile_check(
-    check: ConsistencyCheck, default_penalty: float
-) -> tuple[str, Callable[[Record], bool], Callable[[Record], bool], float]:
-    when = compile_condition(check.when)
+class _Consistency(NamedTuple):
+    """One consistency check, compiled for a batch."""
+
+    name: str
+    #: The records it checks (``when``; all without one) and whether each passes.
+    when: BatchPredicate
+    test: BatchPredicate
+    penalty: float
+    #: The text a failure adds to the record's checks.
+    message: str
+
+
+def _compile_check(check: ConsistencyCheck, default_penalty: float) -> _Consistency:
+    when = compile_batch_condition(check.when)
     penalty = check.penalty if check.penalty is not None else default_penalty
+    message = f"consistency: {check.name} failed (-{penalty:g})"
     if check.require is not None:
-        return check.name, when, compile_condition(check.require), penalty
+        return _Consistency(
+            check.name, when, compile_batch_condition(check.require), penalty, message
+        )
     assert check.compare is not None
     left, right, op = check.compare["left"], check.compare["right"], _OPS[check.compare["op"]]
 
@@ -290,7 +327,14 @@ def _compile_check(
         except TypeError:
             return False  # a number against text: inconsistent
 
-    return check.name, when, compare, penalty
+    return _Consistency(
+        check.name, when, lambda records: [compare(r) for r in records], penalty, message
+    )
+
+
+def _as_text(value: Any) -> str:
+    """A non-text value as conformance matches it: its JSON text."""
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _load_schema(name: str, folder: Path | None) -> Callable[[Any], Any]:

@@ -261,6 +261,54 @@ def test_conformance_checks_the_payload_against_a_json_schema(tmp_path: Path) ->
         QualityScorer(config, tmp_path / "missing")
 
 
+def test_a_batch_scores_each_record_as_it_scores_alone(tmp_path: Path) -> None:
+    """Consistency and conformance run check by check over the whole batch: every record's
+    dimensions and checks (in order) are those it gets scored on its own."""
+    (tmp_path / "order.json").write_text(
+        '{"type": "object", "properties": {"amount": {"type": "number"}}}'
+    )
+    config = QualityScoringConfig.model_validate(
+        {
+            "rules": {
+                "consistency": {
+                    "penalty_per_failure": 0.3,
+                    "rules": [
+                        {
+                            "name": "ship_after_order",
+                            "compare": {"left": "ship_date", "op": "gte", "right": "order_date"},
+                        },
+                        {
+                            "name": "refund_is_negative",
+                            "when": {"field": "kind", "condition": "equals", "value": "refund"},
+                            "require": {"field": "amount", "condition": "lt", "value": 0},
+                            "penalty": 0.5,
+                        },
+                    ],
+                },
+                "conformance": {
+                    "formats": {"email": "email", "meta.code": "^[A-Z]+$", "amount": "integer"},
+                    "penalty_per_violation": 0.25,
+                    "schema_ref": "order.json",
+                },
+            }
+        }
+    )
+    scorer = QualityScorer(config, tmp_path)
+    payloads = [
+        {"order_date": "2024-01-02", "ship_date": "2024-01-01", "kind": "refund", "amount": 5},
+        {"email": "a@b.co", "meta": {"code": "AB"}, "amount": -3, "kind": "refund"},
+        {"email": "nope", "meta": {"code": "ab"}, "amount": "x"},
+        {"kind": "sale", "amount": 2.5, "meta": {"code": 7}},
+        {},
+        {"email": "c@d.ef", "kind": "refund", "amount": -1, "ship_date": "2024-02-01"},
+    ]
+    records = [_record(p) for p in payloads]
+    together = scorer.score_batch(records, NOW)
+    alone = [scorer.score_batch([_record(p)], NOW)[0] for p in payloads]
+    assert together == alone
+    assert [len(q.checks) for q in together] == [2, 0, 4, 2, 0, 0]
+
+
 # -- dimensions on and off (H.2), weights ------------------------------------------------------
 
 
