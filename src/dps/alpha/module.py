@@ -503,11 +503,18 @@ class AlphaModule(ModuleHost):
                     )
                 )
                 continue
-            multi = len(parsed) > 1
-            for index, payload in enumerate(parsed):
-                read[item.position_key] += 1
-                origin = f"{item.origin}#{index}" if multi else item.origin
-                if isinstance(payload, BadRecord):
+            if not parsed:
+                continue
+            # Counted per item, not per record; one origin per record, the item's own when it
+            # holds one record (a line of NDJSON), #<index> after it when several.
+            read[item.position_key] += len(parsed)
+            origins = (
+                (item.origin,)
+                if len(parsed) == 1
+                else [f"{item.origin}#{index}" for index in range(len(parsed))]
+            )
+            for payload, origin in zip(parsed, origins, strict=True):
+                if payload.__class__ is BadRecord:
                     parse_errors += 1
                     bad_origin = item.origin + payload.where
                     dlq.append(
