@@ -384,3 +384,8 @@ def test_a_missing_required_property_is_reported_at_the_payload() -> None:
     [problem] = JsonSchema(SCHEMA, "orders.json").check(_record({"items": []}))
     assert problem.field is None
     assert "orders.json: $: " in str(problem) and "order_id" in str(problem)
+
+
+def test_a_payload_no_json_document_could_hold_is_a_violation_not_a_crash() -> None:
+    [problem] = JsonSchema(SCHEMA, "orders.json").check(_record({"order_id": b"1"}))
+    assert problem.reason == "schema_violation" and "cannot be checked" in str(problem)

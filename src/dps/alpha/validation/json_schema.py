@@ -65,9 +65,16 @@ class JsonSchema(Check):
 
     def check(self, record: Record) -> list[TerminalError]:
         payload = record.payload
-        if self._is_valid(payload):
-            return []
-        error = next(iter(self._validator.iter_errors(payload)))
+        try:
+            if self._is_valid(payload):
+                return []
+            error = next(iter(self._validator.iter_errors(payload)))
+        except ValueError as exc:  # a value no JSON document holds (bytes, a non-text key)
+            return [
+                TerminalError(
+                    "schema_violation", f"{self.name}: $: the payload cannot be checked: {exc}."
+                )
+            ]
         where = instance_path(error.instance_path)
         path = "$" + ("." + where if where and not where.startswith("[") else where)
         return [
