@@ -32,6 +32,7 @@ from typing import Any, Final, NamedTuple
 from dps.config.models import DIMENSIONS, ConsistencyCheck, QualityScoringConfig
 from dps.core.conditions import NUMBERS, BatchPredicate, compile_batch_condition
 from dps.core.errors import ConfigError, ConfigIssue
+from dps.core.json_schema import Schema, json_path
 from dps.core.record import Quality, Record, get_path
 
 #: Named formats for ``rules.conformance.formats`` (anything else is a regular expression).
@@ -122,7 +123,7 @@ class QualityScorer:
             self._after_format_failures.append(value)
         self._format_values = [max(0.0, round(v, 6)) for v in self._after_format_failures]
         self.schema_penalty = rules.conformance.schema_penalty
-        self.schema: Callable[[Any], Any] | None = None
+        self.schema: Schema | None = None
         if rules.conformance.schema_ref:
             self.schema = _load_schema(rules.conformance.schema_ref, schemas_dir)
         self.max_age = rules.timeliness.max_age_hours
@@ -249,11 +250,13 @@ class QualityScorer:
         values: list[float] = []
         for record, record_checks, n in zip(records, checks, failed, strict=True):
             value = after[n]
-            try:
-                self.schema(record.payload)
-            except Exception as exc:  # fastjsonschema.JsonSchemaException, or bad data in it
+            problem = self.schema.problem(record.payload)
+            if problem is not None:
+                where, message = problem
                 value -= self.schema_penalty
-                record_checks.append(f"conformance: schema: {exc} (-{self.schema_penalty:g})")
+                record_checks.append(
+                    f"conformance: schema: {json_path(where)}: {message} (-{self.schema_penalty:g})"
+                )
             values.append(max(0.0, round(value, 6)))
         return values
 
@@ -337,18 +340,17 @@ def _as_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def _load_schema(name: str, folder: Path | None) -> Callable[[Any], Any]:
-    import fastjsonschema
-
+def _load_schema(name: str, folder: Path | None) -> Schema:
     path = (folder or Path("beta/schemas")) / name
     where = "beta/quality/scoring.yaml"
     try:
-        return fastjsonschema.compile(json.loads(path.read_text()))
+        return Schema(json.loads(path.read_text()))
     except OSError as exc:
         message = f'"{name}" cannot be read ({exc.strerror}); expected a JSON Schema file '
         message += "in beta/schemas/."
-    except (ValueError, fastjsonschema.JsonSchemaDefinitionException) as exc:
-        message = f'"{name}" is not a valid JSON Schema: {exc}.'
+    except ValueError as exc:  # not JSON, or not a valid schema (jsonschema_rs.ValidationError)
+        first = str(exc).split("\n", 1)[0]
+        message = f'"{name}" is not a valid JSON Schema: {first}.'
     raise ConfigError([ConfigIssue(where, "quality_scoring.rules.conformance.schema_ref", message)])
 
 

@@ -22,20 +22,21 @@ lineage. Records of a type without schemas are not checked.
 
 The registry is built at start and on reload; ``POST /admin/schemas/sync`` (the
 ``beta_schema_sync`` job) reads the folder again and swaps the registry atomically, keeping the
-old one if any file is wrong. Validators are compiled once (fastjsonschema).
+old one if any file is wrong. Validators are compiled once (jsonschema-rs, see
+:mod:`dps.core.json_schema`).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from dps.core.conditions import ConditionError, Predicate, compile_condition
 from dps.core.errors import ConfigError, ConfigIssue
+from dps.core.json_schema import Schema, json_path, schema_problem
 from dps.core.record import Record
 
 _VERSION_FILE: Final = re.compile(r"^v([0-9]{1,6})\.json$")
@@ -49,7 +50,7 @@ class SchemaVersion:
     record_type: str
     file: Path
     match: Predicate | None
-    validate: Callable[[Any], Any]
+    validate: Schema
 
     @property
     def ref(self) -> str:
@@ -103,8 +104,6 @@ class SchemaRegistry:
             versions.sort(key=lambda v: -v.version)
 
     def _load(self, name: str, path: Path, issues: list[ConfigIssue]) -> SchemaVersion | None:
-        import fastjsonschema
-
         shown = f"beta/schemas/{name}/{path.name}"
         found = _VERSION_FILE.match(path.name)
         if not found:
@@ -136,11 +135,12 @@ class SchemaRegistry:
             except ConditionError as exc:
                 issues.append(ConfigIssue(shown, f"x-dps.{exc.key}", str(exc), None))
                 return None
-        try:
-            validate = fastjsonschema.compile({k: v for k, v in schema.items() if k != "x-dps"})
-        except fastjsonschema.JsonSchemaDefinitionException as exc:
-            issues.append(ConfigIssue(shown, "", f"is not a valid JSON Schema: {exc}.", None))
+        body = {k: v for k, v in schema.items() if k != "x-dps"}
+        problem = schema_problem(body)
+        if problem:
+            issues.append(ConfigIssue(shown, "", f"is not a valid JSON Schema: {problem}.", None))
             return None
+        validate = Schema(body)
         record_type = meta.get("record_type", name)
         return SchemaVersion(name, int(found.group(1)), str(record_type), path, match, validate)
 
@@ -153,13 +153,13 @@ class SchemaRegistry:
         chosen = self.negotiate(record, versions)
         if isinstance(chosen, Check):
             return chosen
-        try:
-            chosen.validate(record.payload)
-        except Exception as exc:  # fastjsonschema.JsonSchemaException, or odd data in it
+        problem = chosen.validate.problem(record.payload)
+        if problem is not None:
+            where, message = problem
             return Check(
                 False,
                 "schema_violation",
-                f"The record does not meet schema {chosen.ref}: {exc}.",
+                f"The record does not meet schema {chosen.ref}: {json_path(where)}: {message}.",
                 chosen.ref,
             )
         record.touched("beta", f"schema:{chosen.ref}")

@@ -344,16 +344,12 @@ def _check_schema(doc: Document, source: SourceConfig, base: Path, seen: dict[Pa
 
 
 def _schema_problem(schema: dict[str, Any]) -> str:
-    """Why ``schema`` does not compile as Alpha's check compiles it (draft-07 unless its
+    """Why ``schema`` does not compile as the checks compile it (draft-07 unless its
     ``$schema`` says otherwise); "" if it does."""
-    from dps.alpha.validation.json_schema import compile_schema
+    from dps.core.json_schema import schema_problem
 
-    try:
-        compile_schema(schema)
-    except ValueError as exc:  # jsonschema_rs.ValidationError: the schema fails the meta-schema
-        first = str(exc).split("\n", 1)[0]
-        return f"is not a valid JSON Schema (draft-07): {first}."
-    return ""
+    problem = schema_problem(schema)
+    return f"is not a valid JSON Schema (draft-07): {problem}." if problem else ""
 
 
 # -- the whole directory ----------------------------------------------------------------------
