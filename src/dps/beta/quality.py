@@ -95,11 +95,9 @@ class QualityScorer:
             else None
         )
         self._missing = [f"completeness: {f} is missing (-{penalty:g})" for f in self.required]
-        self._after_missing = [1.0]
-        value = 1.0
-        for _ in self.required:
-            value -= penalty
-            self._after_missing.append(max(0.0, round(value, 6)))
+        self._after_missing = [
+            max(0.0, round(v, 6)) for v in _after_penalties(penalty, len(self.required))
+        ]
         self.consistency = [
             _compile_check(c, rules.consistency.penalty_per_failure)
             for c in rules.consistency.rules
@@ -114,13 +112,9 @@ class QualityScorer:
             (name, pattern.search, f"conformance: {name} is not {fmt} (-{penalty:g})")
             for name, pattern, fmt in self.formats
         ]
-        #: The value after n format failures (the penalty taken n times, as subtracting it per
-        #: failure gives), and the same as the dimension's value when no schema follows.
-        self._after_format_failures = [1.0]
-        value = 1.0
-        for _ in self.formats:
-            value -= penalty
-            self._after_format_failures.append(value)
+        #: The value after n format failures, and the same as the dimension's value when no
+        #: schema follows.
+        self._after_format_failures = _after_penalties(penalty, len(self.formats))
         self._format_values = [max(0.0, round(v, 6)) for v in self._after_format_failures]
         self.schema_penalty = rules.conformance.schema_penalty
         self.schema: Schema | None = None
@@ -335,6 +329,15 @@ def _compile_check(check: ConsistencyCheck, default_penalty: float) -> _Consiste
     )
 
 
+def _after_penalties(penalty: float, count: int) -> list[float]:
+    """The value after 0..count failures: 1.0 less the penalty n times, subtracted one at a
+    time as scoring a record failure by failure does (the same float, not ``1 - n * penalty``)."""
+    values = [1.0]
+    for _ in range(count):
+        values.append(values[-1] - penalty)
+    return values
+
+
 def _as_text(value: Any) -> str:
     """A non-text value as conformance matches it: its JSON text."""
     return value if isinstance(value, str) else json.dumps(value)
@@ -348,9 +351,8 @@ def _load_schema(name: str, folder: Path | None) -> Schema:
     except OSError as exc:
         message = f'"{name}" cannot be read ({exc.strerror}); expected a JSON Schema file '
         message += "in beta/schemas/."
-    except ValueError as exc:  # not JSON, or not a valid schema (jsonschema_rs.ValidationError)
-        first = str(exc).split("\n", 1)[0]
-        message = f'"{name}" is not a valid JSON Schema: {first}.'
+    except ValueError as exc:  # not JSON, or not a valid schema
+        message = f'"{name}" is not a valid JSON Schema: {exc}.'
     raise ConfigError([ConfigIssue(where, "quality_scoring.rules.conformance.schema_ref", message)])
 
 

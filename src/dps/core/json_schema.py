@@ -17,18 +17,22 @@ import jsonschema_rs
 
 
 def compile_schema(schema: dict[str, Any]) -> Any:
-    """The validator of ``schema``; raises ``ValueError`` when it is not a valid JSON Schema."""
-    if "$schema" in schema:
-        return jsonschema_rs.validator_for(schema, validate_formats=True)
-    return jsonschema_rs.Draft7Validator(schema, validate_formats=True)
+    """The validator of ``schema``; raises ``ValueError`` with the first line of the
+    validator's answer when it is not a valid JSON Schema."""
+    try:
+        if "$schema" in schema:
+            return jsonschema_rs.validator_for(schema, validate_formats=True)
+        return jsonschema_rs.Draft7Validator(schema, validate_formats=True)
+    except ValueError as exc:  # jsonschema_rs.ValidationError: the schema fails the meta-schema
+        raise ValueError(str(exc).split("\n", 1)[0]) from None
 
 
 def schema_problem(schema: dict[str, Any]) -> str:
-    """Why ``schema`` does not compile (the first line of the validator's answer); "" if it does."""
+    """Why ``schema`` does not compile; "" if it does."""
     try:
         compile_schema(schema)
-    except ValueError as exc:  # jsonschema_rs.ValidationError: the schema fails the meta-schema
-        return str(exc).split("\n", 1)[0]
+    except ValueError as exc:
+        return str(exc)
     return ""
 
 
@@ -47,7 +51,7 @@ class Schema:
         self._validator = compile_schema(schema)
         #: ``is_valid(payload)``: the validator's own test, for a caller's fast path (it raises
         #: ``ValueError`` on a value no JSON document holds; :meth:`problem` does not).
-        self.is_valid = self._is_valid = self._validator.is_valid
+        self.is_valid = self._validator.is_valid
 
     def problem(self, payload: Any) -> tuple[str, str] | None:
         """None when ``payload`` meets the schema, else its first violation as ``(where,
@@ -56,7 +60,7 @@ class Schema:
         A value that no JSON document holds (bytes, a non-text key) is a violation too.
         """
         try:
-            if self._is_valid(payload):
+            if self.is_valid(payload):
                 return None
             error = next(iter(self._validator.iter_errors(payload)))
         except ValueError as exc:

@@ -939,11 +939,7 @@ class _Prepared:
         params = self.tuple_params(rows, columns, shared)
         if self._values is None or not self.positional:
             return conn.exec_driver_sql(self.sql, params).rowcount
-        changed = 0
-        for start, size in _value_chunks(len(params)):
-            flat = tuple([value for row in params[start : start + size] for value in row])
-            changed += conn.exec_driver_sql(_rows_sql(*self._values, size), flat).rowcount
-        return changed
+        return sum(result.rowcount for result in _insert_values(conn, self._values, params))
 
 
 #: Rows in one multi-row ``INSERT ... VALUES`` on SQLite: 100 rows of up to 9 columns stay
@@ -965,6 +961,16 @@ def _value_chunks(count: int) -> Iterator[tuple[int, int]]:
             yield start, size
             start += size
         size //= 2
+
+
+def _insert_values(
+    conn: sa.Connection, parts: tuple[str, str, str], rows: Sequence[Sequence[Any]]
+) -> Iterator[sa.CursorResult[Any]]:
+    """Run the statement split as ``parts`` (:func:`_values_parts`) over ``rows``, as multi-row
+    ``VALUES`` in the pieces of :func:`_value_chunks`; each piece's result, in order."""
+    for start, size in _value_chunks(len(rows)):
+        flat = tuple([value for row in rows[start : start + size] for value in row])
+        yield conn.exec_driver_sql(_rows_sql(*parts, size), flat)
 
 
 @functools.lru_cache(maxsize=256)
@@ -1065,16 +1071,18 @@ class SqlStateStore(StateStore):
         #: back. Same guard as ``_claim``. Bound values cost less than a JSON array that
         #: ``json_each`` splits and ``json_extract`` reads four times a row (3.4 -> 2.3 µs a key,
         #: measured alone).
-        self._claim_values = (
+        claim_values = _values_parts(
             "INSERT INTO validation_cache"
-            " (key, origin, record_id, source_id, timestamp, expires_at) VALUES ",
-            "(?, ?, ?, ?, ?, ?)",
+            " (key, origin, record_id, source_id, timestamp, expires_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (key) DO UPDATE SET origin = excluded.origin,"
             " record_id = excluded.record_id, source_id = excluded.source_id,"
             " timestamp = excluded.timestamp, expires_at = excluded.expires_at"
             " WHERE validation_cache.expires_at <= excluded.timestamp"
-            " RETURNING key",
+            " RETURNING key"
         )
+        assert claim_values is not None
+        self._claim_values = claim_values
         self._owners_sql = (
             "SELECT key, origin FROM validation_cache WHERE key IN (SELECT value FROM json_each(?))"
         )
@@ -1368,13 +1376,12 @@ class SqlStateStore(StateStore):
             params = (at, until, batch)
             claimed = list(conn.exec_driver_sql(self._claim_returning_pg, params).cursor.fetchall())
         else:
-            for start, size in _value_chunks(len(keys)):
-                flat: list[Any] = []
-                for key in keys[start : start + size]:
-                    c = first[key]
-                    flat += (key, c.origin, c.record_id, c.source_id, at, until)
-                sql = _rows_sql(*self._claim_values, size)
-                claimed += conn.exec_driver_sql(sql, tuple(flat)).cursor.fetchall()
+            claims = [
+                (k, first[k].origin, first[k].record_id, first[k].source_id, at, until)
+                for k in keys
+            ]
+            for result in _insert_values(conn, self._claim_values, claims):
+                claimed += result.cursor.fetchall()
         owners = {key: first[key].origin for (key,) in claimed}
         taken = [k for k in keys if k not in owners]
         if taken and self._pg:
